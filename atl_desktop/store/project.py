@@ -1,0 +1,802 @@
+"""The project: one SQLite file `NAME.atl` and a folder `NAME.atl.d/` beside it.
+
+The store is the single owner of the file. Every change goes through a method
+here, in a short transaction; a human label is durable (WAL with
+synchronous=FULL) before `set_label` returns. Paths inside are relative, so a
+project moved together with its images still opens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from atl_desktop.store.errors import ClassError, ProjectError
+from atl_desktop.store.files import atomic_write_bytes
+from atl_desktop.store.lock import WriterLock
+from atl_desktop.store.schema import SCHEMA_VERSION, check_not_newer, migrate
+
+DOMAINS = ("source", "target")
+SPLITS = ("pool", "val", "test")
+LABEL_KINDS = ("human", "import", "accepted-pseudo")
+PROJECT_SUFFIX = ".atl"
+BUSY_TIMEOUT_S = 30.0
+
+# Distinct, colour-blind-friendly defaults (Okabe-Ito, then Tableau) for new classes.
+DEFAULT_COLOURS = (
+    "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7",
+    "#999999", "#8C564B", "#17BECF", "#BCBD22", "#7F7F7F",
+)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: int
+    sha256: str
+    location: str
+    stored: str
+    original_path: str | None
+    file_size: int | None
+    mtime: float | None
+    width: int | None
+    height: int | None
+    mode: str | None
+    bit_depth: int | None
+    domain: str
+    split: str
+    added: float
+
+
+@dataclass(frozen=True)
+class ClassRecord:
+    id: int
+    name: str
+    colour: str | None
+    key: str | None
+    position: int
+
+
+@dataclass(frozen=True)
+class LabelEvent:
+    id: int
+    image_id: int
+    class_id: int | None
+    kind: str
+    annotator: str
+    round_id: int | None
+    confidence: float | None
+    suggestion_class_id: int | None
+    suggestion_confidence: float | None
+    checkpoint_id: int | None
+    strategy: str | None
+    time: float
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    id: int
+    file: str
+    sha256: str
+    backbone: str
+    classes: list
+    parent_id: int | None
+    round_id: int | None
+    metrics: dict
+    config: dict
+    created: float
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    id: int
+    strategy: str
+    params: dict
+    checkpoint_id: int | None
+    started: float
+    finished: float | None
+    metrics: dict
+
+
+@dataclass(frozen=True)
+class PseudoLabel:
+    id: int
+    image_id: int
+    class_id: int
+    round_id: int | None
+    confidence: float | None
+    entropy: float | None
+    status: str
+    created: float
+
+
+def data_dir_for(path: Path) -> Path:
+    return path.with_name(path.name + ".d")
+
+
+def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+    if readonly:
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+    else:
+        db = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+    db.row_factory = sqlite3.Row
+    db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    return db
+
+
+def _is_sqlite_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
+class Project:
+    """An open project. Use `Project.create` or `Project.open`; close it (or use `with`)."""
+
+    def __init__(self, path: Path, db: sqlite3.Connection, readonly: bool, lock: WriterLock | None):
+        self.path = path
+        self.data_dir = data_dir_for(path)
+        self.readonly = readonly
+        self._db = db
+        self._lock = lock
+        self._owns_lock = lock is not None
+        self._depth = 0
+        self._thread = threading.get_ident()
+
+    # ---- opening and closing -------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | os.PathLike) -> Project:
+        path = Path(path)
+        if path.suffix != PROJECT_SUFFIX:
+            path = path.with_name(path.name + PROJECT_SUFFIX)
+        if path.exists():
+            raise ProjectError(f"{path} already exists; open it, or choose another name.")
+        if not path.parent.is_dir():
+            raise ProjectError(f"Folder {path.parent} does not exist.")
+        lock = WriterLock(data_dir_for(path) / "lock", path.name)
+        lock.acquire()
+        try:
+            db = _connect(path, readonly=False)
+            cls._configure(db)
+            migrate(db, path.name)
+        except BaseException:
+            lock.release()
+            raise
+        project = cls(path, db, readonly=False, lock=lock)
+        project.set_setting("created", time.time())
+        return project
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, readonly: bool = False) -> Project:
+        path = Path(path)
+        if not path.exists():
+            raise ProjectError(f"No project at {path}.")
+        if not _is_sqlite_file(path):
+            raise ProjectError(f"{path} is not an ATL Desktop project file.")
+        lock = None
+        if not readonly:
+            lock = WriterLock(data_dir_for(path) / "lock", path.name)
+            lock.acquire()
+        try:
+            db = _connect(path, readonly)
+            version = check_not_newer(db, path.name)  # before anything can write to the file
+            if not readonly:
+                cls._configure(db)
+                migrate(db, path.name)
+            elif version < SCHEMA_VERSION:
+                db.close()
+                raise ProjectError(
+                    f"{path.name} uses an older project format ({version}); upgrade it once with "
+                    f"`atl upgrade {path}` or by opening it in ATL Desktop."
+                )
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        return cls(path, db, readonly=readonly, lock=lock)
+
+    @staticmethod
+    def _configure(db: sqlite3.Connection) -> None:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")  # a label must survive a power cut
+        db.execute("PRAGMA foreign_keys = ON")
+
+    def another_connection(self) -> Project:
+        """A handle on the same project for another thread (SQLite connections are per thread).
+
+        It shares this handle's writer lock and never releases it.
+        """
+        db = _connect(self.path, self.readonly)
+        if not self.readonly:
+            self._configure(db)
+        twin = Project(self.path, db, readonly=self.readonly, lock=self._lock)
+        twin._owns_lock = False
+        return twin
+
+    def close(self) -> None:
+        if self._db is None:
+            return
+        self._db.close()
+        self._db = None
+        if self._owns_lock and self._lock is not None:
+            self._lock.release()
+
+    def __enter__(self) -> Project:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._db is None
+
+    # ---- transactions --------------------------------------------------------
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise ProjectError(f"{self.path.name} is closed.")
+        return self._db
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; nested uses join the outermost one."""
+        if self.readonly:
+            raise ProjectError(f"{self.path.name} is open read-only.")
+        db = self.db
+        if self._depth:
+            self._depth += 1
+            try:
+                yield db
+            finally:
+                self._depth -= 1
+            return
+        db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield db
+        except BaseException:
+            self._depth = 0
+            db.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        db.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return self.db.execute(sql, params).fetchall()
+
+    # ---- settings ------------------------------------------------------------
+
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        row = self.db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def set_setting(self, key: str, value: Any) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO settings (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value)),
+            )
+
+    # ---- images --------------------------------------------------------------
+
+    def relative_location(self, path: str | os.PathLike) -> str:
+        """Where `path` is, relative to the folder holding the project file (absolute if impossible)."""
+        absolute = Path(path).resolve()
+        try:
+            return Path(os.path.relpath(absolute, self.path.parent.resolve())).as_posix()
+        except ValueError:  # another drive on Windows
+            return str(absolute)
+
+    def store_media(self, data: bytes, sha256: str, suffix: str = ".png") -> str:
+        """Copy bytes into the content-addressed media folder; return their location."""
+        location = f"media/{sha256[:2]}/{sha256}{suffix}"
+        target = self.data_dir / location
+        if not target.exists():
+            atomic_write_bytes(target, data)
+        return location
+
+    def add_image(
+        self,
+        *,
+        sha256: str,
+        location: str,
+        stored: str = "ref",
+        original_path: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        mode: str | None = None,
+        bit_depth: int | None = None,
+        domain: str = "target",
+        split: str = "pool",
+    ) -> tuple[int, bool]:
+        """Record an image; an image with the same content is merged: (existing id, False)."""
+        if domain not in DOMAINS:
+            raise ProjectError(f"Unknown domain {domain!r}; use one of {', '.join(DOMAINS)}.")
+        if split not in SPLITS:
+            raise ProjectError(f"Unknown split {split!r}; use one of {', '.join(SPLITS)}.")
+        if stored not in ("ref", "media"):
+            raise ProjectError(f"Unknown storage {stored!r}.")
+        with self.transaction() as db:
+            row = db.execute("SELECT id FROM images WHERE sha256 = ?", (sha256,)).fetchone()
+            if row is not None:
+                return row[0], False
+            size, mtime = self._stat(location, stored)
+            cursor = db.execute(
+                "INSERT INTO images (sha256, location, stored, original_path, file_size, mtime,"
+                " width, height, mode, bit_depth, domain, split, added)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (sha256, location, stored, original_path, size, mtime, width, height, mode,
+                 bit_depth, domain, split, time.time()),
+            )
+            return cursor.lastrowid, True
+
+    def _stat(self, location: str, stored: str) -> tuple[int | None, float | None]:
+        try:
+            st = self._resolve(location, stored).stat()
+        except OSError:
+            return None, None
+        return st.st_size, st.st_mtime
+
+    def _resolve(self, location: str, stored: str) -> Path:
+        base = self.data_dir if stored == "media" else self.path.parent
+        return base / location
+
+    def image(self, image_id: int) -> ImageRecord:
+        row = self.db.execute("SELECT * FROM images WHERE id = ?", (image_id,)).fetchone()
+        if row is None:
+            raise ProjectError(f"No image with id {image_id} in {self.path.name}.")
+        return ImageRecord(**dict(row))
+
+    def images(self, domain: str | None = None, split: str | None = None) -> list[ImageRecord]:
+        where, params = self._image_filter(domain, split)
+        rows = self._query(f"SELECT * FROM images i {where} ORDER BY id", params)
+        return [ImageRecord(**dict(r)) for r in rows]
+
+    def image_ids(self, domain: str | None = None, split: str | None = None) -> list[int]:
+        where, params = self._image_filter(domain, split)
+        return [r[0] for r in self._query(f"SELECT id FROM images i {where} ORDER BY id", params)]
+
+    @staticmethod
+    def _image_filter(domain: str | None, split: str | None) -> tuple[str, list[str]]:
+        clauses, params = [], []
+        if domain is not None:
+            clauses.append("i.domain = ?")
+            params.append(domain)
+        if split is not None:
+            clauses.append("i.split = ?")
+            params.append(split)
+        return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    def image_path(self, record: ImageRecord) -> Path:
+        """Where the pixels are now: the stored relative location first, then the original path."""
+        path = self._resolve(record.location, record.stored)
+        if record.stored == "ref" and not path.exists() and record.original_path:
+            original = Path(record.original_path)
+            if original.exists():
+                return original
+        return path
+
+    def image_id_for_path(self, path: str | os.PathLike) -> int | None:
+        absolute = str(Path(path).resolve())
+        row = self.db.execute(
+            "SELECT id FROM images WHERE (stored = 'ref' AND location = ?) OR original_path = ?"
+            " ORDER BY id LIMIT 1",
+            (self.relative_location(absolute), absolute),
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def check_files(self) -> dict[str, list[int]]:
+        """Images whose file is gone, or whose size or modification time changed since import."""
+        missing, changed = [], []
+        for record in self.images():
+            path = self.image_path(record)
+            try:
+                st = path.stat()
+            except OSError:
+                missing.append(record.id)
+                continue
+            if record.file_size is not None and (
+                st.st_size != record.file_size
+                or (record.mtime is not None and abs(st.st_mtime - record.mtime) > 1e-3)
+            ):
+                changed.append(record.id)
+        return {"missing": missing, "changed": changed}
+
+    # ---- classes -------------------------------------------------------------
+
+    def _row_to_class(self, row: sqlite3.Row) -> ClassRecord:
+        return ClassRecord(row["id"], row["name"], row["colour"], row["key"], row["position"])
+
+    def classes(self) -> list[ClassRecord]:
+        rows = self._query("SELECT * FROM classes WHERE deleted = 0 ORDER BY position, id")
+        return [self._row_to_class(r) for r in rows]
+
+    def class_names(self) -> list[str]:
+        """Class names in model order: a model's output k is `class_names()[k]`."""
+        return [c.name for c in self.classes()]
+
+    def class_index(self) -> dict[int, int]:
+        """Class id -> position in `class_names()` (the model's output index)."""
+        return {c.id: i for i, c in enumerate(self.classes())}
+
+    def class_by_name(self, name: str) -> ClassRecord | None:
+        row = self.db.execute(
+            "SELECT * FROM classes WHERE name = ? AND deleted = 0", (name,)
+        ).fetchone()
+        return None if row is None else self._row_to_class(row)
+
+    def add_class(self, name: str, colour: str | None = None, key: str | None = None) -> int:
+        name = name.strip()
+        if not name:
+            raise ClassError("A class needs a name.")
+        with self.transaction() as db:
+            row = db.execute("SELECT id, deleted FROM classes WHERE name = ?", (name,)).fetchone()
+            if row is not None and not row["deleted"]:
+                raise ClassError(f"There is already a class called {name!r}.")
+            position = db.execute(
+                "SELECT COALESCE(MAX(position) + 1, 0) FROM classes WHERE deleted = 0"
+            ).fetchone()[0]
+            colour = colour or DEFAULT_COLOURS[position % len(DEFAULT_COLOURS)]
+            if key is None and position < 9:
+                key = str(position + 1)
+            if row is not None:  # a deleted class of that name comes back
+                db.execute(
+                    "UPDATE classes SET deleted = 0, colour = ?, key = ?, position = ? WHERE id = ?",
+                    (colour, key, position, row["id"]),
+                )
+                return row["id"]
+            cursor = db.execute(
+                "INSERT INTO classes (name, colour, key, position) VALUES (?, ?, ?, ?)",
+                (name, colour, key, position),
+            )
+            return cursor.lastrowid
+
+    def ensure_class(self, name: str) -> int:
+        existing = self.class_by_name(name.strip())
+        return existing.id if existing is not None else self.add_class(name)
+
+    def rename_class(self, class_id: int, new_name: str) -> None:
+        new_name = new_name.strip()
+        if not new_name:
+            raise ClassError("A class needs a name.")
+        with self.transaction() as db:
+            clash = db.execute(
+                "SELECT id FROM classes WHERE name = ? AND id != ?", (new_name, class_id)
+            ).fetchone()
+            if clash is not None:
+                raise ClassError(f"There is already a class called {new_name!r}.")
+            db.execute("UPDATE classes SET name = ? WHERE id = ?", (new_name, class_id))
+
+    def update_class(self, class_id: int, *, colour: str | None = None, key: str | None = None) -> None:
+        with self.transaction() as db:
+            if colour is not None:
+                db.execute("UPDATE classes SET colour = ? WHERE id = ?", (colour, class_id))
+            if key is not None:
+                db.execute("UPDATE classes SET key = ? WHERE id = ?", (key or None, class_id))
+
+    def delete_class(self, class_id: int, *, annotator: str = "") -> list[int]:
+        """Remove a class: its images become unlabelled (recorded as events). Returns those images."""
+        with self.transaction():
+            affected = self.images_with_label(class_id)
+            for image_id in affected:
+                self._append_label(image_id, None, kind="human", annotator=annotator)
+            self.db.execute("UPDATE classes SET deleted = 1 WHERE id = ?", (class_id,))
+            self._renumber_classes()
+        return affected
+
+    def merge_classes(self, source_id: int, into_id: int, *, annotator: str = "") -> list[int]:
+        """Relabel every image of `source_id` as `into_id` and remove `source_id`."""
+        if source_id == into_id:
+            raise ClassError("A class cannot be merged into itself.")
+        with self.transaction():
+            affected = self.images_with_label(source_id)
+            for image_id in affected:
+                self._append_label(image_id, into_id, kind="human", annotator=annotator)
+            self.db.execute("UPDATE classes SET deleted = 1 WHERE id = ?", (source_id,))
+            self._renumber_classes()
+        return affected
+
+    def _renumber_classes(self) -> None:
+        for position, record in enumerate(self.classes()):
+            self.db.execute("UPDATE classes SET position = ? WHERE id = ?", (position, record.id))
+
+    # ---- labels --------------------------------------------------------------
+
+    def set_label(
+        self,
+        image_id: int,
+        class_id: int | None,
+        *,
+        kind: str = "human",
+        annotator: str = "",
+        round: int | None = None,
+        confidence: float | None = None,
+        suggestion: int | None = None,
+        suggestion_confidence: float | None = None,
+        checkpoint_id: int | None = None,
+        strategy: str | None = None,
+    ) -> int:
+        """Append a label event (class_id None clears the label). Durable when this returns."""
+        with self.transaction():
+            return self._append_label(
+                image_id, class_id, kind=kind, annotator=annotator, round=round,
+                confidence=confidence, suggestion=suggestion,
+                suggestion_confidence=suggestion_confidence, checkpoint_id=checkpoint_id,
+                strategy=strategy,
+            )
+
+    def _append_label(
+        self,
+        image_id: int,
+        class_id: int | None,
+        *,
+        kind: str,
+        annotator: str,
+        round: int | None = None,
+        confidence: float | None = None,
+        suggestion: int | None = None,
+        suggestion_confidence: float | None = None,
+        checkpoint_id: int | None = None,
+        strategy: str | None = None,
+    ) -> int:
+        if kind not in LABEL_KINDS:
+            raise ProjectError(f"Unknown label kind {kind!r}; use one of {', '.join(LABEL_KINDS)}.")
+        try:
+            cursor = self.db.execute(
+                "INSERT INTO label_events (image_id, class_id, kind, annotator, round_id,"
+                " confidence, suggestion_class_id, suggestion_confidence, checkpoint_id,"
+                " strategy, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (image_id, class_id, kind, annotator, round, confidence, suggestion,
+                 suggestion_confidence, checkpoint_id, strategy, time.time()),
+            )
+        except sqlite3.IntegrityError as error:
+            raise ProjectError(
+                f"Cannot label image {image_id} as class {class_id}: no such image or class."
+            ) from error
+        return cursor.lastrowid
+
+    _CURRENT = (
+        "SELECT e.image_id, e.class_id FROM label_events e"
+        " JOIN (SELECT image_id, MAX(id) AS id FROM label_events GROUP BY image_id) newest"
+        " ON e.id = newest.id JOIN images i ON i.id = e.image_id"
+    )
+
+    def current_labels(self, domain: str | None = None, split: str | None = None) -> dict[int, int]:
+        """image id -> class id for every labelled image (its newest label event)."""
+        where, params = self._image_filter(domain, split)
+        where = (where + " AND" if where else "WHERE") + " e.class_id IS NOT NULL"
+        return {r[0]: r[1] for r in self._query(f"{self._CURRENT} {where}", params)}
+
+    def label_of(self, image_id: int) -> int | None:
+        row = self.db.execute(
+            "SELECT class_id FROM label_events WHERE image_id = ? ORDER BY id DESC LIMIT 1",
+            (image_id,),
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def images_with_label(self, class_id: int) -> list[int]:
+        rows = self._query(f"{self._CURRENT} WHERE e.class_id = ? ORDER BY e.image_id", (class_id,))
+        return [r[0] for r in rows]
+
+    def label_history(self, image_id: int | None = None) -> list[LabelEvent]:
+        if image_id is None:
+            rows = self._query("SELECT * FROM label_events ORDER BY id")
+        else:
+            rows = self._query(
+                "SELECT * FROM label_events WHERE image_id = ? ORDER BY id", (image_id,)
+            )
+        return [LabelEvent(**dict(r)) for r in rows]
+
+    def set_truth(self, image_id: int, class_id: int) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO truth (image_id, class_id) VALUES (?, ?)"
+                " ON CONFLICT (image_id) DO UPDATE SET class_id = excluded.class_id",
+                (image_id, class_id),
+            )
+
+    def truth(self, domain: str | None = None, split: str | None = None) -> dict[int, int]:
+        where, params = self._image_filter(domain, split)
+        rows = self._query(f"SELECT t.image_id, t.class_id FROM truth t JOIN images i ON i.id = t.image_id {where}", params)
+        return {r[0]: r[1] for r in rows}
+
+    # ---- pseudo-labels (CEAL) ------------------------------------------------
+
+    def add_pseudo_labels(
+        self,
+        items: Iterable[tuple[int, int, float | None, float | None]],
+        round: int | None = None,
+    ) -> list[int]:
+        """Propose (image id, class id, confidence, entropy) pseudo-labels; older pending ones expire."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute("UPDATE pseudo_labels SET status = 'expired', decided = ? WHERE status = 'pending'", (now,))
+            ids = []
+            for image_id, class_id, confidence, entropy in items:
+                cursor = db.execute(
+                    "INSERT INTO pseudo_labels (image_id, class_id, round_id, confidence, entropy,"
+                    " created) VALUES (?, ?, ?, ?, ?, ?)",
+                    (image_id, class_id, round, confidence, entropy, now),
+                )
+                ids.append(cursor.lastrowid)
+            return ids
+
+    def pseudo_labels(self, status: str | None = "pending") -> list[PseudoLabel]:
+        sql = "SELECT id, image_id, class_id, round_id, confidence, entropy, status, created FROM pseudo_labels"
+        rows = self._query(sql + " WHERE status = ? ORDER BY id", (status,)) if status else self._query(sql + " ORDER BY id")
+        return [PseudoLabel(**dict(r)) for r in rows]
+
+    def accept_pseudo(self, pseudo_ids: Iterable[int], *, annotator: str = "") -> None:
+        """Accepted pseudo-labels become labels of kind 'accepted-pseudo'."""
+        now = time.time()
+        with self.transaction() as db:
+            for pid in pseudo_ids:
+                row = db.execute("SELECT * FROM pseudo_labels WHERE id = ?", (pid,)).fetchone()
+                if row is None:
+                    raise ProjectError(f"No pseudo-label {pid}.")
+                self._append_label(
+                    row["image_id"], row["class_id"], kind="accepted-pseudo", annotator=annotator,
+                    round=row["round_id"], confidence=row["confidence"],
+                    suggestion=row["class_id"], suggestion_confidence=row["confidence"],
+                )
+                db.execute(
+                    "UPDATE pseudo_labels SET status = 'accepted', decided = ?, annotator = ? WHERE id = ?",
+                    (now, annotator, pid),
+                )
+
+    def reject_pseudo(self, pseudo_ids: Iterable[int], *, annotator: str = "") -> None:
+        """Rejected pseudo-labels go back to the pool, remembered as wrong for that class."""
+        now = time.time()
+        with self.transaction() as db:
+            for pid in pseudo_ids:
+                db.execute(
+                    "UPDATE pseudo_labels SET status = 'rejected', decided = ?, annotator = ? WHERE id = ?",
+                    (now, annotator, pid),
+                )
+
+    def undo_pseudo_decision(self, pseudo_ids: Iterable[int]) -> None:
+        """Put decided pseudo-labels back to pending (an accepted one's label is cleared again)."""
+        with self.transaction() as db:
+            for pid in pseudo_ids:
+                row = db.execute("SELECT * FROM pseudo_labels WHERE id = ?", (pid,)).fetchone()
+                if row is None:
+                    continue
+                if row["status"] == "accepted":
+                    self._append_label(row["image_id"], None, kind="human", annotator=row["annotator"] or "")
+                db.execute(
+                    "UPDATE pseudo_labels SET status = 'pending', decided = NULL, annotator = NULL WHERE id = ?",
+                    (pid,),
+                )
+
+    def rejected_pseudo(self) -> set[tuple[int, int]]:
+        rows = self._query("SELECT image_id, class_id FROM pseudo_labels WHERE status = 'rejected'")
+        return {(r[0], r[1]) for r in rows}
+
+    # ---- checkpoints and rounds ----------------------------------------------
+
+    def add_checkpoint(
+        self,
+        *,
+        file: str,
+        sha256: str,
+        backbone: str,
+        classes: Sequence[str],
+        parent_id: int | None = None,
+        round: int | None = None,
+        metrics: dict | None = None,
+        config: dict | None = None,
+    ) -> int:
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO checkpoints (file, sha256, backbone, classes, parent_id, round_id,"
+                " metrics, config, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (file, sha256, backbone, json.dumps(list(classes)), parent_id, round,
+                 json.dumps(metrics or {}), json.dumps(config or {}), time.time()),
+            )
+            return cursor.lastrowid
+
+    @staticmethod
+    def _row_to_checkpoint(row: sqlite3.Row) -> CheckpointRecord:
+        values = dict(row)
+        for key in ("classes", "metrics", "config"):
+            values[key] = json.loads(values[key])
+        return CheckpointRecord(**values)
+
+    def checkpoints(self) -> list[CheckpointRecord]:
+        return [self._row_to_checkpoint(r) for r in self._query("SELECT * FROM checkpoints ORDER BY id")]
+
+    def checkpoint(self, checkpoint_id: int) -> CheckpointRecord:
+        row = self.db.execute("SELECT * FROM checkpoints WHERE id = ?", (checkpoint_id,)).fetchone()
+        if row is None:
+            raise ProjectError(f"No checkpoint with id {checkpoint_id} in {self.path.name}.")
+        return self._row_to_checkpoint(row)
+
+    def latest_checkpoint(self) -> CheckpointRecord | None:
+        """The active checkpoint: the one chosen by rollback, else the newest."""
+        chosen = self.get_setting("active_checkpoint")
+        if chosen is not None:
+            return self.checkpoint(chosen)
+        row = self.db.execute("SELECT * FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()
+        return None if row is None else self._row_to_checkpoint(row)
+
+    def start_round(self, strategy: str, params: dict | None = None, checkpoint_id: int | None = None) -> int:
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO rounds (strategy, params, checkpoint_id, started) VALUES (?, ?, ?, ?)",
+                (strategy, json.dumps(params or {}), checkpoint_id, time.time()),
+            )
+            return cursor.lastrowid
+
+    def finish_round(self, round_id: int, metrics: dict | None = None, checkpoint_id: int | None = None) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE rounds SET finished = ?, metrics = ?,"
+                " checkpoint_id = COALESCE(?, checkpoint_id) WHERE id = ?",
+                (time.time(), json.dumps(metrics or {}), checkpoint_id, round_id),
+            )
+
+    def rounds(self) -> list[RoundRecord]:
+        records = []
+        for row in self._query("SELECT * FROM rounds ORDER BY id"):
+            values = dict(row)
+            values["params"] = json.loads(values["params"])
+            values["metrics"] = json.loads(values["metrics"])
+            records.append(RoundRecord(**values))
+        return records
+
+    # ---- summaries -----------------------------------------------------------
+
+    def counts(self) -> dict[str, Any]:
+        """What `atl info` and the project panel show."""
+        images = {
+            f"{r[0]}/{r[1]}": r[2]
+            for r in self._query("SELECT domain, split, COUNT(*) FROM images GROUP BY domain, split")
+        }
+        names = {c.id: c.name for c in self.classes()}
+        newest = (
+            "SELECT e.class_id, e.kind, e.annotator FROM label_events e"
+            " JOIN (SELECT image_id, MAX(id) AS id FROM label_events GROUP BY image_id) n"
+            " ON e.id = n.id WHERE e.class_id IS NOT NULL"
+        )
+        by_class: dict[str, int] = {name: 0 for name in names.values()}
+        by_who: dict[str, int] = {}
+        labelled = 0
+        for class_id, kind, annotator in self._query(newest):
+            labelled += 1
+            name = names.get(class_id, f"(deleted class {class_id})")
+            by_class[name] = by_class.get(name, 0) + 1
+            who = f"{kind}:{annotator}" if annotator else kind
+            by_who[who] = by_who.get(who, 0) + 1
+        total = sum(images.values())
+        pending = self.db.execute(
+            "SELECT COUNT(*) FROM pseudo_labels WHERE status = 'pending'"
+        ).fetchone()[0]
+        return {
+            "images": images,
+            "total": total,
+            "labelled": labelled,
+            "unlabelled": total - labelled,
+            "by_class": by_class,
+            "by_who": by_who,
+            "truth": self.db.execute("SELECT COUNT(*) FROM truth").fetchone()[0],
+            "pending_pseudo": pending,
+            "rounds": self.db.execute("SELECT COUNT(*) FROM rounds").fetchone()[0],
+            "checkpoints": self.db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0],
+        }
+
+    def integrity_ok(self) -> bool:
+        return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
