@@ -1,0 +1,78 @@
+"""The `atl` command: everything the window can do, without a display."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from atl_desktop import __version__
+from atl_desktop.jobs import Cancelled
+from atl_desktop.store import ProjectError
+
+# Each module registers its own subcommands; a missing optional area is skipped
+# only if the module itself is absent, never when it fails to import.
+COMMAND_MODULES = (
+    "atl_desktop.commands.project",
+    "atl_desktop.commands.data",
+    "atl_desktop.commands.train",
+    "atl_desktop.commands.active",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="atl",
+        description="ATL Desktop on the command line: projects, import, labels, training, queries.",
+    )
+    parser.add_argument("--version", action="version", version=f"atl {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name != name:
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean the user asked for something impossible: one line, no traceback."""
+    errors: list[type[BaseException]] = [ProjectError, FileNotFoundError, PermissionError]
+    for module, name in (
+        ("atl_desktop.data.decode", "ImageDecodeError"),
+        ("atl_desktop.models.checkpoints", "CheckpointError"),
+    ):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except Cancelled:
+        print("atl: cancelled; everything done so far is saved.", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("atl: interrupted.", file=sys.stderr)
+        return 130
+    except Exception as error:  # only user mistakes are caught; the rest re-raise
+        if not isinstance(error, user_errors()):
+            raise
+        print(f"atl: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of `atl`, one module per area; each has `register(subparsers)`."""

@@ -1,0 +1,122 @@
+"""`atl new`, `atl info`, `atl label`, `atl upgrade`: the project file itself."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from atl_desktop.store import Project, ProjectError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    new = subparsers.add_parser("new", help="create an empty project", description="Create an empty project file NAME.atl and its folder NAME.atl.d/.")
+    new.add_argument("project", type=Path)
+    new.add_argument("--classes", default="", help="comma-separated class names, in model order")
+    new.set_defaults(func=cmd_new)
+
+    info = subparsers.add_parser("info", help="counts, classes, rounds and missing files", description="Show what a project holds. Read-only: works while the project is open elsewhere.")
+    info.add_argument("project", type=Path)
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.add_argument("--no-check", action="store_true", help="skip checking that image files still exist")
+    info.set_defaults(func=cmd_info)
+
+    label = subparsers.add_parser("label", help="set or clear labels (for scripting)", description="Set or clear the label of images given by id or path.")
+    label.add_argument("project", type=Path)
+    label.add_argument("images", nargs="+", help="image ids or paths")
+    group = label.add_mutually_exclusive_group(required=True)
+    group.add_argument("--set", dest="class_name", metavar="CLASS", help="class name to assign (created if new)")
+    group.add_argument("--clear", action="store_true", help="remove the label")
+    label.add_argument("--annotator", default="", help="who gives the label (recorded)")
+    label.set_defaults(func=cmd_label)
+
+    upgrade = subparsers.add_parser("upgrade", help="upgrade an older project file", description="Apply the project-format migrations to an older project file.")
+    upgrade.add_argument("project", type=Path)
+    upgrade.set_defaults(func=cmd_upgrade)
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    with Project.create(args.project) as project:
+        for name in filter(None, (n.strip() for n in args.classes.split(","))):
+            project.add_class(name)
+        print(f"Created {project.path} (large files go to {project.data_dir.name}/).")
+    return 0
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    with Project.open(args.project) as project:
+        print(f"{project.path.name} is up to date.")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with Project.open(args.project, readonly=True) as project:
+        counts = project.counts()
+        files = {"missing": [], "changed": []} if args.no_check else project.check_files()
+        latest = project.latest_checkpoint()
+        summary = {
+            "project": str(project.path),
+            **counts,
+            "classes": [
+                {"name": c.name, "key": c.key, "colour": c.colour} for c in project.classes()
+            ],
+            "latest_checkpoint": None if latest is None else {
+                "id": latest.id, "backbone": latest.backbone, "metrics": latest.metrics,
+            },
+            "missing_files": files["missing"],
+            "changed_files": files["changed"],
+        }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_info(summary))
+    return 0
+
+
+def format_info(s: dict) -> str:
+    lines = [f"Project {s['project']}"]
+    lines.append(f"  images: {s['total']} ({s['labelled']} labelled, {s['unlabelled']} unlabelled)")
+    for key, n in sorted(s["images"].items()):
+        lines.append(f"    {key}: {n}")
+    lines.append(f"  classes: {len(s['classes'])}")
+    for name, n in s["by_class"].items():
+        lines.append(f"    {name}: {n}")
+    if s["by_who"]:
+        lines.append("  labelled by:")
+        for who, n in sorted(s["by_who"].items()):
+            lines.append(f"    {who}: {n}")
+    if s["truth"]:
+        lines.append(f"  hidden ground truth: {s['truth']} images")
+    lines.append(f"  pending pseudo-labels: {s['pending_pseudo']}")
+    lines.append(f"  rounds: {s['rounds']}, checkpoints: {s['checkpoints']}")
+    if s["latest_checkpoint"]:
+        ck = s["latest_checkpoint"]
+        lines.append(f"  current checkpoint: #{ck['id']} ({ck['backbone']})")
+    for kind in ("missing", "changed"):
+        ids = s[f"{kind}_files"]
+        if ids:
+            shown = ", ".join(map(str, ids[:20])) + (" ..." if len(ids) > 20 else "")
+            lines.append(f"  WARNING: {len(ids)} image file(s) {kind}: ids {shown}")
+    return "\n".join(lines)
+
+
+def _image_id(project: Project, ref: str) -> int:
+    if ref.isdigit():
+        project.image(int(ref))  # raises a clear error when absent
+        return int(ref)
+    image_id = project.image_id_for_path(ref)
+    if image_id is None:
+        raise ProjectError(f"No image {ref!r} in {project.path.name}.")
+    return image_id
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    with Project.open(args.project) as project:
+        ids = [_image_id(project, ref) for ref in args.images]
+        class_id = None if args.clear else project.ensure_class(args.class_name)
+        with project.transaction():
+            for image_id in ids:
+                project.set_label(image_id, class_id, annotator=args.annotator)
+        what = "cleared" if args.clear else f"set to {args.class_name!r}"
+        print(f"Label {what} for {len(ids)} image(s).")
+    return 0
