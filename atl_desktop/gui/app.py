@@ -1,0 +1,81 @@
+"""`atl-desktop [PROJECT.atl]`: start the window.
+
+With no argument the last project opens (remembered in QSettings); with none
+remembered, an open dialog asks for one, and cancelling it prints the usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from platformdirs import user_log_dir
+
+APP_NAME = "ATL Desktop"
+USAGE = "usage: atl-desktop PROJECT.atl   (make a project with `atl new PROJECT.atl`)"
+
+
+def log_file() -> Path:
+    return Path(user_log_dir(APP_NAME, appauthor=False)) / "atl-desktop.log"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="atl-desktop", description="Open a project in ATL Desktop.")
+    parser.add_argument("project", nargs="?", help="the project file (NAME.atl)")
+    return parser.parse_args(argv)
+
+
+def choose_project(args: argparse.Namespace, settings) -> str | None:
+    """The project to open: the argument, else the last one, else one picked in a dialog."""
+    if args.project:
+        return args.project
+    last = settings.value("last_project", "", type=str)
+    if last and Path(last).exists():
+        return last
+    from PySide6.QtWidgets import QFileDialog
+
+    path, _ = QFileDialog.getOpenFileName(None, "Open an ATL Desktop project", str(Path.home()),
+                                          "ATL Desktop projects (*.atl)")
+    return path or None
+
+
+def ask_annotator(settings) -> str:
+    """Who labels: remembered; asked once; the login name if the question is dismissed."""
+    name = settings.value("annotator", "", type=str)
+    if name:
+        return name
+    from PySide6.QtWidgets import QInputDialog
+
+    name, ok = QInputDialog.getText(None, "Who is labelling?",
+                                    "Your name (recorded with every label you give):",
+                                    text=getpass.getuser())
+    name = name.strip() if ok and name.strip() else getpass.getuser()
+    settings.setValue("annotator", name)
+    return name
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from PySide6.QtCore import QSettings
+    from PySide6.QtWidgets import QApplication
+
+    from atl_desktop.gui.mainwindow import MainWindow, open_project_or_explain
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName(APP_NAME)
+    app.setOrganizationName(APP_NAME)
+    settings = QSettings(APP_NAME, APP_NAME)
+    path = choose_project(args, settings)
+    if path is None:
+        print(USAGE, file=sys.stderr)
+        return 2
+    project = open_project_or_explain(path)
+    if project is None:
+        return 1
+    window = MainWindow(project, annotator=ask_annotator(settings), settings=settings,
+                        log_file=log_file())
+    window.show()
+    return app.exec()

@@ -1,0 +1,301 @@
+"""The queried batch as a grid of large tiles, labelled from the keyboard.
+
+Keys: a class's key (1-9 by default) labels the current image and moves on;
+arrows move; Space accepts the model's top prediction; X marks it "unsure"
+(it stays unlabelled, shown as skipped; skips are kept in the project's
+settings); Backspace undoes; Enter opens the image at full resolution.
+The last batch is kept in the project's settings ("last_query"), so reopening
+the project shows it again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QKeyEvent
+from PySide6.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from atl_desktop.gui.background import Background
+from atl_desktop.gui.models import Prediction, QueryBatchModel, QueryTile, TileRole
+from atl_desktop.gui.tiles import TileDelegate, TileGrid
+from atl_desktop.gui.undo import SetLabel, SetSkipped, skipped_images
+from atl_desktop.gui.workspace import Workspace
+from atl_desktop.store import Project, ProjectError
+
+FALLBACK_STRATEGIES = ("entropy", "margin", "least_confidence", "random")
+DEFAULT_STRATEGY = "entropy"
+LAST_QUERY = "last_query"  # [{image_id, score, reason, top: [[class position, p], ...]}, ...]
+LAST_QUERY_ROUND = "last_query_round"
+EMPTY_TEXT = "No queried images yet — choose a strategy and press Query next batch."
+KEYS_HELP = ("Keys: 1–9 (or a class's key) label and move on · Space accepts the suggestion · "
+             "X unsure · arrows move · Backspace undo · Enter full size")
+
+
+def registered_strategies() -> dict[str, str]:
+    """Strategy name -> what it does, from the engine's registry (slow: it imports torch)."""
+    try:
+        from atl_desktop.active import STRATEGIES
+    except ImportError:
+        return {}
+    return {name: getattr(strategy, "help", "") for name, strategy in STRATEGIES.items()}
+
+
+def _class_names_for_round(project: Project, round_id: int | None) -> list[str]:
+    """The names behind the model's output positions: the round's checkpoint, else the latest."""
+    record = next((r for r in project.rounds() if r.id == round_id), None)
+    checkpoint = None
+    if record is not None and record.checkpoint_id is not None:
+        checkpoint = project.checkpoint(record.checkpoint_id)
+    checkpoint = checkpoint or project.latest_checkpoint()
+    return list(checkpoint.classes) if checkpoint is not None else project.class_names()
+
+
+def tiles_from_items(project: Project, items: list[dict], round_id: int | None) -> list[QueryTile]:
+    names = _class_names_for_round(project, round_id)
+    by_name = {c.name: c.id for c in project.classes()}
+    tiles = []
+    for item in items:
+        top = []
+        for position, probability in item.get("top", []):
+            name = names[position] if 0 <= position < len(names) else f"class {position}"
+            top.append(Prediction(by_name.get(name), name, float(probability)))
+        tiles.append(QueryTile(int(item["image_id"]), float(item.get("score", 0.0)),
+                               str(item.get("reason", "")), tuple(top)))
+    return tiles
+
+
+def result_to_items(result: Any) -> list[dict]:
+    """A session QueryResult as JSON-ready dicts (what LAST_QUERY stores)."""
+    return [
+        {"image_id": int(i.image_id), "score": float(i.score), "reason": str(i.reason),
+         "top": [[int(pos), float(p)] for pos, p in i.top]}
+        for i in result.items
+    ]
+
+
+class QueryView(QWidget):
+    query_requested = Signal(str, int)  # strategy, batch size
+    train_requested = Signal()
+    open_image = Signal(int)  # image id
+
+    def __init__(self, workspace: Workspace, parent=None, load_strategies: bool = True):
+        super().__init__(parent)
+        self.ws = workspace
+        self.round_id: int | None = None
+        self.strategy: str | None = None
+        self.checkpoint_id: int | None = None
+        self.model = QueryBatchModel(self)
+        self._build()
+        workspace.changed.connect(self.refresh)
+        workspace.blind_changed.connect(lambda _: self.grid.viewport().update())
+        workspace.thumbs.ready.connect(lambda _: self.grid.viewport().update())
+        self._background = Background(self)
+        if load_strategies:  # the fixed list until the registry has been imported
+            self._background.call(registered_strategies, self.set_strategies)
+
+    # ---- layout --------------------------------------------------------------
+
+    def _build(self) -> None:
+        self.strategy_box = QComboBox()
+        self.set_strategies({name: "" for name in FALLBACK_STRATEGIES})
+        self.strategy_box.setToolTip("How the next batch is chosen from the unlabelled pool")
+        self.batch_box = QSpinBox()
+        self.batch_box.setRange(1, 1000)
+        self.batch_box.setValue(16)
+        self.batch_box.setToolTip("How many images to label in this round")
+        self.query_button = QPushButton("Query next batch")
+        self.query_button.clicked.connect(
+            lambda: self.query_requested.emit(self.strategy_box.currentText(), self.batch_box.value()))
+        self.train_button = QPushButton("Train")
+        self.train_button.setToolTip("Fine-tune the model on every label so far")
+        self.train_button.clicked.connect(self.train_requested)
+        bar = QHBoxLayout()
+        for widget in (QLabel("Strategy"), self.strategy_box, QLabel("Batch"), self.batch_box,
+                       self.query_button, self.train_button):
+            bar.addWidget(widget)
+        bar.addStretch(1)
+
+        self.summary = QLabel()
+        self.summary.setTextFormat(Qt.TextFormat.PlainText)
+        help_label = QLabel(KEYS_HELP)
+        help_label.setWordWrap(True)
+        help_label.setStyleSheet("color: palette(placeholder-text);")
+
+        self.grid = TileGrid()
+        self.grid.setModel(self.model)
+        self.grid.setItemDelegate(TileDelegate(self.ws, self._describe, self.grid))
+        self.grid.key_handler = self._on_key
+        self.grid.doubleClicked.connect(lambda index: self.open_image.emit(index.data(TileRole).image_id))
+        self.empty = QLabel(EMPTY_TEXT)
+        self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty.setWordWrap(True)
+        self.empty.setStyleSheet("font-size: 13pt; color: palette(placeholder-text);")
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.empty)
+        self.stack.addWidget(self.grid)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(bar)
+        layout.addWidget(self.summary)
+        layout.addWidget(help_label)
+        layout.addWidget(self.stack, 1)
+
+    def set_strategies(self, strategies) -> None:
+        if not isinstance(strategies, dict) or not strategies:
+            return  # the registry could not be read: keep the list shown
+        current = self.strategy_box.currentText() or DEFAULT_STRATEGY
+        self.strategy_box.clear()
+        for name, help_text in strategies.items():
+            self.strategy_box.addItem(name)
+            self.strategy_box.setItemData(self.strategy_box.count() - 1, help_text,
+                                          Qt.ItemDataRole.ToolTipRole)
+        self.strategy_box.setCurrentText(current if current in strategies else next(iter(strategies)))
+
+    def shutdown(self) -> None:
+        self._background.wait()
+
+    def set_busy(self, busy: bool) -> None:
+        """While a model job runs, starting another is pointless; labelling goes on."""
+        self.query_button.setEnabled(not busy)
+        self.train_button.setEnabled(not busy)
+
+    # ---- the batch -------------------------------------------------------------
+
+    def show_result(self, result: Any) -> None:
+        """Show a finished query (a session QueryResult) and keep it for next time."""
+        items = result_to_items(result)
+        self.ws.project.set_setting(LAST_QUERY, items)
+        self.ws.project.set_setting(LAST_QUERY_ROUND, result.round_id)
+        self._show_items(items, result.round_id)
+        self.grid.setFocus()
+
+    def load_saved(self) -> None:
+        items = self.ws.project.get_setting(LAST_QUERY, [])
+        self._show_items(items or [], self.ws.project.get_setting(LAST_QUERY_ROUND))
+
+    def _show_items(self, items: list[dict], round_id: int | None) -> None:
+        project = self.ws.project
+        self.round_id = round_id
+        record = next((r for r in project.rounds() if r.id == round_id), None)
+        self.strategy = record.strategy if record is not None else None
+        self.checkpoint_id = record.checkpoint_id if record is not None else None
+        if self.checkpoint_id is None and (latest := project.latest_checkpoint()) is not None:
+            self.checkpoint_id = latest.id
+        known = set(project.image_ids())
+        tiles = [t for t in tiles_from_items(project, items, round_id) if t.image_id in known]
+        self.model.set_batch(tiles)
+        self.stack.setCurrentWidget(self.grid if tiles else self.empty)
+        self.refresh()
+        if tiles:
+            # Scroll again once the grid has laid itself out; before, it scrolls astray.
+            self.grid.select_row(self._first_unlabelled())
+            QTimer.singleShot(0, self.grid, lambda: self.grid.scrollTo(self.grid.currentIndex()))
+
+    def refresh(self) -> None:
+        try:
+            skipped = skipped_images(self.ws.project)
+            self.model.refresh_state(self.ws.project, self.ws.book(), skipped)
+        except ProjectError:
+            return  # the project is closing
+        tiles = self.model.tiles()
+        if not tiles:
+            self.summary.setText("")
+            return
+        labelled = sum(1 for t in tiles if self.model.label(t.image_id) is not None)
+        skips = sum(1 for t in tiles if t.image_id in skipped and self.model.label(t.image_id) is None)
+        parts = [f"Round {self.round_id}" if self.round_id is not None else "Last batch"]
+        if self.strategy:
+            parts.append(self.strategy)
+        parts.append(f"{len(tiles)} images: {labelled} labelled, {skips} skipped, "
+                     f"{len(tiles) - labelled - skips} to go")
+        self.summary.setText(" · ".join(parts))
+
+    def _first_unlabelled(self) -> int:
+        for row, tile in enumerate(self.model.tiles()):
+            if self.model.label(tile.image_id) is None:
+                return row
+        return 0
+
+    def _describe(self, index) -> tuple[str, str, str]:
+        """Under each tile: the top prediction, the runners-up, then why it was chosen."""
+        tile: QueryTile = index.data(TileRole)
+        if self.ws.blind:
+            return "Suggestion hidden (blind mode)", "", tile.reason
+        if not tile.top:
+            return "No prediction yet", "", tile.reason
+        best, *others = tile.top[:3]
+        runners_up = ", ".join(f"{p.probability:.0%} {p.name}" for p in others)
+        return f"{best.probability:.0%} {best.name}", runners_up, tile.reason
+
+    # ---- labelling -------------------------------------------------------------
+
+    def label_kwargs(self, tile: QueryTile) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "annotator": self.ws.annotator, "round": self.round_id,
+            "checkpoint_id": self.checkpoint_id, "strategy": self.strategy,
+        }
+        if not self.ws.blind and tile.top:
+            kwargs["suggestion"] = tile.top[0].class_id
+            kwargs["suggestion_confidence"] = tile.top[0].probability
+        return kwargs
+
+    def label_current(self, class_id: int) -> bool:
+        row = self.grid.current_row()
+        tile = self.model.row_data(row)
+        if tile is None:
+            return False
+        record = self.ws.book().by_id(class_id)
+        name = record.name if record is not None else str(class_id)
+        command = SetLabel(self.ws.project, tile.image_id, class_id, self.label_kwargs(tile),
+                           text=f"Label image {tile.image_id} as {name}", report=self.ws.report)
+        if self.ws.do(command):
+            self.grid.select_row(row + 1)
+        return True
+
+    def accept_suggestion(self) -> bool:
+        tile = self.model.row_data(self.grid.current_row())
+        if tile is None or self.ws.blind or not tile.top or tile.top[0].class_id is None:
+            return False
+        return self.label_current(tile.top[0].class_id)
+
+    def skip_current(self) -> bool:
+        row = self.grid.current_row()
+        tile = self.model.row_data(row)
+        if tile is None:
+            return False
+        if self.ws.do(SetSkipped(self.ws.project, tile.image_id, True, report=self.ws.report)):
+            self.grid.select_row(row + 1)
+        return True
+
+    def _on_key(self, event: QKeyEvent) -> bool:
+        key = event.key()
+        plain = not (event.modifiers() & ~Qt.KeyboardModifier.KeypadModifier)
+        if key == Qt.Key.Key_Backspace:
+            self.ws.stack.undo()
+            return True
+        if key in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
+            tile = self.model.row_data(self.grid.current_row())
+            if tile is not None:
+                self.open_image.emit(tile.image_id)
+            return True
+        if not plain:
+            return False
+        if key == Qt.Key.Key_Space:
+            self.accept_suggestion()
+            return True
+        if key == Qt.Key.Key_X:  # reserved: the class panel never gives a class this key
+            return self.skip_current()
+        record = self.ws.book().by_key(event.text())
+        if record is not None:
+            return self.label_current(record.id)
+        return False

@@ -1,0 +1,57 @@
+"""What every part of the window shares: the project, the undo stack, the thumbnails,
+who is labelling and whether suggestions are hidden."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QUndoStack
+
+from atl_desktop.gui.models import ClassBook
+from atl_desktop.gui.thumbnails import ThumbnailCache
+from atl_desktop.gui.undo import StoreCommand, push
+from atl_desktop.store import Project, ProjectError
+
+
+class Workspace(QObject):
+    changed = Signal()  # the store changed (a command, an undo, a finished job)
+    blind_changed = Signal(bool)
+
+    def __init__(self, project: Project, annotator: str, report: Callable[[str], None],
+                 thumbnail_side: int = 176, parent: QObject | None = None):
+        super().__init__(parent)
+        self.project = project
+        self.annotator = annotator
+        self.blind = False
+        self.report = report
+        self.stack = QUndoStack(self)
+        self.thumbs = ThumbnailCache(side=thumbnail_side, parent=self)
+        self._book: ClassBook | None = None
+        self.stack.indexChanged.connect(self.notify)
+
+    def book(self) -> ClassBook:
+        if self._book is None:
+            self._book = ClassBook.load(self.project)
+        return self._book
+
+    def notify(self) -> None:
+        self._book = None
+        self.changed.emit()
+
+    def do(self, command: StoreCommand) -> bool:
+        """Apply and record a change; a refusal from the store is shown, not raised."""
+        try:
+            push(self.stack, command)
+        except ProjectError as error:
+            self.report(str(error))
+            return False
+        return True
+
+    def set_blind(self, blind: bool) -> None:
+        if blind != self.blind:
+            self.blind = blind
+            self.blind_changed.emit(blind)
+
+    def image_path(self, image_id: int):
+        return self.project.image_path(self.project.image(image_id))
