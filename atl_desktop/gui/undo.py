@@ -191,10 +191,8 @@ class _RemoveClass(StoreCommand):
     def revert(self) -> None:
         record = self.record
         with self.project.transaction():
-            # Comes back with the same id (at the end of the class order).
-            self.project.add_class(record.name, record.colour, record.key or "")
-            if record.key is None:
-                self.project.update_class(record.id, key="")  # stored as "no key"
+            # Same id and position: the class order is the model's output order.
+            self.project.restore_class(record)
             for image_id, event in self._before.items():
                 _restore(self.project, image_id, event, self.annotator)
 

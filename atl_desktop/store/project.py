@@ -510,6 +510,20 @@ class Project:
             self._renumber_classes()
         return affected
 
+    def restore_class(self, record: ClassRecord) -> None:
+        """Bring a deleted class back exactly as it was: same id, colour, key and position."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE classes SET position = position + 1 WHERE deleted = 0 AND position >= ?",
+                (record.position,),
+            )
+            db.execute(
+                "UPDATE classes SET deleted = 0, name = ?, colour = ?, key = ?, position = ?"
+                " WHERE id = ?",
+                (record.name, record.colour, record.key, record.position, record.id),
+            )
+            self._renumber_classes()
+
     def _renumber_classes(self) -> None:
         for position, record in enumerate(self.classes()):
             self.db.execute("UPDATE classes SET position = ? WHERE id = ?", (position, record.id))

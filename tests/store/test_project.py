@@ -116,6 +116,16 @@ def test_class_edits_keep_history(project):
     assert len(project.label_history()) == 5
 
 
+def test_restored_class_gets_its_place_back(project):
+    ids = [project.add_class(n) for n in ("a", "b", "c")]
+    record = project.classes()[1]
+    project.delete_class(ids[1])
+    assert project.class_names() == ["a", "c"]
+    project.restore_class(record)
+    assert project.classes() == [project.classes()[0], record, project.classes()[2]]
+    assert project.class_names() == ["a", "b", "c"]
+
+
 def test_pseudo_labels_accept_reject_and_undo(project):
     a, b = project.add_class("a"), project.add_class("b")
     i1, _ = project.add_image(sha256=_sha(1), location="1")
