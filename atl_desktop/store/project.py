@@ -157,7 +157,7 @@ class Project:
 
     @classmethod
     def create(cls, path: str | os.PathLike) -> Project:
-        path = Path(path)
+        path = Path(path).absolute()
         if path.suffix != PROJECT_SUFFIX:
             path = path.with_name(path.name + PROJECT_SUFFIX)
         if path.exists():
@@ -179,7 +179,7 @@ class Project:
 
     @classmethod
     def open(cls, path: str | os.PathLike, readonly: bool = False) -> Project:
-        path = Path(path)
+        path = Path(path).absolute()
         if not path.exists():
             raise ProjectError(f"No project at {path}.")
         if not _is_sqlite_file(path):
@@ -322,27 +322,35 @@ class Project:
         bit_depth: int | None = None,
         domain: str = "target",
         split: str = "pool",
+        file_size: int | None = None,
+        mtime: float | None = None,
     ) -> tuple[int, bool]:
-        """Record an image; an image with the same content is merged: (existing id, False)."""
+        """Record an image; an image with the same content is merged: (existing id, False).
+
+        `file_size` and `mtime` (to notice a changed file later) are read from the
+        file when not given; importers that already read it pass them and save a stat.
+        """
         if domain not in DOMAINS:
             raise ProjectError(f"Unknown domain {domain!r}; use one of {', '.join(DOMAINS)}.")
         if split not in SPLITS:
             raise ProjectError(f"Unknown split {split!r}; use one of {', '.join(SPLITS)}.")
         if stored not in ("ref", "media"):
             raise ProjectError(f"Unknown storage {stored!r}.")
+        if file_size is None:
+            file_size, mtime = self._stat(location, stored)
         with self.transaction() as db:
-            row = db.execute("SELECT id FROM images WHERE sha256 = ?", (sha256,)).fetchone()
-            if row is not None:
-                return row[0], False
-            size, mtime = self._stat(location, stored)
-            cursor = db.execute(
+            row = db.execute(
                 "INSERT INTO images (sha256, location, stored, original_path, file_size, mtime,"
                 " width, height, mode, bit_depth, domain, split, added)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (sha256, location, stored, original_path, size, mtime, width, height, mode,
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (sha256) DO NOTHING RETURNING id",
+                (sha256, location, stored, original_path, file_size, mtime, width, height, mode,
                  bit_depth, domain, split, time.time()),
-            )
-            return cursor.lastrowid, True
+            ).fetchone()
+            if row is not None:
+                return row[0], True
+            existing = db.execute("SELECT id FROM images WHERE sha256 = ?", (sha256,)).fetchone()
+            return existing[0], False
 
     def _stat(self, location: str, stored: str) -> tuple[int | None, float | None]:
         try:

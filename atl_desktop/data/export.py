@@ -1,0 +1,267 @@
+"""Export labels: a CSV, a JSON document with the full label history, or class folders.
+
+Export only reads the project (open it with `readonly=True`). The class-folder
+export writes `OUT/<class>/<image>` ready for torchvision's `ImageFolder`; class
+names become safe folder names, and nothing is written outside `OUT`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from atl_desktop.data.decode import IMAGE_SUFFIXES
+from atl_desktop.jobs import Job, Progress
+from atl_desktop.store import ImageRecord, LabelEvent, Project, ProjectError
+from atl_desktop.store.files import atomic_write_text
+
+EXPORT_FORMATS = ("csv", "json", "imagefolder")
+CSV_COLUMNS = ("path", "label", "who", "round", "confidence")
+JSON_FORMAT = "atl-desktop-labels"
+JSON_VERSION = 1
+MAX_NAME_LENGTH = 100
+_WINDOWS_RESERVED = frozenset(
+    {"CON", "PRN", "AUX", "NUL"} | {f"COM{i}" for i in range(1, 10)} | {f"LPT{i}" for i in range(1, 10)}
+)
+_UNSAFE_CHARACTERS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
+
+
+class ExportError(ProjectError):
+    """An export that cannot be done as asked (for example a non-empty target folder)."""
+
+
+@dataclass
+class ExportReport:
+    out: str
+    format: str
+    written: int = 0
+    folders: dict[str, str] = field(default_factory=dict)  # class name -> folder name
+    missing: list[str] = field(default_factory=list)  # image files not found (not exported)
+
+    def summary(self) -> str:
+        text = f"Exported {self.written} labelled images to {self.out} ({self.format})."
+        if self.missing:
+            text += f" {len(self.missing)} image files are missing and were left out"
+            text += f" (first: {self.missing[0]}); `atl info` lists them."
+        return text
+
+
+# ---- safe names ------------------------------------------------------------------------
+
+
+def safe_name(name: str, fallback: str = "unnamed") -> str:
+    """A file or folder name that is valid on Windows, macOS and Linux and cannot leave its folder.
+
+    Separators, control and reserved characters become "_"; trailing dots and
+    spaces go; names that are empty, only dots, or reserved on Windows (CON, NUL,
+    AUX, COM1, ... also with an extension) are changed; the length is capped.
+    """
+    cleaned = _UNSAFE_CHARACTERS.sub("_", name).strip().rstrip(". ")
+    if not cleaned or set(cleaned) <= {"."}:
+        cleaned = fallback
+    if cleaned.split(".")[0].upper() in _WINDOWS_RESERVED:
+        cleaned = "_" + cleaned
+    return cleaned[:MAX_NAME_LENGTH].rstrip(". ") or fallback
+
+
+def class_folder_names(names: Iterable[str]) -> dict[str, str]:
+    """Class name -> distinct safe folder name; a collision (ignoring case) gets "_2", "_3", ..."""
+    folders: dict[str, str] = {}
+    taken: set[str] = set()
+    for name in names:
+        base = safe_name(name, fallback="unnamed_class")
+        folder, n = base, 1
+        while folder.lower() in taken:
+            n += 1
+            folder = f"{base}_{n}"
+        taken.add(folder.lower())
+        folders[name] = folder
+    return folders
+
+
+# ---- the rows every export shares ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Row:
+    record: ImageRecord
+    path: Path
+    label: str
+    newest: LabelEvent
+
+
+def _labelled_rows(project: Project) -> list[_Row]:
+    names = {c.id: c.name for c in project.classes()}
+    records = {r.id: r for r in project.images()}
+    newest: dict[int, LabelEvent] = {}
+    for event in project.label_history():  # ordered by id: the last one per image wins
+        newest[event.image_id] = event
+    rows = []
+    for image_id, class_id in sorted(project.current_labels().items()):
+        if class_id not in names:  # a label of a deleted class is no label any more
+            continue
+        record = records[image_id]
+        rows.append(_Row(record, project.image_path(record), names[class_id], newest[image_id]))
+    return rows
+
+
+def _who(event: LabelEvent) -> str:
+    return f"{event.kind}:{event.annotator}" if event.annotator else event.kind
+
+
+# ---- CSV and JSON ------------------------------------------------------------------------------
+
+
+def export_csv(project: Project, out: str | os.PathLike, overwrite: bool = False) -> ExportReport:
+    """One row per labelled image: path (absolute), label, who, round, confidence."""
+    out = _check_file_target(Path(out), overwrite)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    rows = _labelled_rows(project)
+    for row in rows:
+        event = row.newest
+        writer.writerow([
+            os.path.abspath(row.path), row.label, _who(event),
+            "" if event.round_id is None else event.round_id,
+            "" if event.confidence is None else repr(event.confidence),
+        ])
+    atomic_write_text(out, buffer.getvalue())
+    return ExportReport(str(out), "csv", written=len(rows))
+
+
+def export_json(project: Project, out: str | os.PathLike, overwrite: bool = False) -> ExportReport:
+    """Classes, every image's current label and its whole label history (provenance)."""
+    out = _check_file_target(Path(out), overwrite)
+    document = json_document(project)
+    atomic_write_text(out, json.dumps(document, indent=1, ensure_ascii=False) + "\n")
+    labelled = sum(1 for image in document["images"] if image["label"] is not None)
+    return ExportReport(str(out), "json", written=labelled)
+
+
+def json_document(project: Project) -> dict:
+    names = {c.id: c.name for c in project.classes()}
+    history: dict[int, list[LabelEvent]] = {}
+    for event in project.label_history():
+        history.setdefault(event.image_id, []).append(event)
+    current = project.current_labels()
+    images = []
+    for record in project.images():
+        events = history.get(record.id, [])
+        if not events:
+            continue
+        label = current.get(record.id)
+        images.append({
+            "id": record.id,
+            "sha256": record.sha256,
+            "path": os.path.abspath(project.image_path(record)),
+            "location": record.location,
+            "stored": record.stored,
+            "domain": record.domain,
+            "split": record.split,
+            "width": record.width,
+            "height": record.height,
+            "label": names.get(label) if label is not None else None,
+            "history": [_event_json(e, names) for e in events],
+        })
+    return {
+        "format": JSON_FORMAT,
+        "version": JSON_VERSION,
+        "project": project.path.name,
+        "exported": time.time(),
+        "classes": [asdict(c) for c in project.classes()],
+        "images": images,
+    }
+
+
+def _event_json(event: LabelEvent, names: dict[int, str]) -> dict:
+    values = asdict(event)
+    values["label"] = names.get(event.class_id) if event.class_id is not None else None
+    values["suggestion"] = names.get(event.suggestion_class_id)
+    return values
+
+
+def _check_file_target(out: Path, overwrite: bool) -> Path:
+    if out.is_dir():
+        raise ExportError(f"{out} is a folder; give a file name.")
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} already exists; pass overwrite to replace it.")
+    if not out.parent.is_dir():
+        raise ExportError(f"Folder {out.parent} does not exist.")
+    return out
+
+
+# ---- class folders -------------------------------------------------------------------------------
+
+
+def export_imagefolder(
+    project: Project, out: str | os.PathLike, *, symlink: bool = False, overwrite: bool = False
+) -> Job:
+    """Copy (or symlink) each labelled image to OUT/<class folder>/; a job returning an ExportReport.
+
+    An existing non-empty OUT is refused unless `overwrite`, which writes into it
+    and replaces files of the same name (other files are left alone).
+    """
+    root = _prepare_folder(Path(out), overwrite)
+    rows = _labelled_rows(project)
+    folders = class_folder_names(project.class_names())
+    report = ExportReport(str(root), "imagefolder", folders=dict(folders))
+    used: set[str] = set()
+    for done, row in enumerate(rows, 1):
+        if not row.path.is_file():
+            report.missing.append(str(row.path))
+        else:
+            folder = _class_folder(root, folders[row.label])
+            _place(row.path, folder / _unique_file_name(row, folders[row.label], used), symlink)
+            report.written += 1
+        if done % 50 == 0 or done == len(rows):
+            yield Progress(done, len(rows), "exporting")
+    return report
+
+
+def _prepare_folder(out: Path, overwrite: bool) -> Path:
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} exists and is not a folder.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ExportError(f"{out} is not empty; choose an empty folder or pass overwrite.")
+    out.mkdir(parents=True, exist_ok=True)
+    return out.resolve()
+
+
+def _class_folder(root: Path, name: str) -> Path:
+    folder = root / name
+    if folder.is_symlink():  # writing through it could land outside OUT
+        raise ExportError(f"{folder} is a symbolic link; refusing to write through it.")
+    folder.mkdir(exist_ok=True)
+    if folder.resolve().parent != root:
+        raise ExportError(f"{folder} would be outside {root}.")
+    return folder
+
+
+def _unique_file_name(row: _Row, folder: str, used: set[str]) -> str:
+    record = row.record
+    original = Path(record.original_path or "").name
+    suffix = row.path.suffix.lower() or ".png"
+    stem = Path(original).stem if Path(original).suffix.lower() in IMAGE_SUFFIXES else ""
+    name = safe_name(f"{stem}{suffix}" if stem else f"image_{record.id}{suffix}")
+    if f"{folder}/{name}".lower() in used:
+        name = safe_name(f"{Path(name).stem}_{record.id}{suffix}")
+    used.add(f"{folder}/{name}".lower())
+    return name
+
+
+def _place(source: Path, target: Path, symlink: bool) -> None:
+    if target.is_symlink() or target.exists():
+        target.unlink()  # replace a link rather than write through it
+    if symlink:
+        target.symlink_to(source.resolve())
+    else:
+        shutil.copyfile(source, target)

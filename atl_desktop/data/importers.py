@@ -1,0 +1,552 @@
+"""Import images into a project: a folder, a class-per-subfolder tree, a CSV, or a NumPy .npz.
+
+Each import is a job (a generator of `Progress` that returns an `ImportReport`).
+Files are read once: the bytes are hashed (sha256, the image's identity) and
+decoded from memory to prove they are images. Bad files are skipped with the
+reason, never abort the import. An image whose content is already in the project
+is merged with it and counted as a duplicate.
+
+Work goes in batches: the files of a batch are read and checked outside any
+transaction, then written in one short transaction. Every yield lies between
+transactions, so a cancelled import leaves exactly the batches committed so far.
+
+Images are referenced where they are (`stored="ref"`, a path relative to the
+project's folder) unless `copy=True`; arrays from an .npz are always copied into
+the project's content-addressed media folder as lossless PNG.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from atl_desktop.data.decode import (
+    DEFAULT_MAX_SIDE,
+    IMAGE_SUFFIXES,
+    ImageDecodeError,
+    check_bytes,
+    read_file_stat,
+)
+from atl_desktop.jobs import Job, Progress
+from atl_desktop.store import DOMAINS, SPLITS, Project, ProjectError
+from atl_desktop.store.files import sha256_bytes
+
+FORMATS = ("folder", "imagefolder", "csv", "npz")
+LABEL_MODES = ("labels", "truth", "none")
+NPZ_SPLITS = {"train": "pool", "val": "val", "test": "test"}  # npz key suffix -> project split
+CSV_SUFFIXES = (".csv", ".tsv", ".txt")
+CSV_PATH_HEADERS = frozenset({"path", "file", "filename", "file_name", "image", "image_path", "filepath"})
+CSV_LABEL_HEADERS = frozenset({"label", "class", "class_name", "category", "target", "y"})
+_PROGRESS_EVERY_S = 0.1
+
+
+class SourceError(ProjectError):
+    """A source that cannot be imported at all (missing, wrong format, bad arrays)."""
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """How to import; serialises to JSON (`asdict`) for the project's history."""
+
+    format: str | None = None  # one of FORMATS; None: detect from the source
+    domain: str = "target"  # "source" (labelled data of another domain) or "target"
+    split: str | None = None  # None: "pool", or the npz key's split
+    labels: str = "labels"  # "labels": label events; "truth": hidden ground truth; "none"
+    copy: bool = False  # copy files into the project's media folder
+    max_side: int = DEFAULT_MAX_SIDE
+    batch_size: int = 200  # images per transaction
+
+    def __post_init__(self) -> None:
+        if self.format is not None and self.format not in FORMATS:
+            raise SourceError(f"Unknown import format {self.format!r}; use one of {', '.join(FORMATS)}.")
+        if self.domain not in DOMAINS:
+            raise SourceError(f"Unknown domain {self.domain!r}; use one of {', '.join(DOMAINS)}.")
+        if self.split is not None and self.split not in SPLITS:
+            raise SourceError(f"Unknown split {self.split!r}; use one of {', '.join(SPLITS)}.")
+        if self.labels not in LABEL_MODES:
+            raise SourceError(f"Unknown labels option {self.labels!r}; use one of {', '.join(LABEL_MODES)}.")
+        if self.batch_size < 1 or self.max_side < 1:
+            raise SourceError("batch_size and max_side must be positive.")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ImportReport:
+    """What an import did. `image_ids` follows the source order (merged duplicates included)."""
+
+    source: str = ""
+    format: str = ""
+    labels: str = "labels"  # how labels were recorded: ImportOptions.labels
+    added: int = 0
+    duplicates: int = 0
+    labelled: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    conflicts: list[tuple[str, str]] = field(default_factory=list)  # duplicates labelled otherwise
+    classes_added: list[str] = field(default_factory=list)
+    image_ids: list[int] = field(default_factory=list)
+
+    def summary(self, max_listed: int = 10) -> str:
+        lines = [
+            f"Imported {self.source} ({self.format}): {self.added} new images, "
+            f"{self.duplicates} duplicates merged, {len(self.skipped)} skipped, "
+            + (f"{self.labelled} with hidden ground truth." if self.labels == "truth"
+               else f"{self.labelled} labelled.")
+        ]
+        if self.classes_added:
+            lines.append(f"New classes: {', '.join(self.classes_added)}.")
+        for title, entries in (("Skipped", self.skipped), ("Label conflicts (kept the existing label)", self.conflicts)):
+            if not entries:
+                continue
+            lines.append(f"{title}:")
+            lines += [f"  {path}: {reason}" for path, reason in entries[:max_listed]]
+            if len(entries) > max_listed:
+                lines.append(f"  ... and {len(entries) - max_listed} more")
+        return "\n".join(lines)
+
+
+# ---- what a source holds -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One image to import: a file, or row `index` of an array."""
+
+    name: str  # for messages and original_path
+    split: str
+    class_name: str | None
+    path: Path | None = None
+    array: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    items: list[_Item]
+    classes: list[str]  # in the order they should be created
+    skipped: list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """An item that was read and checked, ready to be written."""
+
+    item: _Item
+    sha256: str
+    location: str
+    stored: str
+    width: int
+    height: int
+    mode: str
+    bit_depth: int
+    file_size: int | None = None
+    mtime: float | None = None
+
+
+# ---- entry point ---------------------------------------------------------------------
+
+
+def import_source(
+    project: Project, source: str | os.PathLike, options: ImportOptions | None = None
+) -> Job:
+    """Import `source` into `project`; a job returning an `ImportReport`."""
+    options = options or ImportOptions()
+    source = Path(source)
+    if not source.exists():
+        raise SourceError(f"{source}: no such file or folder.")
+    fmt = options.format or detect_format(source)
+    if fmt in ("csv", "npz") and not source.is_file():
+        raise SourceError(f"{source}: a {fmt} import needs a file, not a folder.")
+    if fmt == "imagefolder" and not source.is_dir():
+        raise SourceError(f"{source}: a class-per-subfolder import needs a folder.")
+    yield Progress(0, None, f"reading {source.name}")
+    plan = _PLANNERS[fmt](project, source, options)
+    report = ImportReport(
+        source=str(source), format=fmt, labels=options.labels, skipped=list(plan.skipped)
+    )
+    class_ids = _create_classes(project, plan.classes, options, report)
+    writer = _Writer(project, options, class_ids, report, label_source=source.name)
+    yield from _run(project, plan.items, options, writer, report)
+    return report
+
+
+def detect_format(source: Path) -> str:
+    """Guess the format: .npz, a CSV, a class-per-subfolder tree, or a plain folder.
+
+    A folder is a class-per-subfolder tree when it has no images of its own and at
+    least two subfolders that hold images; otherwise it is a folder of unlabelled images.
+    """
+    if source.is_file():
+        suffix = source.suffix.lower()
+        if suffix == ".npz":
+            return "npz"
+        if suffix in CSV_SUFFIXES:
+            return "csv"
+        if suffix in IMAGE_SUFFIXES:
+            return "folder"  # a single image
+        raise SourceError(
+            f"{source}: cannot tell how to import this file; give a folder, a .csv or an .npz."
+        )
+    entries = [e for e in _scan(source) if not e.name.startswith(".")]
+    if any(e.is_file() and _is_image_name(e.name) for e in entries):
+        return "folder"
+    with_images = [e for e in entries if e.is_dir() and _holds_images(Path(e.path))]
+    return "imagefolder" if len(with_images) >= 2 else "folder"
+
+
+# ---- planners: list what a source holds ----------------------------------------------
+
+
+def _plan_folder(project: Project, source: Path, options: ImportOptions) -> _Plan:
+    split = options.split or "pool"
+    if source.is_file():
+        return _Plan([_Item(str(source), split, None, path=source)], [], [])
+    files, skipped = _walk_images(source, project)
+    return _Plan([_Item(str(p), split, None, path=p) for p in files], [], skipped)
+
+
+def _plan_imagefolder(project: Project, source: Path, options: ImportOptions) -> _Plan:
+    split = options.split or "pool"
+    items, skipped, classes = [], [], []
+    for entry in sorted(_scan(source), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            continue
+        path = Path(entry.path)
+        if not entry.is_dir():
+            skipped.append((str(path), "not inside a class folder"))
+            continue
+        files, bad = _walk_images(path, project)
+        skipped += bad
+        if files:
+            classes.append(entry.name)
+            items += [_Item(str(p), split, entry.name, path=p) for p in files]
+    return _Plan(items, classes, skipped)
+
+
+def _plan_csv(project: Project, source: Path, options: ImportOptions) -> _Plan:
+    split = options.split or "pool"
+    rows = _read_csv_rows(source)
+    items, skipped, classes = [], [], []
+    for number, row in rows:
+        raw = row[0].strip()
+        label = row[1].strip() if len(row) > 1 and row[1].strip() else None
+        if not raw:
+            skipped.append((f"{source.name}:{number}", "empty path"))
+            continue
+        path = Path(raw)
+        path = path if path.is_absolute() else source.parent / path
+        if label is not None and label not in classes:
+            classes.append(label)
+        items.append(_Item(str(path), split, label, path=path))
+    return _Plan(items, classes, skipped)
+
+
+def _plan_npz(project: Project, source: Path, options: ImportOptions) -> _Plan:
+    try:
+        arrays = np.load(source, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise SourceError(f"{source}: not a readable .npz file ({error}).") from None
+    with arrays:
+        keys = set(arrays.files)
+        parts = [("x", "y", "pool")] if "x" in keys else [
+            (f"x_{s}", f"y_{s}", project_split) for s, project_split in NPZ_SPLITS.items()
+            if f"x_{s}" in keys
+        ]
+        if not parts:
+            raise SourceError(
+                f"{source}: no image arrays; expected key 'x' or x_train/x_val/x_test "
+                f"(found {', '.join(sorted(keys)) or 'nothing'})."
+            )
+        classes = [str(c) for c in arrays["classes"]] if "classes" in keys else None
+        items: list[_Item] = []
+        used: set[int] = set()
+        for x_key, y_key, split in parts:
+            x = _image_array(arrays[x_key], source, x_key)
+            y = _label_array(arrays[y_key], len(x), source, y_key) if y_key in keys else None
+            if y is not None:
+                used.update(int(v) for v in np.unique(y))
+            names = _npz_class_names(classes, used, source)
+            for i in range(len(x)):
+                label = None if y is None else names[int(y[i])]
+                items.append(_Item(f"{source}:{x_key}[{i}]", options.split or split, label, array=x[i]))
+    class_order = classes if classes is not None else [str(v) for v in sorted(used)]
+    return _Plan(items, class_order if used else [], [])
+
+
+_PLANNERS: dict[str, Callable[[Project, Path, ImportOptions], _Plan]] = {
+    "folder": _plan_folder,
+    "imagefolder": _plan_imagefolder,
+    "csv": _plan_csv,
+    "npz": _plan_npz,
+}
+
+
+def _scan(folder: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError as error:
+        raise SourceError(f"{folder}: cannot list this folder ({error.strerror or error}).") from None
+
+
+def _is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def _holds_images(folder: Path) -> bool:
+    for _root, _dirs, files in os.walk(folder):
+        if any(_is_image_name(f) for f in files):
+            return True
+    return False
+
+
+def _walk_images(folder: Path, project: Project) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Image files under `folder`, sorted; other files are listed as skipped (hidden ones not)."""
+    own = os.path.realpath(project.data_dir)
+    files: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(
+            d for d in dirs
+            if not d.startswith(".") and os.path.realpath(os.path.join(root, d)) != own
+        )
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            path = os.path.join(root, name)
+            if _is_image_name(name):
+                files.append(Path(path))
+            elif not name.endswith(".atl"):
+                suffix = os.path.splitext(name)[1] or "no extension"
+                skipped.append((path, f"not an image file type ({suffix})"))
+    return files, skipped
+
+
+def _read_csv_rows(source: Path) -> list[tuple[int, list[str]]]:
+    try:
+        text = source.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise SourceError(f"{source}: cannot read this CSV ({error}).") from None
+    try:
+        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    rows = [(n, row) for n, row in enumerate(csv.reader(io.StringIO(text), dialect), 1) if row]
+    if rows and _is_header(rows[0][1], source.parent):
+        rows = rows[1:]
+    return rows
+
+
+def _is_header(row: list[str], folder: Path) -> bool:
+    first = row[0].strip()
+    if first.lower() in CSV_PATH_HEADERS:
+        return True
+    second = row[1].strip().lower() if len(row) > 1 else ""
+    return second in CSV_LABEL_HEADERS and not (folder / first).exists()
+
+
+def _image_array(x: np.ndarray, source: Path, key: str) -> np.ndarray:
+    if x.ndim == 4 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.dtype != np.uint8 or not (x.ndim == 3 or (x.ndim == 4 and x.shape[-1] == 3)):
+        raise SourceError(
+            f"{source}: '{key}' must be uint8 images (N, H, W) or (N, H, W, 3); "
+            f"found {x.dtype} {x.shape}."
+        )
+    return x
+
+
+def _label_array(y: np.ndarray, n: int, source: Path, key: str) -> np.ndarray:
+    if y.ndim == 2 and y.shape[1] == 1:  # MedMNIST keeps labels as (N, 1)
+        y = y[:, 0]
+    if y.ndim != 1 or len(y) != n or not np.issubdtype(y.dtype, np.integer):
+        raise SourceError(f"{source}: '{key}' must be {n} integer labels; found {y.dtype} {y.shape}.")
+    if n and y.min() < 0:
+        raise SourceError(f"{source}: '{key}' has negative labels.")
+    return y
+
+
+def _npz_class_names(classes: list[str] | None, used: set[int], source: Path) -> dict[int, str]:
+    if classes is None:
+        return {v: str(v) for v in used}
+    if used and max(used) >= len(classes):
+        raise SourceError(
+            f"{source}: label {max(used)} has no name ('classes' holds {len(classes)} names)."
+        )
+    return dict(enumerate(classes))
+
+
+# ---- running ---------------------------------------------------------------------------
+
+
+def _create_classes(
+    project: Project, names: list[str], options: ImportOptions, report: ImportReport
+) -> dict[str, int]:
+    if options.labels == "none" or not names:
+        return {}
+    ids = {}
+    with project.transaction():
+        for name in names:
+            existing = project.class_by_name(name.strip())
+            if existing is None:
+                report.classes_added.append(name.strip())
+            ids[name] = existing.id if existing is not None else project.add_class(name)
+    return ids
+
+
+def _run(
+    project: Project, items: list[_Item], options: ImportOptions, writer: _Writer, report: ImportReport
+) -> Iterator[Progress]:
+    total = len(items)
+    locator = _Locator(project)
+    last = time.monotonic()
+    for start in range(0, total, options.batch_size):
+        batch = []
+        for offset, item in enumerate(items[start : start + options.batch_size]):
+            try:
+                batch.append(_prepare(project, item, options, locator))
+            except ImageDecodeError as error:
+                report.skipped.append((item.name, _reason(error, item.name)))
+            if time.monotonic() - last >= _PROGRESS_EVERY_S:  # a cancel point: nothing half-written
+                last = time.monotonic()
+                yield Progress(start + offset + 1, total, "importing", _metrics(report))
+        writer.write(batch)
+        done = min(start + options.batch_size, total)
+        yield Progress(done, total, "importing", {**_metrics(report), "committed": done})
+        last = time.monotonic()
+
+
+def _metrics(report: ImportReport) -> dict[str, float]:
+    return {"added": report.added, "duplicates": report.duplicates, "skipped": len(report.skipped)}
+
+
+def _reason(error: ImageDecodeError, name: str) -> str:
+    message = str(error)
+    return message[len(name) + 2 :] if message.startswith(f"{name}: ") else message
+
+
+def _prepare(project: Project, item: _Item, options: ImportOptions, locator: _Locator) -> _Ready:
+    """Read, hash and check one item (outside any transaction)."""
+    if item.array is not None:
+        return _prepare_array(project, item)
+    data, st = read_file_stat(item.path)
+    sha = sha256_bytes(data)
+    info = check_bytes(data, name=item.name, max_side=options.max_side)
+    width, height = info.oriented_size
+    if options.copy:
+        location = _media(project, data, sha, item.path.suffix.lower() or ".img")
+        stored = "media"
+    else:
+        location, stored = locator.location(item.path), "ref"
+    return _Ready(item, sha, location, stored, width, height, info.mode, info.bit_depth,
+                  file_size=st.st_size, mtime=st.st_mtime)
+
+
+class _Locator:
+    """`project.relative_location` for many files, resolving each folder only once."""
+
+    def __init__(self, project: Project):
+        self.project = project
+        self.base = os.path.realpath(project.path.parent)
+        self.folders: dict[str, str] = {}
+
+    def location(self, path: Path) -> str:
+        text = str(path)
+        if os.path.islink(text):
+            return self.project.relative_location(path)
+        folder, name = os.path.split(text)
+        prefix = self.folders.get(folder)
+        if prefix is None:
+            prefix = self.project.relative_location(folder or ".")
+            prefix = self.folders[folder] = "" if prefix == "." else prefix + "/"
+        return prefix + name
+
+
+def _prepare_array(project: Project, item: _Item) -> _Ready:
+    pixels = item.array
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB").save(buffer, format="PNG")
+    data = buffer.getvalue()
+    sha = sha256_bytes(data)
+    location = _media(project, data, sha, ".png")
+    mode = "L" if pixels.ndim == 2 else "RGB"
+    return _Ready(item, sha, location, "media", pixels.shape[1], pixels.shape[0], mode, 8)
+
+
+def _media(project: Project, data: bytes, sha: str, suffix: str) -> str:
+    # Content-addressed: writing the same bytes twice is harmless, and a file
+    # written by a cancelled batch is simply reused by the next import.
+    return project.store_media(data, sha, suffix=suffix)
+
+
+class _Writer:
+    """Writes checked items in one transaction: images, then labels or truth."""
+
+    def __init__(
+        self, project: Project, options: ImportOptions, class_ids: dict[str, int],
+        report: ImportReport, label_source: str,
+    ):
+        self.project = project
+        self.options = options
+        self.class_ids = class_ids
+        self.report = report
+        self.annotator = label_source
+        self._truth: set[int] | None = None  # images with truth, read on first need
+
+    def write(self, batch: Iterable[_Ready]) -> None:
+        added, duplicates, labelled, ids, conflicts = 0, 0, 0, [], []
+        with self.project.transaction():
+            for ready in batch:
+                image_id, is_new = self.project.add_image(
+                    sha256=ready.sha256, location=ready.location, stored=ready.stored,
+                    original_path=self._original(ready.item), width=ready.width,
+                    height=ready.height, mode=ready.mode, bit_depth=ready.bit_depth,
+                    domain=self.options.domain, split=ready.item.split,
+                    file_size=ready.file_size, mtime=ready.mtime,
+                )
+                added += is_new
+                duplicates += not is_new
+                ids.append(image_id)
+                outcome = self._label(image_id, is_new, ready.item)
+                labelled += outcome is True
+                if isinstance(outcome, str):
+                    conflicts.append((ready.item.name, outcome))
+        # The report changes only once the transaction is committed.
+        self.report.added += added
+        self.report.duplicates += duplicates
+        self.report.labelled += labelled
+        self.report.image_ids += ids
+        self.report.conflicts += conflicts
+
+    @staticmethod
+    def _original(item: _Item) -> str:
+        return str(item.path.absolute()) if item.path is not None else item.name
+
+    def _label(self, image_id: int, is_new: bool, item: _Item) -> bool | str:
+        """True when a label (or truth) was recorded; a message when it conflicts."""
+        if item.class_name is None or self.options.labels == "none":
+            return False
+        class_id = self.class_ids[item.class_name]
+        if self.options.labels == "truth":
+            if self._truth is None:
+                self._truth = set(self.project.truth())
+            if image_id in self._truth:  # a duplicate keeps the truth it has
+                return False
+            self.project.set_truth(image_id, class_id)
+            self._truth.add(image_id)
+            return True
+        current = None if is_new else self.project.label_of(image_id)
+        if current is None:
+            self.project.set_label(image_id, class_id, kind="import", annotator=self.annotator)
+            return True
+        if current != class_id:
+            return f"already labelled differently (kept it; this source says {item.class_name!r})"
+        return False
