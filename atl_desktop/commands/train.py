@@ -1,0 +1,242 @@
+"""`atl train` and `atl evaluate`: fine-tune and measure models, in a project or on loose data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from atl_desktop.jobs import run_with_tqdm
+from atl_desktop.store import Project, ProjectError
+
+SMALL_IMAGE_SIDE = 32  # images this small default to the small CNN
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from atl_desktop.models.registry import available_backbones
+    from atl_desktop.models.transforms import AUGMENTATIONS
+    from atl_desktop.transfer.methods import METHODS
+    from atl_desktop.transfer.train import OPTIMIZERS
+
+    train = subparsers.add_parser(
+        "train", help="train or fine-tune the project's model",
+        description="Train on a project's labels: source pre-training on labelled source images, "
+        "then fine-tuning on labelled target images, continuing from the latest checkpoint unless "
+        "--from-scratch. With --data, train on an .npz file or a class-per-folder tree instead "
+        "and write the model to --out.")
+    train.add_argument("project", type=Path, nargs="?", help="the .atl project")
+    train.add_argument("--data", type=Path, help=".npz file or ImageFolder tree (instead of a project)")
+    train.add_argument("--out", type=Path, help="model file to write with --data (.safetensors)")
+    train.add_argument("--method", choices=list(METHODS), default="finetune")
+    train.add_argument("--backbone", choices=available_backbones(),
+                       help="default: the latest checkpoint's, else smallcnn for tiny images, else resnet18")
+    train.add_argument("--weights", help="'imagenet' (from the local torch cache), 'none', or a weights "
+                       "file; default: imagenet for torchvision backbones")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
+    train.add_argument("--freeze", type=int, default=0, metavar="K", help="keep the first K stages fixed")
+    train.add_argument("--lr-decay", type=float, default=1.0,
+                       help="layer-wise learning-rate decay per stage towards the input (0 < d <= 1)")
+    train.add_argument("--balanced", action="store_true", help="class-balanced sampling")
+    train.add_argument("--augment", choices=AUGMENTATIONS, default="none")
+    train.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs (0: off)")
+    train.add_argument("--input-size", type=int, help="override the backbone's input size")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--from-scratch", action="store_true", help="ignore existing checkpoints")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    train.add_argument("--num-workers", type=int, default=0)
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--json", action="store_true", help="print the result as JSON")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = subparsers.add_parser(
+        "evaluate", help="accuracy, per-class recall and confusion matrix",
+        description="Evaluate a checkpoint on a split of the project's target images (labels, or "
+        "the hidden ground truth on the test split), or a model file on --data.")
+    evaluate.add_argument("project", type=Path, nargs="?")
+    evaluate.add_argument("--split", default="test", help="project split, or .npz split (default test)")
+    evaluate.add_argument("--checkpoint", type=int, metavar="ID", help="default: the latest")
+    evaluate.add_argument("--data", type=Path, help=".npz file or ImageFolder tree")
+    evaluate.add_argument("--model", type=Path, help="model file written by `atl train --out`")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+
+# ---- train -----------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if (args.project is None) == (args.data is None):
+        raise ProjectError("Give either a project or --data (with --out).")
+    if args.data is not None:
+        return _train_on_data(args)
+    from atl_desktop.transfer.train import train_project
+
+    with Project.open(args.project) as project:
+        latest = None if args.from_scratch else project.latest_checkpoint()
+        if args.backbone is None:
+            sides = [max(r.width or 0, r.height or 0) for r in project.images(domain="target")]
+            backbone = latest.backbone if latest else _default_backbone(sides)
+        else:
+            backbone = args.backbone
+        config = _config(args, backbone)
+        result = run_with_tqdm(train_project(project, config, from_scratch=args.from_scratch),
+                               desc="train", quiet=args.quiet)
+        _print(args, {"checkpoints": list(result.checkpoint_ids), "phases": list(result.phases),
+                      "metrics": result.metrics},
+               f"{', '.join(result.phases)} done; checkpoint {result.checkpoint_id}. "
+               + _metric_line(result.metrics))
+    return 0
+
+
+def _train_on_data(args: argparse.Namespace) -> int:
+    from atl_desktop.models.checkpoints import save_model_file
+    from atl_desktop.models.registry import build_model
+    from atl_desktop.models.transforms import input_transform
+    from atl_desktop.transfer.train import train
+
+    if args.out is None:
+        raise ProjectError("--data needs --out, the model file to write.")
+    images, labels, classes, sides = _loose_data(args.data, "train")
+    config = _config(args, args.backbone or _default_backbone(sides))
+    model = build_model(config.backbone, len(classes), weights=config.weights,
+                        input_size=config.input_size, seed=config.seed)
+    train_set = images(input_transform(model.spec, train=True, augment=config.augment), labels)
+    val_set = None
+    if args.data.suffix == ".npz":
+        val_set = _npz_split(args.data, "val", input_transform(model.spec))
+    result = run_with_tqdm(train(model, train_set, config, val_set=val_set), desc="train",
+                           quiet=args.quiet)
+    save_model_file(args.out, model, classes=classes, config=config.to_dict(),
+                    metrics=result.metrics, seed=config.seed)
+    _print(args, {"model": str(args.out), "metrics": result.metrics},
+           f"Wrote {args.out}. " + _metric_line(result.metrics))
+    return 0
+
+
+def _config(args: argparse.Namespace, backbone: str):
+    from atl_desktop.models.registry import backbone_info
+    from atl_desktop.transfer.train import TrainConfig
+
+    weights = args.weights
+    if weights is None:
+        weights = "imagenet" if backbone_info(backbone).torchvision else None
+    elif weights.lower() == "none":
+        weights = None
+    try:
+        return TrainConfig(
+            backbone=backbone, weights=weights, method=args.method, epochs=args.epochs,
+            batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, freeze=args.freeze,
+            lr_decay=args.lr_decay, balanced=args.balanced, augment=args.augment,
+            patience=args.patience, seed=args.seed, input_size=args.input_size,
+            device=args.device, num_workers=args.num_workers,
+        )
+    except ValueError as error:
+        raise ProjectError(str(error)) from None
+
+
+def _default_backbone(sides: list[int]) -> str:
+    if sides and statistics.median(sides) <= SMALL_IMAGE_SIDE:
+        return "smallcnn"
+    return "resnet18"
+
+
+# ---- evaluate ----------------------------------------------------------------------
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    if (args.project is None) == (args.data is None):
+        raise ProjectError("Give either a project or --data (with --model).")
+    if args.data is not None:
+        result = _evaluate_on_data(args)
+    else:
+        from atl_desktop.transfer.train import evaluate_project
+
+        with Project.open(args.project, readonly=True) as project:
+            job = evaluate_project(project, checkpoint_id=args.checkpoint, split=args.split,
+                                   batch_size=args.batch_size, device=args.device)
+            result = run_with_tqdm(job, desc="evaluate", quiet=args.quiet)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.report())
+    return 0
+
+
+def _evaluate_on_data(args: argparse.Namespace):
+    from atl_desktop.models.checkpoints import load_model_file
+    from atl_desktop.models.transforms import input_transform
+    from atl_desktop.transfer.train import evaluate
+
+    if args.model is None:
+        raise ProjectError("--data needs --model, a file written by `atl train --out`.")
+    images, labels, classes, _ = _loose_data(args.data, args.split)
+    model, _meta = load_model_file(args.model, classes=classes)
+    dataset = images(input_transform(model.spec), labels)
+    job = evaluate(model, dataset, batch_size=args.batch_size, device=args.device, classes=classes)
+    return run_with_tqdm(job, desc="evaluate", quiet=args.quiet)
+
+
+# ---- loose data ----------------------------------------------------------------------
+
+
+def _loose_data(path: Path, split: str):
+    """(make_dataset(transform, labels), labels, classes, image sides) for an .npz or a folder tree."""
+    from atl_desktop.data.datasets import ArrayDataset, ImageDataset, load_imagefolder, load_npz
+
+    if path.is_dir():
+        paths, labels, classes = load_imagefolder(path)
+        if not paths:
+            raise ProjectError(f"{path}: no class folders with images.")
+        return (lambda tf, y: ImageDataset(paths, y, tf)), labels, classes, _sides(paths[:20])
+    x, y, classes = _load_npz_split(load_npz, path, split)
+    if y is None:
+        raise ProjectError(f"{path}: the {split} images have no labels.")
+    return (lambda tf, labels: ArrayDataset(x, labels, tf)), y, classes, [max(x.shape[1:3])]
+
+
+def _sides(paths: list[Path]) -> list[int]:
+    from PIL import Image
+
+    sides = []
+    for path in paths:
+        with Image.open(path) as img:  # reads the header only
+            sides.append(max(img.size))
+    return sides
+
+
+def _load_npz_split(load_npz, path: Path, split: str):
+    try:
+        return load_npz(path, split)
+    except ProjectError:
+        if split == "train":
+            raise
+        return load_npz(path, "train")  # a file with plain x / y: use it whole
+
+
+def _npz_split(path: Path, split: str, transform):
+    from atl_desktop.data.datasets import ArrayDataset, load_npz
+
+    try:
+        x, y, _ = load_npz(path, split)
+    except ProjectError:
+        return None
+    return None if y is None else ArrayDataset(x, y, transform)
+
+
+# ---- output ------------------------------------------------------------------------------
+
+
+def _metric_line(metrics: dict) -> str:
+    shown = {k: v for k, v in metrics.items() if k in ("train_loss", "val_accuracy", "val_loss", "steps")}
+    return "  ".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in shown.items())
+
+
+def _print(args: argparse.Namespace, data: dict, text: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else text)

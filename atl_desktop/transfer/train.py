@@ -1,0 +1,631 @@
+"""The fine-tuning loop and evaluation, as jobs (generators of Progress).
+
+`train` optimises a `Classifier` on a labelled training set, optionally with a
+labelled source set and an unlabelled target set for transfer methods (see
+`methods.py`). Every step yields a Progress carrying the loss terms; closing the
+generator at a yield stops it cleanly (nothing is written by `train` itself;
+`train_project` writes a checkpoint only when a phase has finished, so a
+cancelled run leaves the last good checkpoint as it was).
+
+Randomness is explicit: data order comes from seeded DataLoader generators, and
+dropout and augmentations run inside a private random stream (the global torch
+state is forked and restored around every step), so the same seed gives the
+same result, whatever else the process does between steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, WeightedRandomSampler
+
+from atl_desktop.jobs import Progress
+from atl_desktop.models.classifier import FEATURES, LOGITS, Classifier
+from atl_desktop.transfer.freeze import freeze_stages, layerwise_param_groups, unfreeze
+from atl_desktop.transfer.methods import Method, RoleOutputs, StepOutputs, make_method
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run; stored with each checkpoint."""
+
+    backbone: str = "resnet18"
+    weights: str | None = None  # None, "imagenet" or a local file
+    method: str = "finetune"
+    method_options: Mapping[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 1e-4
+    freeze: int = 0  # number of body stages kept fixed, from the input
+    lr_decay: float = 1.0  # layer-wise: stage i of n gets lr * lr_decay ** (n - i)
+    balanced: bool = False  # class-balanced sampling of labelled data
+    augment: str = "none"  # "none" | "natural" | "histology"
+    patience: int = 3  # early stopping: epochs without validation gain (0 = never stop)
+    seed: int = 0
+    amp: bool = True  # automatic mixed precision on CUDA
+    num_workers: int = 0
+    input_size: int | None = None
+    bottleneck_dim: int | None = None
+    device: str = "auto"
+    max_steps: int | None = None  # stop after this many steps in all (quick runs)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError("epochs, batch size and learning rate must be positive")
+        object.__setattr__(self, "method_options", dict(self.method_options))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int
+    epochs: int
+    best_epoch: int | None
+    stopped_early: bool
+    history: tuple[dict[str, float], ...]
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Evaluation of a classifier on labelled data; confusion rows are true classes."""
+
+    n: int
+    loss: float
+    confusion: tuple[tuple[int, ...], ...]
+    classes: tuple[str, ...] = ()
+
+    @property
+    def accuracy(self) -> float:
+        correct = sum(self.confusion[i][i] for i in range(len(self.confusion)))
+        return correct / self.n if self.n else math.nan
+
+    @property
+    def per_class_recall(self) -> tuple[float | None, ...]:
+        """Recall of each class; None for a class with no examples."""
+        return tuple(row[i] / sum(row) if sum(row) else None for i, row in enumerate(self.confusion))
+
+    @property
+    def balanced_accuracy(self) -> float:
+        recalls = [r for r in self.per_class_recall if r is not None]
+        return sum(recalls) / len(recalls) if recalls else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n, "loss": self.loss, "accuracy": self.accuracy,
+            "balanced_accuracy": self.balanced_accuracy,
+            "per_class_recall": list(self.per_class_recall),
+            "confusion": [list(r) for r in self.confusion], "classes": list(self.classes),
+        }
+
+    def report(self) -> str:
+        names = list(self.classes) or [str(i) for i in range(len(self.confusion))]
+        width = max(len(n) for n in names)
+        lines = [f"images: {self.n}   accuracy: {self.accuracy:.4f}   "
+                 f"balanced accuracy: {self.balanced_accuracy:.4f}   loss: {self.loss:.4f}",
+                 "", f"{'class':<{width}}  recall   n"]
+        for name, recall, row in zip(names, self.per_class_recall, self.confusion, strict=True):
+            shown = "   -  " if recall is None else f"{recall:.4f}"
+            lines.append(f"{name:<{width}}  {shown}  {sum(row)}")
+        lines += ["", "confusion (rows: true, columns: predicted)"]
+        lines += [f"{name:<{width}}  " + " ".join(f"{v:5d}" for v in row)
+                  for name, row in zip(names, self.confusion, strict=True)]
+        return "\n".join(lines)
+
+
+# ---- devices and randomness ----------------------------------------------------
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    if name is None or str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class PrivateRandomStream:
+    """A torch random stream of our own for code that draws from the global one (dropout,
+    augmentations): the global state is forked, set to ours, and restored after each use."""
+
+    def __init__(self, seed: int, device: torch.device):
+        self._cpu = torch.Generator().manual_seed(seed).get_state()
+        self._cuda_index: int | None = None
+        if device.type == "cuda":
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            self._cuda_index = index
+            self._cuda = torch.Generator(device=f"cuda:{index}").manual_seed(seed).get_state()
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        devices = [] if self._cuda_index is None else [self._cuda_index]
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(self._cpu)
+            if self._cuda_index is not None:
+                torch.cuda.set_rng_state(self._cuda, self._cuda_index)
+            yield
+            self._cpu = torch.get_rng_state()
+            if self._cuda_index is not None:
+                self._cuda = torch.cuda.get_rng_state(self._cuda_index)
+
+
+def derived_seeds(seed: int, n: int) -> list[int]:
+    """n independent seeds from one (numpy's SeedSequence)."""
+    return [int(s) for s in np.random.SeedSequence(seed).generate_state(n, dtype=np.uint64) >> 1]
+
+
+# ---- data ------------------------------------------------------------------------
+
+
+def dataset_labels(dataset: Dataset) -> list[int]:
+    """Labels of a dataset without decoding images where the dataset exposes them."""
+    if isinstance(dataset, Subset):
+        inner = dataset_labels(dataset.dataset)
+        return [inner[i] for i in dataset.indices]
+    if isinstance(dataset, ConcatDataset):
+        return [y for d in dataset.datasets for y in dataset_labels(d)]
+    for attribute in ("labels", "targets", "y"):
+        values = getattr(dataset, attribute, None)
+        if values is not None:
+            return [int(v) for v in values]
+    return [int(dataset[i][1]) for i in range(len(dataset))]
+
+
+def balanced_weights(labels: Sequence[int]) -> torch.Tensor:
+    """Sampling weight 1 / (count of the item's class): every class is drawn equally often."""
+    y = torch.as_tensor(labels, dtype=torch.long)
+    counts = torch.bincount(y)
+    return 1.0 / counts[y].double()
+
+
+def make_loader(
+    dataset: Dataset, config: TrainConfig, seed: int, *, train: bool, balanced: bool, pin: bool
+) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    n = len(dataset)
+    sampler = None
+    if train and balanced:
+        sampler = WeightedRandomSampler(balanced_weights(dataset_labels(dataset)), num_samples=n,
+                                        replacement=True, generator=generator)
+    # A last batch of one breaks batch norm in training mode; drop it then.
+    drop_last = train and n > config.batch_size and n % config.batch_size == 1
+    return DataLoader(
+        dataset, batch_size=config.batch_size, shuffle=train and sampler is None, sampler=sampler,
+        generator=generator, num_workers=config.num_workers, pin_memory=pin, drop_last=drop_last,
+        persistent_workers=config.num_workers > 0,
+    )
+
+
+class _Cycle:
+    """Endless iteration over a loader, reshuffled (by its generator) on every pass."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+        self._it = iter(loader)
+
+    def __next__(self):
+        try:
+            return next(self._it)
+        except StopIteration:
+            self._it = iter(self.loader)
+            return next(self._it)
+
+
+# ---- training ----------------------------------------------------------------------
+
+
+def make_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+@dataclass
+class _Loop:
+    """What one training step needs, gathered once."""
+
+    model: Classifier
+    method: Method
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    device: torch.device
+    layers: tuple[str, ...]
+    total: int
+
+    def autocast(self):
+        if self.scaler is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.float16)
+
+    def step(self, batches: dict[str, tuple[Tensor, Tensor | None]], step: int) -> dict[str, float]:
+        roles = list(batches)
+        xs = [batches[r][0].to(self.device, non_blocking=True) for r in roles]
+        sizes = [len(x) for x in xs]
+        labels = {r: (None if batches[r][1] is None else batches[r][1].to(self.device, non_blocking=True))
+                  for r in roles}
+        with self.autocast():
+            x = torch.cat(xs) if len(xs) > 1 else xs[0]
+            if self.layers == (FEATURES, LOGITS):
+                f, logits = self.model.features_and_logits(x)
+                outputs = {FEATURES: f, LOGITS: logits}
+            else:
+                outputs = self.model.intermediate(x, self.layers)
+            split = {name: torch.split(t, sizes) for name, t in outputs.items()}
+            per_role = {r: RoleOutputs({name: parts[i] for name, parts in split.items()}, labels[r])
+                        for i, r in enumerate(roles)}
+            out = StepOutputs(per_role.get("labelled"), per_role.get("source"), per_role.get("target"),
+                              step, self.total)
+            terms: dict[str, Tensor] = {}
+            if out.labelled is not None:
+                terms["ce"] = F.cross_entropy(out.labelled.logits.float(), out.labelled.labels)
+            if out.source is not None:
+                terms["ce_source"] = F.cross_entropy(out.source.logits.float(), out.source.labels)
+            terms.update(self.method.extra_losses(out))
+            loss = sum(terms.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.method.after_step()
+        return self._metrics(loss, terms, out)
+
+    def _metrics(self, loss: Tensor, terms: dict[str, Tensor], out: StepOutputs) -> dict[str, float]:
+        metrics = {"loss": float(loss.detach())}
+        metrics.update({k: float(v.detach()) for k, v in terms.items()})
+        graded = out.labelled if out.labelled is not None else out.source
+        metrics["accuracy"] = float((graded.logits.detach().argmax(1) == graded.labels).float().mean())
+        metrics["lr"] = self.optimizer.param_groups[-1]["lr"]
+        return metrics
+
+
+def train(
+    model: Classifier,
+    train_set: Dataset | None,
+    config: TrainConfig,
+    *,
+    val_set: Dataset | None = None,
+    source_set: Dataset | None = None,
+    target_set: Dataset | None = None,
+    method: Method | None = None,
+) -> Generator[Progress, None, TrainResult]:
+    """Train `model` in place; yields Progress every step, returns a TrainResult.
+
+    train_set: labelled (target) images; source_set: labelled source images;
+    target_set: unlabelled target images (labels ignored), for transfer methods.
+    An epoch is one pass over train_set (or source_set when there is no
+    train_set); the other sets are cycled. With val_set, training stops early
+    after `config.patience` epochs without a better validation accuracy (ties
+    broken by loss), and the best weights are restored at the end.
+    """
+    main = train_set if train_set is not None else source_set
+    if main is None or len(main) == 0:
+        raise ValueError("nothing to train on: give a labelled training or source set")
+    device = resolve_device(config.device)
+    method = method if method is not None else make_method(config.method, config.method_options)
+    layers = tuple(dict.fromkeys((*method.layers, FEATURES, LOGITS)))
+    seeds = derived_seeds(config.seed, 4)
+    use_cuda = device.type == "cuda"
+    model.to(device)
+    method.to(device)
+    freeze_stages(model, config.freeze)
+    try:
+        groups = layerwise_param_groups(model, config.lr, config.lr_decay, config.weight_decay)
+        groups += method.param_groups(config.lr, config.weight_decay)
+        optimizer = make_optimizer(config, groups)
+        scaler = torch.amp.GradScaler("cuda") if use_cuda and config.amp else None
+        loaders = {}
+        for role, ds, seed in (("labelled", train_set, seeds[0]), ("source", source_set, seeds[1]),
+                               ("target", target_set, seeds[2])):
+            if ds is not None and len(ds) > 0:
+                loaders[role] = make_loader(ds, config, seed, train=True, pin=use_cuda,
+                                            balanced=config.balanced and role != "target")
+        main_role = "labelled" if "labelled" in loaders else "source"
+        steps_per_epoch = len(loaders[main_role])
+        total = config.epochs * steps_per_epoch
+        if config.max_steps is not None:
+            total = min(total, config.max_steps)
+        loop = _Loop(model, method, optimizer, scaler, device, layers, total)
+        others = {r: _Cycle(ld) for r, ld in loaders.items() if r != main_role}
+        result = yield from _epochs(loop, loaders[main_role], main_role, others, config, val_set,
+                                    PrivateRandomStream(seeds[3], device))
+        return result
+    finally:
+        unfreeze(model)
+
+
+def _epochs(loop: _Loop, main_loader: DataLoader, main_role: str, others: dict[str, _Cycle],
+            config: TrainConfig, val_set: Dataset | None, rng: PrivateRandomStream):
+    model, step, history = loop.model, 0, []
+    best_key: tuple[float, float] | None = None
+    best_state: dict[str, Tensor] | None = None
+    best_epoch, stale, stopped_early = None, 0, False
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        loop.method.train()
+        losses = []
+        batches = iter(main_loader)
+        while step < loop.total:
+            with rng.active():
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                roles = {main_role: _pair(batch), **{r: _pair(next(c)) for r, c in others.items()}}
+                if "target" in roles:
+                    roles["target"] = (roles["target"][0], None)
+                metrics = loop.step(roles, step)
+            step += 1
+            losses.append(metrics["loss"])
+            yield Progress(step, loop.total, f"epoch {epoch}/{config.epochs}", metrics)
+        record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else math.nan}
+        if val_set is not None and len(val_set) > 0:
+            evaluation = yield from _relay(
+                evaluate(model, val_set, batch_size=config.batch_size, device=loop.device,
+                         num_workers=config.num_workers), step, loop.total, "validating")
+            record.update(val_loss=evaluation.loss, val_accuracy=evaluation.accuracy,
+                          val_balanced_accuracy=evaluation.balanced_accuracy)
+            key = (evaluation.accuracy, -evaluation.loss)
+            if best_key is None or key > best_key:
+                best_key, best_epoch, stale = key, epoch, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+            yield Progress(step, loop.total, f"epoch {epoch}/{config.epochs} validated", record)
+        history.append(record)
+        if step >= loop.total:
+            break
+        if config.patience and stale >= config.patience:
+            stopped_early = True
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    final = dict(history[-1]) if history else {}
+    if best_epoch is not None:
+        final.update({k: v for k, v in history[best_epoch - 1].items() if k.startswith("val_")})
+        final["best_epoch"] = best_epoch
+    final.pop("epoch", None)
+    final["steps"] = step
+    return TrainResult(step, len(history), best_epoch, stopped_early, tuple(history), final)
+
+
+def _pair(batch) -> tuple[Tensor, Tensor | None]:
+    x, y = batch[0], batch[1]
+    return x, y
+
+
+def _relay(job, done: int, total: int | None, message: str):
+    """Re-yield a sub-job's progress as part of an outer job's (done fixed), returning its result."""
+    try:
+        while True:
+            try:
+                inner = next(job)
+            except StopIteration as stop:
+                return stop.value
+            yield Progress(done, total, f"{message} {inner.done}/{inner.total}", {})
+    finally:
+        job.close()
+
+
+# ---- evaluation ----------------------------------------------------------------------
+
+
+def evaluate(
+    model: Classifier,
+    dataset: Dataset,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device | None = "auto",
+    num_workers: int = 0,
+    classes: Sequence[str] = (),
+) -> Generator[Progress, None, EvalResult]:
+    """Accuracy, per-class recall and confusion matrix on labelled data (labels < 0 are skipped)."""
+    device = resolve_device(device)
+    was_training = model.training
+    model.to(device).eval()
+    c = model.num_classes
+    confusion = torch.zeros(c * c, dtype=torch.long)
+    loss_sum, n = 0.0, 0
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    try:
+        with torch.no_grad():
+            for i, batch in enumerate(loader):
+                x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+                keep = y >= 0
+                logits = model(x)[keep].float()
+                y = y[keep]
+                loss_sum += float(F.cross_entropy(logits, y, reduction="sum")) if len(y) else 0.0
+                n += len(y)
+                confusion += torch.bincount((y * c + logits.argmax(1)).cpu(), minlength=c * c)
+                yield Progress(i + 1, len(loader), "evaluating")
+    finally:
+        model.train(was_training)
+    matrix = confusion.view(c, c).tolist()
+    return EvalResult(n, loss_sum / n if n else math.nan, tuple(tuple(r) for r in matrix), tuple(classes))
+
+
+# ---- projects --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProjectTrainResult:
+    checkpoint_ids: tuple[int, ...]  # one per phase, in order; the last is the new model
+    phases: tuple[str, ...]
+    metrics: dict[str, float]
+
+    @property
+    def checkpoint_id(self) -> int:
+        return self.checkpoint_ids[-1]
+
+
+def train_project(
+    project, config: TrainConfig, *, from_scratch: bool = False, round: int | None = None
+) -> Generator[Progress, None, ProjectTrainResult]:
+    """Train on a project's labels and record a checkpoint after each finished phase.
+
+    Unless `from_scratch`, training continues from the latest checkpoint
+    (incremental fine-tuning, as in CEAL and AIFT); its backbone must match
+    `config.backbone`, and classes added since get new head rows. Without a
+    starting checkpoint, a method that uses source labels first pre-trains on the
+    labelled source images; then it fine-tunes on the labelled target pool,
+    stopping early on the labelled target validation split. A method that uses
+    unlabelled target images trains in one phase on all of them.
+    """
+    from atl_desktop.models.checkpoints import save_checkpoint
+    from atl_desktop.models.transforms import input_transform
+    from atl_desktop.store.errors import ProjectError
+    from atl_desktop.transfer.methods import METHODS
+
+    classes = project.class_names()
+    if len(classes) < 2:
+        raise ProjectError("Training needs at least two classes; add classes first.")
+    if config.method not in METHODS:
+        raise ProjectError(f"Unknown method {config.method!r}; choose one of {', '.join(METHODS)}.")
+    method = METHODS[config.method]
+    start = None if from_scratch else project.latest_checkpoint()
+    model = _starting_model(project, config, start, classes)
+    if not 0 <= config.freeze <= len(model.stages):
+        raise ProjectError(f"{model.backbone_name} has {len(model.stages)} stages; "
+                           f"freeze must be between 0 and {len(model.stages)}.")
+    fit = input_transform(model.spec, train=True, augment=config.augment)
+    plain = input_transform(model.spec)
+    phases = _phases(project, method, start is None, fit, plain)
+    if not phases:
+        raise ProjectError("Nothing to train on: label some images first.")
+    parent, ids, metrics = (start.id if start else None), [], {}
+    for name, sets in phases:
+        job = train(model, sets["train"], config, val_set=sets["val"],
+                    source_set=sets["source"], target_set=sets["target"])
+        result = yield from _prefixed(job, name)
+        metrics = {**result.metrics, **{f"n_{k}": len(v) for k, v in sets.items() if v is not None}}
+        parent = save_checkpoint(project, model, classes=classes, parent_id=parent, round=round,
+                                 config={**config.to_dict(), "phase": name}, metrics=metrics,
+                                 seed=config.seed)
+        ids.append(parent)
+    return ProjectTrainResult(tuple(ids), tuple(name for name, _ in phases), metrics)
+
+
+def _starting_model(project, config: TrainConfig, start, classes: list[str]) -> Classifier:
+    from atl_desktop.models.checkpoints import load_checkpoint
+    from atl_desktop.models.classifier import copy_head_rows
+    from atl_desktop.models.registry import build_model
+    from atl_desktop.store.errors import ProjectError
+
+    if start is None:
+        return build_model(config.backbone, len(classes), weights=config.weights,
+                           input_size=config.input_size, bottleneck_dim=config.bottleneck_dim,
+                           seed=config.seed)
+    if start.backbone != config.backbone:
+        raise ProjectError(
+            f"The latest checkpoint is a {start.backbone}; to train a {config.backbone} instead, "
+            "start over from scratch."
+        )
+    previous, record = load_checkpoint(project, start.id)
+    if list(record.classes) == classes:
+        return previous
+    # Classes were added, removed or reordered: keep the body, carry over known head rows.
+    model = build_model(record.backbone, len(classes), input_size=previous.spec.size,
+                        bottleneck_dim=previous.bottleneck_dim, seed=config.seed)
+    own = model.state_dict()
+    own.update({k: v for k, v in previous.state_dict().items() if not k.startswith("head.")})
+    model.load_state_dict(own)
+    copy_head_rows(model, record.classes, previous.head, classes)
+    return model
+
+
+def _phases(project, method, fresh: bool, fit, plain) -> list[tuple[str, dict]]:
+    from atl_desktop.data.datasets import project_dataset
+
+    def data(domain: str, split: str, transform, labelled: bool | None = True):
+        ds = project_dataset(project, domain=domain, split=split, labelled=labelled,
+                             transform=transform)
+        return ds if len(ds) else None
+
+    source = data("source", "pool", fit) if method.uses_source_labels else None
+    labelled_target = data("target", "pool", fit) if method.uses_target_labels else None
+    target_val = data("target", "val", plain)
+    if method.uses_unlabelled_target:
+        unlabelled = data("target", "pool", fit, labelled=None)
+        if source is None and labelled_target is None:
+            return []
+        return [("adaptation", {"train": labelled_target, "source": source,
+                                "target": unlabelled, "val": target_val})]
+    phases = []
+    if source is not None and (fresh or labelled_target is None):
+        phases.append(("source pre-training", {"train": None, "source": source, "target": None,
+                                               "val": data("source", "val", plain)}))
+    if labelled_target is not None:
+        phases.append(("fine-tuning", {"train": labelled_target, "source": None, "target": None,
+                                       "val": target_val}))
+    return phases
+
+
+def _prefixed(job, prefix: str):
+    """Re-yield a job's progress with `prefix` on its message; return its result."""
+    try:
+        while True:
+            try:
+                p = next(job)
+            except StopIteration as stop:
+                return stop.value
+            yield dataclasses.replace(p, message=f"{prefix}: {p.message}")
+    finally:
+        job.close()
+
+
+def project_eval_dataset(project, split: str = "test", transform=None, domain: str = "target"):
+    """Target images of a split with their current labels; on the test split, images
+    without a label take their hidden ground truth (simulations). Unlabelled: -1."""
+    from atl_desktop.data.datasets import project_dataset
+
+    dataset = project_dataset(project, domain=domain, split=split, labelled=None, transform=transform)
+    if split == "test":
+        truth = project.truth(domain, split)
+        position = project.class_index()
+        dataset.labels = [
+            position.get(truth.get(image_id), -1) if label < 0 else label
+            for image_id, label in zip(dataset.image_ids, dataset.labels, strict=True)
+        ]
+    return dataset
+
+
+def evaluate_project(
+    project, *, checkpoint_id: int | None = None, split: str = "test", batch_size: int = 64,
+    device: str = "auto",
+) -> Generator[Progress, None, EvalResult]:
+    """Evaluate a checkpoint (default: the latest) on a target split of the project."""
+    from atl_desktop.models.checkpoints import load_checkpoint
+    from atl_desktop.models.transforms import input_transform
+    from atl_desktop.store.errors import ProjectError
+
+    classes = project.class_names()
+    model, _record = load_checkpoint(project, checkpoint_id, classes=classes)
+    dataset = project_eval_dataset(project, split, input_transform(model.spec))
+    if not any(label >= 0 for label in dataset.labels):
+        raise ProjectError(f"No labelled target images in the {split} split to evaluate on.")
+    return (yield from evaluate(model, dataset, batch_size=batch_size, device=device, classes=classes))
