@@ -85,3 +85,19 @@ def run_with_tqdm(job: Generator[Progress, None, T], desc: str = "", quiet: bool
 def collect(job: Iterator[Progress]) -> list[Progress]:
     """Run a job to the end, keeping every Progress (handy in tests)."""
     return list(job)
+
+
+def relabel(job: Generator[Progress, None, T], message: str) -> Generator[Progress, None, T]:
+    """Run `job` inside another job, showing `message`; returns the job's result.
+
+    Use as `result = yield from relabel(inner, "scoring")`. Closing the outer
+    job closes the inner one at once, so its cleanup runs before the caller's.
+    """
+    try:
+        while True:
+            p = next(job)
+            yield Progress(p.done, p.total, message or p.message, p.metrics)
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        job.close()

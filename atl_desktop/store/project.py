@@ -729,6 +729,8 @@ class Project:
                 (file, sha256, backbone, json.dumps(list(classes)), parent_id, round,
                  json.dumps(metrics or {}), json.dumps(config or {}), time.time()),
             )
+            # A new checkpoint supersedes a rolled-back choice: it becomes the current one.
+            db.execute("DELETE FROM settings WHERE key = 'active_checkpoint'")
             return cursor.lastrowid
 
     @staticmethod

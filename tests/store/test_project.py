@@ -156,8 +156,11 @@ def test_checkpoints_rounds_settings(project):
     assert project.checkpoint(c2).parent_id == c1 and project.checkpoint(c2).config == {"lr": 0.1}
     (rnd,) = project.rounds()
     assert rnd.params == {"batch": 10} and rnd.metrics == {"acc": 0.7} and rnd.checkpoint_id == c2
-    project.set_setting("active_checkpoint", c1)
+    project.set_setting("active_checkpoint", c1)  # a rollback
     assert project.latest_checkpoint().id == c1
+    c3 = project.add_checkpoint(file="checkpoints/z.safetensors", sha256="z", backbone="smallcnn",
+                                classes=["a", "b"], parent_id=c1)
+    assert project.latest_checkpoint().id == c3  # training after a rollback moves on from it
     assert project.get_setting("missing", 3) == 3
 
 

@@ -1,0 +1,337 @@
+"""One active-learning round, end to end, headless: score, query, pseudo-label, train.
+
+Each step is a generator job (atl_desktop.jobs) over a Project, so the CLI
+drives it with tqdm, the window on a QThread, and tests by iterating.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from atl_desktop.active.coldstart import fit_prototypes, prototype_probs
+from atl_desktop.active.pseudo import PseudoLabelConfig, pseudo_labels_for_round
+from atl_desktop.active.scores import PROB_SCORES
+from atl_desktop.active.scoring import (
+    ScoreTable,
+    ScoringConfig,
+    model_fingerprint,
+    score_pool,
+    scores_dir,
+    write_meta,
+)
+from atl_desktop.active.strategies import STRATEGIES, SelectionInput, aift_scores, bald, select
+from atl_desktop.jobs import Progress, relabel
+from atl_desktop.store import Project, ProjectError
+
+SKIPPED_SETTING = "skipped_images"  # images the expert marked unsure (the window's x key)
+TOP_PREDICTIONS = 3
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model scores the pool: a checkpoint (default: the current one), or,
+    for a cold start with no checkpoint, a pretrained backbone's features."""
+
+    checkpoint_id: int | None = None
+    pretrained: str | None = None
+    weights: str = "imagenet"
+
+
+@dataclass(frozen=True)
+class ScoredPool:
+    target: ScoreTable
+    source: ScoreTable | None
+    checkpoint_id: int | None
+
+
+@dataclass(frozen=True)
+class QueryItem:
+    image_id: int
+    score: float
+    reason: str  # why it was chosen, in words
+    top: list[tuple[int, float]]  # (class position, probability), best first
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    round_id: int
+    strategy: str
+    items: list[QueryItem]
+    pool_size: int
+    params: Mapping = field(default_factory=dict)
+
+
+def load_model(project: Project, choice: ModelChoice):
+    """(model, cache key, checkpoint id) for `choice`."""
+    if choice.pretrained and choice.checkpoint_id is None:
+        from atl_desktop.models import build_model
+
+        n_classes = max(1, len(project.class_names()))
+        model = build_model(choice.pretrained, n_classes, weights=choice.weights)
+        return model, model_fingerprint(model), None
+    if choice.checkpoint_id is None and project.latest_checkpoint() is None:
+        raise ProjectError(
+            f"{project.path.name} has no checkpoint yet: train a model first, or use a strategy "
+            "that needs no model (random), or a pretrained backbone for a cold start."
+        )
+    from atl_desktop.models.checkpoints import load_checkpoint
+
+    model, record = load_checkpoint(project, choice.checkpoint_id)
+    return model, record.sha256, record.id
+
+
+def score_job(
+    project: Project,
+    *,
+    model: ModelChoice | None = None,
+    config: ScoringConfig | None = None,
+    source: bool = False,
+) -> Generator[Progress, None, ScoredPool]:
+    """Score the target pool (and the source pool, if asked); cached per checkpoint."""
+    from atl_desktop.data.datasets import project_dataset
+    from atl_desktop.models.transforms import input_transform
+
+    config = config or ScoringConfig()
+    net, key, checkpoint_id = load_model(project, model or ModelChoice())
+    cache = scores_dir(project.data_dir, key, config)
+    transform = input_transform(net.spec)
+    tables: dict[str, ScoreTable | None] = {}
+    for domain in ("target", "source") if source else ("target",):
+        if not project.image_ids(domain=domain, split="pool"):
+            tables[domain] = None
+            continue
+        dataset = project_dataset(project, domain=domain, split="pool", labelled=None,
+                                  transform=transform)
+        job = score_pool(net, dataset, cache, image_ids=dataset.image_ids, config=config)
+        tables[domain] = yield from relabel(job, f"scoring {domain} images")
+    write_meta(cache, {"checkpoint_id": checkpoint_id, "key": key, "config": config.to_json()})
+    if tables["target"] is None:
+        raise ProjectError(f"{project.path.name} has no target images in the pool.")
+    return ScoredPool(tables["target"], tables.get("source"), checkpoint_id)
+
+
+def unlabelled_pool(project: Project, *, include_skipped: bool = False) -> tuple[np.ndarray, dict[int, int]]:
+    """Target pool images with no label (and, unless asked, not marked unsure)."""
+    labelled = project.current_labels(domain="target", split="pool")
+    pool = np.asarray(project.image_ids(domain="target", split="pool"), dtype=np.int64)
+    keep = ~np.isin(pool, list(labelled))
+    if not include_skipped:
+        keep &= ~np.isin(pool, list(project.get_setting(SKIPPED_SETTING, [])))
+    return pool[keep], labelled
+
+
+def selection_input(project: Project, scored: ScoredPool | None, unlabelled: np.ndarray,
+                    labelled: dict[int, int], prototypes: bool = False) -> SelectionInput:
+    if scored is None:
+        return SelectionInput(probs=np.zeros((len(unlabelled), 1)))
+    target = scored.target
+    rows = target.rows(unlabelled)
+    lab_ids = np.asarray(sorted(labelled), dtype=np.int64)
+    lab_features = np.asarray(target.features[target.rows(lab_ids)])
+    probs = np.asarray(target.probs[rows])
+    features = np.asarray(target.features[rows])
+    if prototypes:
+        position = project.class_index()
+        labels = np.asarray([position[labelled[i]] for i in lab_ids], dtype=np.int64)
+        probs = prototype_probs(features, fit_prototypes(lab_features, labels, len(position)))
+    return SelectionInput(
+        probs=probs, features=features, labelled_features=lab_features,
+        source_features=None if scored.source is None else np.asarray(scored.source.features),
+        augmented_probs=None if target.augmented_probs is None else np.asarray(target.augmented_probs[rows]),
+        mc_probs=None if target.mc_probs is None else np.asarray(target.mc_probs[rows]),
+    )
+
+
+def query_job(
+    project: Project,
+    *,
+    strategy: str,
+    batch: int,
+    checkpoint_id: int | None = None,
+    params: Mapping | None = None,
+    prototypes: bool = False,
+    seed: int = 0,
+    model: ModelChoice | None = None,
+    scoring: ScoringConfig | None = None,
+) -> Generator[Progress, None, QueryResult]:
+    """Score the pool as the strategy needs, choose `batch` images, record them as a round."""
+    if strategy not in STRATEGIES:
+        raise ProjectError(f"Unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
+    if batch < 1:
+        raise ProjectError("The batch size must be at least 1.")
+    params = dict(params or {})
+    needs = STRATEGIES[strategy].needs
+    unlabelled, labelled = unlabelled_pool(project)
+    if not len(unlabelled):
+        raise ProjectError("Every target pool image is labelled or skipped; nothing to choose from.")
+    scored = None
+    if needs or prototypes:
+        base = scoring or ScoringConfig(seed=seed)
+        config = ScoringConfig(**{
+            **base.to_json(),
+            "augment_copies": int(params.get("m", 8)) if "augmented_probs" in needs else 0,
+            "mc_samples": (base.mc_samples or 10) if "mc_probs" in needs else 0,
+        })
+        choice = model or ModelChoice(checkpoint_id=checkpoint_id)
+        scored = yield from score_job(project, model=choice, config=config,
+                                      source="source_features" in needs)
+    yield Progress(0, None, f"choosing {batch} images ({strategy})")
+    data = selection_input(project, scored, unlabelled, labelled, prototypes)
+    picks = select(strategy, data, batch, np.random.default_rng(seed), **params)
+    items = describe_picks(strategy, data, picks, unlabelled, params)
+    record = {
+        "batch": batch, "chosen": [it.image_id for it in items], "params": params, "seed": seed,
+        "prototypes": prototypes, "pool_size": int(len(unlabelled)),
+    }
+    round_id = project.start_round(strategy, record,
+                                   checkpoint_id=None if scored is None else scored.checkpoint_id)
+    return QueryResult(round_id, strategy, items, int(len(unlabelled)), params)
+
+
+# ---- why each image was chosen, in words ---------------------------------------------
+
+_SCORE_WORDS = {
+    "entropy": lambda v: f"entropy {v:.2f} nats",
+    "margin": lambda v: f"top two classes {1 - v:.0%} apart",
+    "least_confidence": lambda v: f"best class only {1 - v:.0%} sure",
+}
+
+
+def _top_share(scores: np.ndarray, value: float) -> str:
+    """'top 3 % of the pool' for a value among `scores` (higher is more wanted)."""
+    rank = int((scores > value).sum()) + 1
+    share = max(1, math.ceil(100 * rank / len(scores)))
+    return f"top {share} % of {len(scores)} unlabelled"
+
+
+def describe_picks(strategy: str, data: SelectionInput, picks: np.ndarray,
+                   unlabelled: np.ndarray, params: Mapping) -> list[QueryItem]:
+    values, words = _reason_scores(strategy, data, picks, params)
+    items = []
+    for k, row in enumerate(picks):
+        top: list[tuple[int, float]] = []
+        if data.probs is not None and data.probs.shape[1] > 1:
+            p = np.asarray(data.probs[row], dtype=np.float64)
+            order = np.argsort(-p, kind="stable")[:TOP_PREDICTIONS]
+            top = [(int(c), float(p[c])) for c in order]
+        items.append(QueryItem(int(unlabelled[row]), float(values[k]), words[k], top))
+    return items
+
+
+def _reason_scores(strategy: str, data: SelectionInput, picks: np.ndarray,
+                   params: Mapping) -> tuple[np.ndarray, list[str]]:
+    n = len(picks)
+    score_name = params.get("score", "entropy") if strategy == "hybrid" else strategy
+    if score_name in PROB_SCORES and data.probs is not None and data.probs.shape[1] > 1:
+        scores = PROB_SCORES[score_name](np.asarray(data.probs))
+        text = [f"{_SCORE_WORDS.get(score_name, lambda v: f'{score_name} {v:.3g}')(scores[r])}, "
+                f"{_top_share(scores, scores[r])}" for r in picks]
+        if strategy == "hybrid":
+            text = [t + "; unlike the other chosen images" for t in text]
+        return scores[picks], text
+    if strategy == "bald":
+        scores = bald(np.asarray(data.mc_probs))
+        return scores[picks], [f"dropout samples disagree (BALD {scores[r]:.2f}), "
+                               f"{_top_share(scores, scores[r])}" for r in picks]
+    if strategy == "aift":
+        scores = aift_scores(np.asarray(data.augmented_probs),
+                             **{k: params[k] for k in ("alpha", "lambda1", "lambda2") if k in params})
+        return scores[picks], [f"predictions disagree across augmented copies (AIFT {scores[r]:.2f}), "
+                               f"{_top_share(scores, scores[r])}" for r in picks]
+    if strategy in ("coreset", "kmeans") and data.features is not None:
+        return _distance_reasons(strategy, data, picks)
+    if strategy == "mmd":
+        return np.zeros(n), ["brings the labelled set closer to the unlabelled pool (MMD reduction)"] * n
+    return np.zeros(n), ["chosen at random (the baseline)"] * n
+
+
+def _distance_reasons(strategy: str, data: SelectionInput, picks: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    feats = np.asarray(data.features, dtype=np.float64)
+    labelled = data.labelled_features
+    if labelled is None or not len(labelled):
+        what = "one image per cluster of the pool" if strategy == "kmeans" else "spread over the pool"
+        return np.zeros(len(picks)), [f"{what} (nothing labelled yet)"] * len(picks)
+    lab = np.asarray(labelled, dtype=np.float64)
+    chosen = feats[picks]
+    d2 = (chosen**2).sum(1)[:, None] + (lab**2).sum(1)[None, :] - 2 * chosen @ lab.T
+    nearest = np.sqrt(np.maximum(d2.min(axis=1), 0))
+    typical = np.median(np.sqrt(np.maximum(((lab - lab.mean(0)) ** 2).sum(1), 0))) or 1.0
+    return nearest, [f"far from every labelled image (distance {d:.2f}, {d / typical:.1f}× the "
+                     "labelled set's spread)" for d in nearest]
+
+
+# ---- CEAL pseudo-labels ----------------------------------------------------------------
+
+
+def pseudo_label_job(
+    project: Project,
+    *,
+    config: PseudoLabelConfig | None = None,
+    round_id: int | None = None,
+    checkpoint_id: int | None = None,
+    scoring: ScoringConfig | None = None,
+) -> Generator[Progress, None, int]:
+    """Propose CEAL pseudo-labels for confident unlabelled images; returns how many.
+
+    The entropy threshold decays with the number of rounds finished so far. Pairs
+    the expert rejected before are never proposed again.
+    """
+    config = config or PseudoLabelConfig(**project.get_setting("pseudo_labels", {}))
+    unlabelled, _ = unlabelled_pool(project)
+    if not len(unlabelled):
+        project.add_pseudo_labels([], round=round_id)
+        return 0
+    scored = yield from score_job(project, model=ModelChoice(checkpoint_id=checkpoint_id),
+                                  config=scoring or ScoringConfig())
+    probs = np.asarray(scored.target.probs[scored.target.rows(unlabelled)])
+    class_ids = [c.id for c in project.classes()]
+    if probs.shape[1] != len(class_ids):
+        raise ProjectError(
+            f"The checkpoint predicts {probs.shape[1]} classes but the project has {len(class_ids)}; "
+            "train again after changing classes."
+        )
+    round_index = sum(1 for r in project.rounds() if r.finished is not None)
+    chosen = pseudo_labels_for_round(probs, unlabelled, round_index, config,
+                                     class_ids=class_ids, exclude=project.rejected_pseudo())
+    project.add_pseudo_labels([p.as_tuple() for p in chosen], round=round_id)
+    yield Progress(1, 1, f"{len(chosen)} pseudo-labels proposed")
+    return len(chosen)
+
+
+# ---- fine-tuning -----------------------------------------------------------------------
+
+TRAIN_SETTING = "train_config"  # the project's TrainConfig fields, as JSON
+
+
+def project_train_config(project: Project, **overrides):
+    """The project's training settings (backbone, method, epochs...) with `overrides` applied."""
+    from atl_desktop.transfer.train import TrainConfig
+
+    saved = dict(project.get_setting(TRAIN_SETTING, {}))
+    latest = project.latest_checkpoint()
+    if "backbone" not in saved and latest is not None:
+        saved["backbone"] = latest.backbone  # fine-tuning continues the same architecture
+    return TrainConfig.from_dict({**saved, **overrides})
+
+
+def train_job(project: Project, *, config=None, from_scratch: bool = False,
+              round_id: int | None = None) -> Generator[Progress, None, int]:
+    """Fine-tune incrementally from the current checkpoint; returns the new checkpoint id.
+
+    The round is the newest unfinished one unless given; it is finished with the
+    new checkpoint and its metrics, so the next query starts a new round.
+    """
+    from atl_desktop.transfer.train import train_project
+
+    config = config or project_train_config(project)
+    if round_id is None:
+        open_rounds = [r for r in project.rounds() if r.finished is None]
+        round_id = open_rounds[-1].id if open_rounds else None
+    result = yield from train_project(project, config, from_scratch=from_scratch, round=round_id)
+    if round_id is not None:
+        project.finish_round(round_id, result.metrics, checkpoint_id=result.checkpoint_id)
+    return result.checkpoint_id

@@ -1,0 +1,119 @@
+"""The round's steps over a real (tiny) project: query with reasons, pseudo-labels."""
+
+import numpy as np
+import pytest
+
+from atl_desktop.active.pseudo import PseudoLabelConfig
+from atl_desktop.jobs import run_job
+from atl_desktop.session import (
+    SKIPPED_SETTING,
+    _top_share,
+    pseudo_label_job,
+    query_job,
+    unlabelled_pool,
+)
+from atl_desktop.store import Project, ProjectError
+from tests.conftest import TESTDATA
+
+
+@pytest.fixture
+def project(tmp_path):
+    import torch
+
+    from atl_desktop.data.importers import ImportOptions, import_source
+    from atl_desktop.models import build_model
+    from atl_desktop.models.checkpoints import save_checkpoint
+
+    with Project.create(tmp_path / "p.atl") as p:
+        run_job(import_source(p, TESTDATA / "pathmnist_270.npz",
+                              ImportOptions(domain="target", split="pool", labels="truth")))
+        torch.manual_seed(0)
+        model = build_model("smallcnn", len(p.class_names()))
+        save_checkpoint(p, model, classes=p.class_names(), seed=0)
+        yield p
+
+
+def test_top_share_worked_by_hand():
+    scores = np.array([0.1, 0.5, 0.9, 0.3])
+    assert _top_share(scores, 0.9) == "top 25 % of 4 unlabelled"  # rank 1 of 4
+    assert _top_share(scores, 0.3) == "top 75 % of 4 unlabelled"  # rank 3 of 4
+
+
+def test_entropy_query_records_a_round_and_says_why(project):
+    labelled_id = project.image_ids()[0]
+    project.set_label(labelled_id, project.classes()[0].id)
+    result = run_job(query_job(project, strategy="entropy", batch=5))
+    assert len(result.items) == 5 and result.pool_size == 269
+    ids = [it.image_id for it in result.items]
+    assert labelled_id not in ids and len(set(ids)) == 5
+    scores = [it.score for it in result.items]
+    assert scores == sorted(scores, reverse=True)  # most uncertain first
+    assert all(it.reason.startswith("entropy ") and "of 269 unlabelled" in it.reason for it in result.items)
+    assert "top 1 %" in result.items[0].reason
+    top = result.items[0].top
+    assert len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1]
+    (rnd,) = project.rounds()
+    assert rnd.id == result.round_id and rnd.strategy == "entropy"
+    assert rnd.params["chosen"] == ids and rnd.checkpoint_id == project.latest_checkpoint().id
+
+
+def test_skipped_images_are_not_asked_again(project):
+    skipped = project.image_ids()[:260]
+    project.set_setting(SKIPPED_SETTING, skipped)
+    unlabelled, _ = unlabelled_pool(project)
+    assert len(unlabelled) == 10
+    result = run_job(query_job(project, strategy="random", batch=20))
+    assert len(result.items) == 10 and not set(skipped) & {it.image_id for it in result.items}
+    assert result.items[0].reason == "chosen at random (the baseline)"
+
+
+def test_coreset_reason_names_the_distance(project):
+    for image_id in project.image_ids()[:3]:
+        project.set_label(image_id, project.classes()[0].id)
+    result = run_job(query_job(project, strategy="coreset", batch=3))
+    assert all(it.reason.startswith("far from every labelled image") for it in result.items)
+    assert result.items[0].score >= result.items[-1].score > 0
+
+
+def test_query_without_checkpoint_explains(tmp_path):
+    with Project.create(tmp_path / "q.atl") as p:
+        p.add_class("a")
+        p.add_image(sha256="0" * 64, location="x.png")
+        with pytest.raises(ProjectError, match="no checkpoint yet"):
+            run_job(query_job(p, strategy="entropy", batch=1))
+        with pytest.raises(ProjectError, match="Unknown strategy"):
+            run_job(query_job(p, strategy="psychic", batch=1))
+
+
+def test_pseudo_labels_respect_threshold_and_rejections(project):
+    # A threshold above log(9) takes every unlabelled image: the untrained model is unsure.
+    everything = PseudoLabelConfig(delta0=10.0, decay=0.0)
+    n = run_job(pseudo_label_job(project, config=everything))
+    assert n == 270
+    pending = project.pseudo_labels()
+    assert {p.class_id for p in pending} <= {c.id for c in project.classes()}
+    first = pending[0]
+    project.reject_pseudo([first.id])
+    again = run_job(pseudo_label_job(project, config=everything))
+    assert again == 269  # the rejected (image, class) pair is not proposed again
+    assert (first.image_id, first.class_id) not in {(p.image_id, p.class_id) for p in project.pseudo_labels()}
+    none = run_job(pseudo_label_job(project, config=PseudoLabelConfig(delta0=0.0, decay=0.0)))
+    assert none == 0 and project.pseudo_labels() == []
+
+
+def test_train_job_finishes_the_open_round_with_a_child_checkpoint(project):
+    from atl_desktop.session import TRAIN_SETTING, train_job
+
+    parent = project.latest_checkpoint().id
+    result = run_job(query_job(project, strategy="random", batch=18))
+    truth = project.truth()
+    for item in result.items:
+        project.set_label(item.image_id, truth[item.image_id])
+    project.set_setting(TRAIN_SETTING, {"epochs": 1, "batch_size": 8, "patience": 0})
+    new_id = run_job(train_job(project))
+    record = project.checkpoint(new_id)
+    assert record.parent_id == parent and record.backbone == "smallcnn"  # from the checkpoint
+    assert record.config["epochs"] == 1
+    (rnd,) = project.rounds()
+    assert rnd.finished is not None and rnd.checkpoint_id == new_id
+    assert project.latest_checkpoint().id == new_id
