@@ -33,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     upgrade = subparsers.add_parser("upgrade", help="upgrade an older project file", description="Apply the project-format migrations to an older project file.")
     upgrade.add_argument("project", type=Path)
     upgrade.set_defaults(func=cmd_upgrade)
+    register_demo(subparsers)
 
 
 def cmd_new(args: argparse.Namespace) -> int:
@@ -119,4 +120,24 @@ def cmd_label(args: argparse.Namespace) -> int:
                 project.set_label(image_id, class_id, annotator=args.annotator)
         what = "cleared" if args.clear else f"set to {args.class_name!r}"
         print(f"Label {what} for {len(ids)} image(s).")
+    return 0
+
+
+def register_demo(subparsers: argparse._SubParsersAction) -> None:
+    from atl_desktop.demo import DEFAULT_DEMO, DEMOS
+
+    demo = subparsers.add_parser(
+        "demo", help="copy a bundled demo project to your data folder",
+        description="Copy a bundled demo project into your data folder (first use only) and print "
+                    "its path. The bundled files are never changed.")
+    demo.add_argument("name", nargs="?", default=DEFAULT_DEMO, choices=sorted(DEMOS))
+    demo.add_argument("--reset", action="store_true", help="replace your copy with a fresh one")
+    demo.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from atl_desktop.demo import install_demo
+
+    path = install_demo(args.name, reset=args.reset)
+    print(path)
     return 0

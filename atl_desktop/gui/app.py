@@ -1,7 +1,8 @@
 """`atl-desktop [PROJECT.atl]`: start the window.
 
 With no argument the last project opens (remembered in QSettings); with none
-remembered, an open dialog asks for one, and cancelling it prints the usage.
+remembered, the bundled demo (a copy in the user's data folder).
+`--self-test` runs a headless smoke check and exits.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ def log_file() -> Path:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="atl-desktop", description="Open a project in ATL Desktop.")
     parser.add_argument("project", nargs="?", help="the project file (NAME.atl)")
+    parser.add_argument("--demo", metavar="NAME", help="open a bundled demo (histology or digits)")
+    parser.add_argument("--reset-demo", action="store_true",
+                        help="replace your copy of the demo with a fresh one first")
+    parser.add_argument("--self-test", action="store_true",
+                        help="check the installation without a window and exit (status 0 = fine)")
     return parser.parse_args(argv)
 
 
@@ -32,14 +38,13 @@ def choose_project(args: argparse.Namespace, settings) -> str | None:
     """The project to open: the argument, else the last one, else one picked in a dialog."""
     if args.project:
         return args.project
-    last = settings.value("last_project", "", type=str)
-    if last and Path(last).exists():
-        return last
-    from PySide6.QtWidgets import QFileDialog
+    if not args.demo and not args.reset_demo:
+        last = settings.value("last_project", "", type=str)
+        if last and Path(last).exists():
+            return last
+    from atl_desktop.demo import DEFAULT_DEMO, install_demo
 
-    path, _ = QFileDialog.getOpenFileName(None, "Open an ATL Desktop project", str(Path.home()),
-                                          "ATL Desktop projects (*.atl)")
-    return path or None
+    return str(install_demo(args.demo or DEFAULT_DEMO, reset=args.reset_demo))
 
 
 def ask_annotator(settings) -> str:
@@ -59,6 +64,10 @@ def ask_annotator(settings) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.self_test:
+        from atl_desktop.selftest import run_self_test
+
+        return run_self_test()
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
 
@@ -68,9 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     app.setApplicationName(APP_NAME)
     app.setOrganizationName(APP_NAME)
     settings = QSettings(APP_NAME, APP_NAME)
-    path = choose_project(args, settings)
-    if path is None:
-        print(USAGE, file=sys.stderr)
+    from atl_desktop.store import ProjectError
+
+    try:
+        path = choose_project(args, settings)
+    except ProjectError as error:
+        print(f"atl-desktop: {error}\n{USAGE}", file=sys.stderr)
         return 2
     project = open_project_or_explain(path)
     if project is None:

@@ -1,0 +1,61 @@
+"""The bundled demo: copied on first use, never changed in place, resettable."""
+
+import hashlib
+
+import pytest
+
+from atl_desktop.cli import main as atl
+from atl_desktop.demo import bundled_demo, install_demo
+from atl_desktop.store import Project, ProjectLockedError
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATL_DESKTOP_DATA", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+def test_demo_is_copied_once_and_the_bundle_is_never_changed(data_dir):
+    bundle = bundled_demo()
+    before = _digest(bundle)
+    copy = install_demo()
+    assert copy == data_dir / "demo" / "histology.atl" and copy.is_file()
+    with Project.open(copy) as project:
+        counts = project.counts()
+        assert counts["images"]["target/pool"] > 0 and counts["images"]["target/test"] > 0
+        assert counts["labelled"] > 0 and project.latest_checkpoint() is not None
+        assert [r.finished is not None for r in project.rounds()][:3] == [True, True, True]
+        assert all(project.image_path(project.image(i)).exists() for i in project.image_ids()[:20])
+        project.add_class("my own class")
+    assert install_demo() == copy  # the user's copy is kept...
+    with Project.open(copy, readonly=True) as project:
+        assert "my own class" in project.class_names()
+    install_demo(reset=True)  # ...until they ask for a fresh one
+    with Project.open(copy, readonly=True) as project:
+        assert "my own class" not in project.class_names()
+    assert _digest(bundle) == before
+
+
+def test_reset_is_refused_while_the_demo_is_open(data_dir):
+    copy = install_demo()
+    with Project.open(copy):
+        with pytest.raises(ProjectLockedError):
+            install_demo(reset=True)
+    assert copy.is_file()
+
+
+def test_atl_demo_prints_the_copy(capsys, data_dir):
+    assert atl(["demo"]) == 0
+    assert capsys.readouterr().out.strip() == str(data_dir / "demo" / "histology.atl")
+
+
+def test_self_test_passes_on_a_working_install(capsys):
+    from atl_desktop.selftest import run_self_test
+
+    lines = []
+    assert run_self_test(lines.append) == 0, "\n".join(lines)
+    assert lines[-1] == "self-test passed" and lines[0].startswith("ok    device: ")
