@@ -33,7 +33,6 @@ from atl_desktop.data.decode import (
     IMAGE_SUFFIXES,
     ImageDecodeError,
     check_bytes,
-    read_file,
     read_file_stat,
 )
 from atl_desktop.jobs import Job, Progress
@@ -409,80 +408,20 @@ def _run(
     total = len(items)
     locator = _Locator(project)
     last = time.monotonic()
-    batches = [items[s : s + options.batch_size] for s in range(0, total, options.batch_size)]
-    checker = _Checker(items, options)
-    try:
-        upcoming = checker.start(batches[0]) if batches else None
-        for k, batch_items in enumerate(batches):
-            outcomes = upcoming
-            # The next batch is read in the background while this one is written.
-            upcoming = checker.start(batches[k + 1]) if k + 1 < len(batches) else None
-            batch = []
-            start = k * options.batch_size
-            for offset, (item, checked) in enumerate(zip(batch_items, outcomes, strict=True)):
-                try:
-                    batch.append(_prepare(project, item, options, locator, checked))
-                except ImageDecodeError as error:
-                    report.skipped.append((item.name, _reason(error, item.name)))
-                if time.monotonic() - last >= _PROGRESS_EVERY_S:  # a cancel point: nothing half-written
-                    last = time.monotonic()
-                    yield Progress(start + offset + 1, total, "importing", _metrics(report))
-            writer.write(batch)
-            done = min(start + options.batch_size, total)
-            yield Progress(done, total, "importing", {**_metrics(report), "committed": done})
-            last = time.monotonic()
-    finally:
-        checker.close()
-
-
-PARALLEL_MIN_FILES = 400  # below this, starting worker processes costs more than it saves
-MAX_WORKERS = 4
-
-
-def inspect_file(path: str, name: str, max_side: int) -> tuple:
-    """Read, hash and fully decode one file: ("ok", sha256, width, height, mode, bit depth,
-    size, mtime) or ("error", message). Runs in worker processes, so it returns errors
-    as values (an exception would end `Executor.map`)."""
-    try:
-        data, st = read_file_stat(path)
-        info = check_bytes(data, name=name, max_side=max_side)
-    except ImageDecodeError as error:
-        return ("error", str(error))
-    width, height = info.oriented_size
-    return ("ok", sha256_bytes(data), width, height, info.mode, info.bit_depth,
-            st.st_size, st.st_mtime)
-
-
-class _Checker:
-    """Checks the files of a batch: in worker processes when there are many files.
-
-    Decoding is CPU-bound Python and C work that holds the GIL for small images, so
-    threads would not help; processes (spawned, so no torch state is forked) do.
-    Arrays and copies (whose bytes are needed here) are checked in `_prepare` instead.
-    """
-
-    def __init__(self, items: list[_Item], options: ImportOptions):
-        self.max_side = options.max_side
-        self.files = not options.copy and all(it.path is not None for it in items)
-        workers = min(MAX_WORKERS, os.cpu_count() or 1)
-        self.pool = None
-        if self.files and len(items) >= PARALLEL_MIN_FILES and workers > 1:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-
-    def start(self, batch: list[_Item]) -> Iterator[tuple | None]:
-        if not self.files:
-            return iter([None] * len(batch))
-        args = ([str(it.path) for it in batch], [it.name for it in batch], [self.max_side] * len(batch))
-        if self.pool is None:
-            return map(inspect_file, *args)  # lazy: each file is read when its turn comes
-        return self.pool.map(inspect_file, *args, chunksize=16)
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+    for start in range(0, total, options.batch_size):
+        batch = []
+        for offset, item in enumerate(items[start : start + options.batch_size]):
+            try:
+                batch.append(_prepare(project, item, options, locator))
+            except ImageDecodeError as error:
+                report.skipped.append((item.name, _reason(error, item.name)))
+            if time.monotonic() - last >= _PROGRESS_EVERY_S:  # a cancel point: nothing half-written
+                last = time.monotonic()
+                yield Progress(start + offset + 1, total, "importing", _metrics(report))
+        writer.write(batch)
+        done = min(start + options.batch_size, total)
+        yield Progress(done, total, "importing", {**_metrics(report), "committed": done})
+        last = time.monotonic()
 
 
 def _metrics(report: ImportReport) -> dict[str, float]:
@@ -494,24 +433,21 @@ def _reason(error: ImageDecodeError, name: str) -> str:
     return message[len(name) + 2 :] if message.startswith(f"{name}: ") else message
 
 
-def _prepare(project: Project, item: _Item, options: ImportOptions, locator: _Locator,
-             checked: tuple | None) -> _Ready:
-    """An item ready to write: from `inspect_file`'s result, or read and checked here."""
+def _prepare(project: Project, item: _Item, options: ImportOptions, locator: _Locator) -> _Ready:
+    """Read, hash and check one item (outside any transaction)."""
     if item.array is not None:
         return _prepare_array(project, item)
-    if checked is not None:
-        if checked[0] == "error":
-            raise ImageDecodeError(checked[1])
-        _, sha, width, height, mode, bit_depth, size, mtime = checked
-        return _Ready(item, sha, locator.location(item.path), "ref", width, height, mode,
-                      bit_depth, file_size=size, mtime=mtime)
-    data = read_file(item.path)  # a copy: the bytes go into the media folder
+    data, st = read_file_stat(item.path)
     sha = sha256_bytes(data)
     info = check_bytes(data, name=item.name, max_side=options.max_side)
     width, height = info.oriented_size
-    location = _media(project, data, sha, item.path.suffix.lower() or ".img")
-    # The store reads size and mtime from the copy itself, which is what it checks later.
-    return _Ready(item, sha, location, "media", width, height, info.mode, info.bit_depth)
+    if options.copy:
+        location = _media(project, data, sha, item.path.suffix.lower() or ".img")
+        stored = "media"
+    else:
+        location, stored = locator.location(item.path), "ref"
+    return _Ready(item, sha, location, stored, width, height, info.mode, info.bit_depth,
+                  file_size=st.st_size, mtime=st.st_mtime)
 
 
 class _Locator:

@@ -300,34 +300,3 @@ def test_format_must_fit_the_source(project, tmp_path):
         run_job(import_source(project, tmp_path / "dir", ImportOptions(format="npz")))
     with pytest.raises(SourceError, match="needs a folder"):
         run_job(import_source(project, TESTDATA / "mnist_600.npz", ImportOptions(format="imagefolder")))
-
-
-def test_parallel_check_gives_the_same_result_as_serial(tmp_path, monkeypatch):
-    """Many files are checked in worker processes; the outcome must not depend on it."""
-    import numpy as np
-    from PIL import Image
-
-    from atl_desktop.data import importers
-    from atl_desktop.data.importers import ImportOptions, import_source
-    from atl_desktop.jobs import run_job
-    from atl_desktop.store import Project
-    from tests.conftest import TESTDATA
-
-    x = np.load(TESTDATA / "mnist_600.npz", allow_pickle=False)["x"][:420]
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for i, pixels in enumerate(x):
-        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
-    (folder / "999.png").write_bytes(b"not a png")
-    results = {}
-    for name, threshold in (("parallel", 400), ("serial", 10**9)):
-        monkeypatch.setattr(importers, "PARALLEL_MIN_FILES", threshold)
-        with Project.create(tmp_path / f"{name}.atl") as project:
-            report = run_job(import_source(project, folder, ImportOptions(batch_size=100)))
-            results[name] = (
-                report.added, report.duplicates, [p for p, _ in report.skipped],
-                [(r.sha256, r.location, r.width, r.height, r.mode) for r in project.images()],
-            )
-    assert results["parallel"] == results["serial"]
-    added, duplicates, skipped, _ = results["parallel"]
-    assert added + duplicates == 420 and len(skipped) == 1 and skipped[0].endswith("999.png")
