@@ -62,7 +62,8 @@ class ImportOptions:
     labels: str = "labels"  # "labels": label events; "truth": hidden ground truth; "none"
     copy: bool = False  # copy files into the project's media folder
     max_side: int = DEFAULT_MAX_SIDE
-    batch_size: int = 200  # images per transaction
+    batch_size: int = 1000  # images per transaction, at most
+    commit_seconds: float = 1.0  # commit at least this often
 
     def __post_init__(self) -> None:
         if self.format is not None and self.format not in FORMATS:
@@ -405,23 +406,27 @@ def _create_classes(
 def _run(
     project: Project, items: list[_Item], options: ImportOptions, writer: _Writer, report: ImportReport
 ) -> Iterator[Progress]:
+    """Check items and commit them in batches: `batch_size` items, or what `commit_seconds`
+    allowed, whichever comes first (each commit is an fsync; few of them keep small files
+    fast, and the time bound keeps a cancel from losing much work on large ones)."""
     total = len(items)
     locator = _Locator(project)
-    last = time.monotonic()
-    for start in range(0, total, options.batch_size):
-        batch = []
-        for offset, item in enumerate(items[start : start + options.batch_size]):
-            try:
-                batch.append(_prepare(project, item, options, locator))
-            except ImageDecodeError as error:
-                report.skipped.append((item.name, _reason(error, item.name)))
-            if time.monotonic() - last >= _PROGRESS_EVERY_S:  # a cancel point: nothing half-written
-                last = time.monotonic()
-                yield Progress(start + offset + 1, total, "importing", _metrics(report))
-        writer.write(batch)
-        done = min(start + options.batch_size, total)
-        yield Progress(done, total, "importing", {**_metrics(report), "committed": done})
-        last = time.monotonic()
+    last = last_commit = time.monotonic()
+    batch: list[_Ready] = []
+    for done, item in enumerate(items, start=1):
+        try:
+            batch.append(_prepare(project, item, options, locator))
+        except ImageDecodeError as error:
+            report.skipped.append((item.name, _reason(error, item.name)))
+        now = time.monotonic()
+        if len(batch) >= options.batch_size or now - last_commit >= options.commit_seconds or done == total:
+            writer.write(batch)
+            batch = []
+            last = last_commit = time.monotonic()
+            yield Progress(done, total, "importing", {**_metrics(report), "committed": done})
+        elif now - last >= _PROGRESS_EVERY_S:  # a cancel point: nothing half-written
+            last = now
+            yield Progress(done, total, "importing", _metrics(report))
 
 
 def _metrics(report: ImportReport) -> dict[str, float]:
