@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -23,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchcommon import machine
 from PIL import Image
 
 from atl_desktop.data.importers import ImportOptions, import_source
@@ -33,30 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MNIST = Path("/work/shared/data/digits_mnist_test.npz")
 FALLBACK_DIGITS = ROOT / "resources" / "testdata" / "mnist_600.npz"
 CHUNKS = 5  # folders per image set, imported one by one between bare loops
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import torch
-
-        torch_version = torch.__version__
-    except ImportError:
-        torch_version = "none"
-    import PIL
-
-    return (
-        f"{cpu}; {os.cpu_count()} logical cores; {platform.system()} {platform.release()}; "
-        f"Python {platform.python_version()}; torch {torch_version}; Pillow {PIL.__version__}; "
-        f"numpy {np.__version__}"
-    )
 
 
 def write_pngs(folder: Path, count: int) -> list[Path]:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 import tracemalloc
@@ -26,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from benchcommon import machine
 from torch.utils.data import Dataset
 
 from atl_desktop.active.scoring import ScoringConfig, score_pool
@@ -46,22 +45,6 @@ class TensorPool(Dataset):
 
     def __getitem__(self, i: int):
         return self.x[i], -1
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), {gpu}, {platform.system()}, "
-            f"load average {load:.1f} at start (CPUs shared with other work)")
 
 
 def bare_seconds(model, x: torch.Tensor, batch: int, device: torch.device) -> float:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from benchcommon import machine
 from torch.utils.data import TensorDataset
 
 from atl_desktop.data.datasets import ArrayDataset
@@ -36,20 +36,6 @@ from atl_desktop.transfer.train import TrainConfig, evaluate, make_optimizer, re
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("ATL_DATA", "/work/shared/data"))
 RESULTS = ROOT / "benchmarks" / "results" / "train.json"
-
-
-def machine(device: torch.device) -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads){gpu}, device {device}")
 
 
 class BareLoop:
@@ -150,7 +136,7 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
-    results: dict = {"machine": machine(device)}
+    results: dict = {"machine": f"{machine()}, device {device}"}
     started = time.perf_counter()
     results.update(throughput_ratio("smallcnn", 28, 128, 20 if args.quick else 60, device))
     results.update(throughput_ratio("resnet18", 224, 64 if cuda else 16,
