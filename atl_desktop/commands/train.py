@@ -28,7 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("project", type=Path, nargs="?", help="the .atl project")
     train.add_argument("--data", type=Path, help=".npz file or ImageFolder tree (instead of a project)")
     train.add_argument("--out", type=Path, help="model file to write with --data (.safetensors)")
-    train.add_argument("--method", choices=list(METHODS), default="finetune")
+    train.add_argument("--method", choices=list(METHODS), default="finetune",
+                       help="; ".join(f"{name}: {m.description}" for name, m in METHODS.items()))
+    train.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="a hyper-parameter of the method (repeatable; VALUE as JSON, else text), "
+                       "e.g. --method-option trade_off=0.5")
     train.add_argument("--backbone", choices=available_backbones(),
                        help="default: the latest checkpoint's, else smallcnn for tiny images, else resnet18")
     train.add_argument("--weights", help="'imagenet' (from the local torch cache), 'none', or a weights "
@@ -131,7 +135,8 @@ def _config(args: argparse.Namespace, backbone: str):
         weights = None
     try:
         return TrainConfig(
-            backbone=backbone, weights=weights, method=args.method, epochs=args.epochs,
+            backbone=backbone, weights=weights, method=args.method,
+            method_options=_method_options(args.method, args.method_option), epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, freeze=args.freeze,
             lr_decay=args.lr_decay, balanced=args.balanced, augment=args.augment,
             patience=args.patience, seed=args.seed, input_size=args.input_size,
@@ -139,6 +144,23 @@ def _config(args: argparse.Namespace, backbone: str):
         )
     except ValueError as error:
         raise ProjectError(str(error)) from None
+
+
+def _method_options(method: str, pairs: list[str]) -> dict:
+    """KEY=VALUE pairs into options, checked against the method's own."""
+    from atl_desktop.transfer.methods import make_method
+
+    options = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ProjectError(f"--method-option {pair!r}: expected KEY=VALUE.")
+        try:
+            options[key.strip().replace("-", "_")] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key.strip().replace("-", "_")] = text
+    make_method(method, options)  # refuses unknown keys with the method's list
+    return options
 
 
 def _default_backbone(sides: list[int]) -> str:

@@ -260,29 +260,15 @@ class _Loop:
         return torch.autocast(device_type=self.device.type, dtype=torch.float16)
 
     def step(self, batches: dict[str, tuple[Tensor, Tensor | None]], step: int) -> dict[str, float]:
-        roles = list(batches)
-        xs = [batches[r][0].to(self.device, non_blocking=True) for r in roles]
-        sizes = [len(x) for x in xs]
-        labels = {r: (None if batches[r][1] is None else batches[r][1].to(self.device, non_blocking=True))
-                  for r in roles}
+        inputs = {r: x.to(self.device, non_blocking=True) for r, (x, _) in batches.items()}
+        labels = {r: (None if y is None else y.to(self.device, non_blocking=True))
+                  for r, (_, y) in batches.items()}
         with self.autocast():
-            x = torch.cat(xs) if len(xs) > 1 else xs[0]
-            if self.layers == (FEATURES, LOGITS):
-                f, logits = self.model.features_and_logits(x)
-                outputs = {FEATURES: f, LOGITS: logits}
-            else:
-                outputs = self.model.intermediate(x, self.layers)
-            split = {name: torch.split(t, sizes) for name, t in outputs.items()}
-            per_role = {r: RoleOutputs({name: parts[i] for name, parts in split.items()}, labels[r])
-                        for i, r in enumerate(roles)}
+            layers = self._forward({r: x for r, x in inputs.items() if r in self.method.forward_roles})
+            per_role = {r: RoleOutputs(layers.get(r, {}), labels[r], inputs[r]) for r in batches}
             out = StepOutputs(per_role.get("labelled"), per_role.get("source"), per_role.get("target"),
                               step, self.total)
-            terms: dict[str, Tensor] = {}
-            if out.labelled is not None:
-                terms["ce"] = F.cross_entropy(out.labelled.logits.float(), out.labelled.labels)
-            if out.source is not None:
-                terms["ce_source"] = F.cross_entropy(out.source.logits.float(), out.source.labels)
-            terms.update(self.method.extra_losses(out))
+            terms = self.method.losses(out)
             loss = sum(terms.values())
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -295,11 +281,29 @@ class _Loop:
         self.method.after_step()
         return self._metrics(loss, terms, out)
 
+    def _forward(self, inputs: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+        """One forward pass over the concatenated roles; the named layers split by role."""
+        if not inputs:
+            return {}
+        roles, xs = list(inputs), list(inputs.values())
+        sizes = [len(x) for x in xs]
+        with self.method.batch_context(roles, sizes):
+            x = torch.cat(xs) if len(xs) > 1 else xs[0]
+            if self.layers == (FEATURES, LOGITS):
+                f, logits = self.model.features_and_logits(x)
+                outputs = {FEATURES: f, LOGITS: logits}
+            else:
+                outputs = self.model.intermediate(x, self.layers)
+        split = {name: torch.split(t, sizes) for name, t in outputs.items()}
+        return {r: {name: parts[i] for name, parts in split.items()} for i, r in enumerate(roles)}
+
     def _metrics(self, loss: Tensor, terms: dict[str, Tensor], out: StepOutputs) -> dict[str, float]:
         metrics = {"loss": float(loss.detach())}
         metrics.update({k: float(v.detach()) for k, v in terms.items()})
-        graded = out.labelled if out.labelled is not None else out.source
-        metrics["accuracy"] = float((graded.logits.detach().argmax(1) == graded.labels).float().mean())
+        graded = [r for r in (out.labelled, out.source) if r is not None and r.layers]
+        if graded:
+            hits = graded[0].logits.detach().argmax(1) == graded[0].labels
+            metrics["accuracy"] = float(hits.float().mean())
         metrics["lr"] = self.optimizer.param_groups[-1]["lr"]
         return metrics
 
@@ -322,6 +326,9 @@ def train(
     train_set); the other sets are cycled. With val_set, training stops early
     after `config.patience` epochs without a better validation accuracy (ties
     broken by loss), and the best weights are restored at the end.
+    The method may choose the source images first (`select_source`), acts on the model
+    before the first step (`setup`), may work after the last one (`finish`, e.g. AdaBN),
+    and always gets to undo its changes to the model at the end (`teardown`).
     """
     main = train_set if train_set is not None else source_set
     if main is None or len(main) == 0:
@@ -333,29 +340,37 @@ def train(
     use_cuda = device.type == "cuda"
     model.to(device)
     method.to(device)
+    selected: dict[str, float] = {}
+    if source_set is not None and len(source_set) > 0:
+        chosen = method.select_source(source_set, [d for d in (train_set, target_set) if d is not None])
+        if chosen is not source_set:
+            source_set, selected = chosen, {"n_source_selected": len(chosen)}
+    loaders = {}
+    for role, ds, seed in (("labelled", train_set, seeds[0]), ("source", source_set, seeds[1]),
+                           ("target", target_set, seeds[2])):
+        if ds is not None and len(ds) > 0:
+            loaders[role] = make_loader(ds, config, seed, train=True, pin=use_cuda,
+                                        balanced=config.balanced and role != "target")
+    main_role = "labelled" if "labelled" in loaders else "source"
+    total = config.epochs * len(loaders[main_role])
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
     freeze_stages(model, config.freeze)
     try:
+        method.setup(model, total)
         groups = layerwise_param_groups(model, config.lr, config.lr_decay, config.weight_decay)
         groups += method.param_groups(config.lr, config.weight_decay)
         optimizer = make_optimizer(config, groups)
         scaler = torch.amp.GradScaler("cuda") if use_cuda and config.amp else None
-        loaders = {}
-        for role, ds, seed in (("labelled", train_set, seeds[0]), ("source", source_set, seeds[1]),
-                               ("target", target_set, seeds[2])):
-            if ds is not None and len(ds) > 0:
-                loaders[role] = make_loader(ds, config, seed, train=True, pin=use_cuda,
-                                            balanced=config.balanced and role != "target")
-        main_role = "labelled" if "labelled" in loaders else "source"
-        steps_per_epoch = len(loaders[main_role])
-        total = config.epochs * steps_per_epoch
-        if config.max_steps is not None:
-            total = min(total, config.max_steps)
         loop = _Loop(model, method, optimizer, scaler, device, layers, total)
         others = {r: _Cycle(ld) for r, ld in loaders.items() if r != main_role}
         result = yield from _epochs(loop, loaders[main_role], main_role, others, config, val_set,
                                     PrivateRandomStream(seeds[3], device))
-        return result
+        yield from _relay(method.finish(model, target_set, config.batch_size, device), result.steps,
+                          total, "adapting")
+        return dataclasses.replace(result, metrics={**result.metrics, **selected})
     finally:
+        method.teardown(model)
         unfreeze(model)
 
 
@@ -507,6 +522,10 @@ def train_project(
     if config.method not in METHODS:
         raise ProjectError(f"Unknown method {config.method!r}; choose one of {', '.join(METHODS)}.")
     method = METHODS[config.method]
+    try:
+        make_method(config.method, config.method_options)
+    except ValueError as error:
+        raise ProjectError(str(error)) from None
     start = None if from_scratch else project.latest_checkpoint()
     model = _starting_model(project, config, start, classes)
     if not 0 <= config.freeze <= len(model.stages):
@@ -518,16 +537,19 @@ def train_project(
     if not phases:
         raise ProjectError("Nothing to train on: label some images first.")
     parent, ids, metrics = (start.id if start else None), [], {}
-    for name, sets in phases:
-        job = train(model, sets["train"], config, val_set=sets["val"],
-                    source_set=sets["source"], target_set=sets["target"])
+    for name, method_name, sets in phases:
+        phase_method = make_method(method_name, config.method_options if method_name == config.method
+                                   else None)
+        job = train(model, sets["train"], config, val_set=sets["val"], source_set=sets["source"],
+                    target_set=sets["target"], method=phase_method)
         result = yield from _prefixed(job, name)
         metrics = {**result.metrics, **{f"n_{k}": len(v) for k, v in sets.items() if v is not None}}
+        recorded = {**config.to_dict(), "method": method_name,
+                    "method_options": phase_method.hyperparameters(), "phase": name}
         parent = save_checkpoint(project, model, classes=classes, parent_id=parent, round=round,
-                                 config={**config.to_dict(), "phase": name}, metrics=metrics,
-                                 seed=config.seed)
+                                 config=recorded, metrics=metrics, seed=config.seed)
         ids.append(parent)
-    return ProjectTrainResult(tuple(ids), tuple(name for name, _ in phases), metrics)
+    return ProjectTrainResult(tuple(ids), tuple(name for name, _, _ in phases), metrics)
 
 
 def _starting_model(project, config: TrainConfig, start, classes: list[str]) -> Classifier:
@@ -558,7 +580,7 @@ def _starting_model(project, config: TrainConfig, start, classes: list[str]) -> 
     return model
 
 
-def _phases(project, method, fresh: bool, fit, plain) -> list[tuple[str, dict]]:
+def _phases(project, method, fresh: bool, fit, plain) -> list[tuple[str, str, dict]]:
     from atl_desktop.data.datasets import project_dataset
 
     def data(domain: str, split: str, transform, labelled: bool | None = True):
@@ -569,19 +591,26 @@ def _phases(project, method, fresh: bool, fit, plain) -> list[tuple[str, dict]]:
     source = data("source", "pool", fit) if method.uses_source_labels else None
     labelled_target = data("target", "pool", fit) if method.uses_target_labels else None
     target_val = data("target", "val", plain)
+    source_val = data("source", "val", plain)
+    phases = []
     if method.uses_unlabelled_target:
         unlabelled = data("target", "pool", fit, labelled=None)
         if source is None and labelled_target is None:
             return []
-        return [("adaptation", {"train": labelled_target, "source": source,
-                                "target": unlabelled, "val": target_val})]
-    phases = []
+        if getattr(method, "needs_source_model", False) and fresh and source is not None:
+            # ADDA adapts a trained source model: train one first.
+            phases.append(("source pre-training", "source_only",
+                           {"train": None, "source": source, "target": None, "val": source_val}))
+        phases.append(("adaptation", method.name, {"train": labelled_target, "source": source,
+                                                   "target": unlabelled, "val": target_val}))
+        return phases
     if source is not None and (fresh or labelled_target is None):
-        phases.append(("source pre-training", {"train": None, "source": source, "target": None,
-                                               "val": data("source", "val", plain)}))
+        phases.append(("source pre-training", method.name,
+                       {"train": None, "source": source, "target": None, "val": source_val}))
     if labelled_target is not None:
-        phases.append(("fine-tuning", {"train": labelled_target, "source": None, "target": None,
-                                       "val": target_val}))
+        joint = source if method.joint_source else None
+        phases.append(("fine-tuning", method.name, {"train": labelled_target, "source": joint,
+                                                    "target": None, "val": target_val}))
     return phases
 
 

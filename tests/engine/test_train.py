@@ -207,7 +207,7 @@ def test_a_method_gets_layers_roles_and_its_own_optimiser_group():
     assert method.seen[0][:3] == (True, None, (64, 4, 4))
     assert [s[3] for s in method.seen] == pytest.approx([0, 1 / 3, 2 / 3])
     assert method.scale.item() != 1.0  # its parameter was optimised
-    assert set(METHODS) == {"finetune", "source_only"}
+    assert {"finetune", "source_only"} <= set(METHODS)
 
 
 # ---- evaluation -----------------------------------------------------------------------
@@ -339,7 +339,7 @@ def test_project_refusals(digits_project, tmp_path):
     with pytest.raises(ProjectError, match="between 0 and 3"):
         next(train_project(project, small_config(freeze=5)))
     with pytest.raises(ProjectError, match="Unknown method"):
-        next(train_project(project, small_config(method="dann")))
+        next(train_project(project, small_config(method="no_such_method")))
     with Project.create(tmp_path / "empty.atl") as empty:
         empty.add_class("a")
         with pytest.raises(ProjectError, match="two classes"):
@@ -407,3 +407,57 @@ def test_cli_trains_and_evaluates_a_project(digits_project, capsys):
     assert "No checkpoint with id 99" in capsys.readouterr().err
     with Project.open(path, readonly=True) as project:
         assert project.latest_checkpoint().backbone == "smallcnn"
+
+
+# ---- transfer methods in projects ---------------------------------------------------------
+
+
+def test_adda_pre_trains_a_source_model_then_adapts_and_records_its_options(digits_project):
+    project = digits_project
+    config = small_config(method="adda", method_options={"hidden": 64}, max_steps=2)
+    result = run_job(train_project(project, config))
+    assert result.phases == ("source pre-training", "adaptation")
+    first, second = (project.checkpoint(i) for i in result.checkpoint_ids)
+    assert first.config["method"] == "source_only" and second.config["method"] == "adda"
+    assert second.config["method_options"] == {"hidden": 64, "discriminator_lr": 1.0}
+    assert second.metrics["n_target"] == 200 and "n_train" not in second.metrics
+    # The classifier stays the source model's; the encoder is adapted.
+    source_model, _ = load_checkpoint(project, first.id)
+    adapted, _ = load_checkpoint(project, second.id)
+    assert torch.equal(source_model.head.weight, adapted.head.weight)
+    assert not torch.equal(source_model.body.conv1[0].weight, adapted.body.conv1[0].weight)
+
+
+def test_default_options_are_recorded_and_selective_fine_tunes_jointly(digits_project):
+    project = digits_project
+    truth = project.truth("target", "pool")
+    with project.transaction():
+        for image_id in project.pool_ids[:40]:
+            project.set_label(image_id, truth[image_id])
+    config = small_config(method="selective", max_steps=2)
+    result = run_job(train_project(project, config))
+    assert result.phases == ("source pre-training", "fine-tuning")
+    record = project.checkpoint(result.checkpoint_id)
+    assert record.config["method_options"] == {"neighbours": 5, "bins": 16, "filters": "gabor"}
+    assert record.metrics["n_train"] == 40 and record.metrics["n_source"] == 600
+    # Up to 5 nearest source images for each of the 40 labelled target images.
+    assert 5 <= record.metrics["n_source_selected"] <= 5 * 40
+
+
+def test_cli_passes_method_options_and_refuses_unknown_ones(digits_project, capsys):
+    import json
+
+    from atl_desktop.cli import main
+
+    path = digits_project.path
+    digits_project.close()
+    args = ["--epochs", "1", "--device", "cpu", "--quiet", "--json", "--batch-size", "64"]
+    assert main(["train", str(path), "--method", "ddc", "--method-option", "lambda=1", *args]) == 1
+    assert "trade_off" in capsys.readouterr().err  # the error lists the method's options
+    assert main(["train", str(path), "--method", "ddc", "--method-option", "trade_off=0.5",
+                 "--method-option", "estimator=linear", *args]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["phases"] == ["adaptation"]
+    with Project.open(path, readonly=True) as project:
+        options = project.checkpoint(trained["checkpoints"][-1]).config["method_options"]
+    assert options == {"trade_off": 0.5, "estimator": "linear", "alpha": 1.0, "layer": "features"}
