@@ -18,6 +18,8 @@ COMMAND_MODULES = (
     "atl_desktop.commands.data",
     "atl_desktop.commands.train",
     "atl_desktop.commands.active",
+    "atl_desktop.commands.round",
+    "atl_desktop.commands.simulate",
 )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -25,6 +25,18 @@ from atl_desktop.active.scoring import (
 )
 from atl_desktop.active.strategies import STRATEGIES, SelectionInput, aift_scores, bald, select
 from atl_desktop.jobs import Progress, relabel
+from atl_desktop.rounds import (
+    ROUND_STATE,
+    OnCommit,
+    assess_job,
+    fine_tune_job,
+    label_from_truth,
+    notify,
+    open_round,
+    record_step,
+    round_state,
+    training_labels,
+)
 from atl_desktop.store import Project, ProjectError
 
 SKIPPED_SETTING = "skipped_images"  # images the expert marked unsure (the window's x key)
@@ -128,22 +140,38 @@ def selection_input(project: Project, scored: ScoredPool | None, unlabelled: np.
                     labelled: dict[int, int], prototypes: bool = False) -> SelectionInput:
     if scored is None:
         return SelectionInput(probs=np.zeros((len(unlabelled), 1)))
-    target = scored.target
-    rows = target.rows(unlabelled)
     lab_ids = np.asarray(sorted(labelled), dtype=np.int64)
-    lab_features = np.asarray(target.features[target.rows(lab_ids)])
-    probs = np.asarray(target.probs[rows])
-    features = np.asarray(target.features[rows])
+    data = pool_selection_input(scored.target, unlabelled, lab_ids, scored.source)
     if prototypes:
         position = project.class_index()
         labels = np.asarray([position[labelled[i]] for i in lab_ids], dtype=np.int64)
-        probs = prototype_probs(features, fit_prototypes(lab_features, labels, len(position)))
+        probs = prototype_probs(data.features, fit_prototypes(data.labelled_features, labels, len(position)))
+        data = replace(data, probs=probs)
+    return data
+
+
+def pool_selection_input(target: ScoreTable, unlabelled: np.ndarray, labelled: np.ndarray,
+                         source: ScoreTable | None = None) -> SelectionInput:
+    """What a strategy sees: scores of the unlabelled rows, features of the labelled ones
+    (the simulation builds it the same way)."""
+    rows = target.rows(unlabelled)
     return SelectionInput(
-        probs=probs, features=features, labelled_features=lab_features,
-        source_features=None if scored.source is None else np.asarray(scored.source.features),
+        probs=np.asarray(target.probs[rows]), features=np.asarray(target.features[rows]),
+        labelled_features=np.asarray(target.features[target.rows(labelled)]),
+        source_features=None if source is None else np.asarray(source.features),
         augmented_probs=None if target.augmented_probs is None else np.asarray(target.augmented_probs[rows]),
         mc_probs=None if target.mc_probs is None else np.asarray(target.mc_probs[rows]),
     )
+
+
+def scoring_config_for(strategy: str, params: Mapping, base: ScoringConfig) -> ScoringConfig:
+    """The scoring pass a strategy needs: augmented copies for AIFT, MC-dropout for BALD."""
+    needs = STRATEGIES[strategy].needs
+    return ScoringConfig(**{
+        **base.to_json(),
+        "augment_copies": int(params.get("m", 8)) if "augmented_probs" in needs else 0,
+        "mc_samples": (base.mc_samples or 10) if "mc_probs" in needs else 0,
+    })
 
 
 def query_job(
@@ -170,12 +198,7 @@ def query_job(
         raise ProjectError("Every target pool image is labelled or skipped; nothing to choose from.")
     scored = None
     if needs or prototypes:
-        base = scoring or ScoringConfig(seed=seed)
-        config = ScoringConfig(**{
-            **base.to_json(),
-            "augment_copies": int(params.get("m", 8)) if "augmented_probs" in needs else 0,
-            "mc_samples": (base.mc_samples or 10) if "mc_probs" in needs else 0,
-        })
+        config = scoring_config_for(strategy, params, scoring or ScoringConfig(seed=seed))
         choice = model or ModelChoice(checkpoint_id=checkpoint_id)
         scored = yield from score_job(project, model=choice, config=config,
                                       source="source_features" in needs)
@@ -277,34 +300,41 @@ def pseudo_label_job(
 ) -> Generator[Progress, None, int]:
     """Propose CEAL pseudo-labels for confident unlabelled images; returns how many.
 
-    The entropy threshold decays with the number of rounds finished so far. Pairs
-    the expert rejected before are never proposed again.
+    They belong to `round_id` (default: the open round, if any), whose step is
+    committed with them. The entropy threshold decays with the number of rounds
+    finished so far. Pairs the expert rejected before are never proposed again.
     """
-    config = config or PseudoLabelConfig(**project.get_setting("pseudo_labels", {}))
+    config = config or PseudoLabelConfig(**project.get_setting(PSEUDO_SETTING, {}))
+    if round_id is None:
+        current = open_round(project)
+        round_id = None if current is None else current.id
     unlabelled, _ = unlabelled_pool(project)
-    if not len(unlabelled):
-        project.add_pseudo_labels([], round=round_id)
-        return 0
-    scored = yield from score_job(project, model=ModelChoice(checkpoint_id=checkpoint_id),
-                                  config=scoring or ScoringConfig())
-    probs = np.asarray(scored.target.probs[scored.target.rows(unlabelled)])
-    class_ids = [c.id for c in project.classes()]
-    if probs.shape[1] != len(class_ids):
-        raise ProjectError(
-            f"The checkpoint predicts {probs.shape[1]} classes but the project has {len(class_ids)}; "
-            "train again after changing classes."
-        )
-    round_index = sum(1 for r in project.rounds() if r.finished is not None)
-    chosen = pseudo_labels_for_round(probs, unlabelled, round_index, config,
-                                     class_ids=class_ids, exclude=project.rejected_pseudo())
-    project.add_pseudo_labels([p.as_tuple() for p in chosen], round=round_id)
+    chosen = []
+    if len(unlabelled):
+        scored = yield from score_job(project, model=ModelChoice(checkpoint_id=checkpoint_id),
+                                      config=scoring or ScoringConfig())
+        probs = np.asarray(scored.target.probs[scored.target.rows(unlabelled)])
+        class_ids = [c.id for c in project.classes()]
+        if probs.shape[1] != len(class_ids):
+            raise ProjectError(
+                f"The checkpoint predicts {probs.shape[1]} classes but the project has {len(class_ids)}; "
+                "train again after changing classes."
+            )
+        round_index = sum(1 for r in project.rounds() if r.finished is not None)
+        chosen = pseudo_labels_for_round(probs, unlabelled, round_index, config,
+                                         class_ids=class_ids, exclude=project.rejected_pseudo())
+    with project.transaction():
+        project.add_pseudo_labels([p.as_tuple() for p in chosen], round=round_id)
+        if round_id is not None and not round_state(project, round_id).reached("pseudo-labelled"):
+            record_step(project, round_id, "pseudo-labelled", pseudo=len(chosen), pseudo_config=config.to_json())
     yield Progress(1, 1, f"{len(chosen)} pseudo-labels proposed")
     return len(chosen)
 
 
-# ---- fine-tuning -----------------------------------------------------------------------
+# ---- fine-tuning and the round as a whole ------------------------------------------------
 
 TRAIN_SETTING = "train_config"  # the project's TrainConfig fields, as JSON
+PSEUDO_SETTING = "pseudo_labels"  # the project's PseudoLabelConfig fields, as JSON
 
 
 def project_train_config(project: Project, **overrides):
@@ -322,16 +352,122 @@ def train_job(project: Project, *, config=None, from_scratch: bool = False,
               round_id: int | None = None) -> Generator[Progress, None, int]:
     """Fine-tune incrementally from the current checkpoint; returns the new checkpoint id.
 
-    The round is the newest unfinished one unless given; it is finished with the
-    new checkpoint and its metrics, so the next query starts a new round.
+    The round is the newest unfinished one unless given: its pending pseudo-labels
+    join the training set (CEAL), and it is finished with the new checkpoint, the
+    test metrics and the stop signal, so the next query starts a new round.
+    Without an open round this is plain training.
     """
     from atl_desktop.transfer.train import train_project
 
     config = config or project_train_config(project)
     if round_id is None:
-        open_rounds = [r for r in project.rounds() if r.finished is None]
-        round_id = open_rounds[-1].id if open_rounds else None
-    result = yield from train_project(project, config, from_scratch=from_scratch, round=round_id)
-    if round_id is not None:
-        project.finish_round(round_id, result.metrics, checkpoint_id=result.checkpoint_id)
-    return result.checkpoint_id
+        current = open_round(project)
+        round_id = None if current is None else current.id
+    if round_id is None:
+        result = yield from train_project(project, config, from_scratch=from_scratch)
+        return result.checkpoint_id
+    summary = yield from finish_round_job(project, round_id=round_id, config=config,
+                                          from_scratch=from_scratch)
+    return summary.checkpoint_id
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    round_id: int
+    checkpoint_id: int
+    metrics: Mapping
+
+
+def finish_round_job(
+    project: Project,
+    *,
+    round_id: int | None = None,
+    pseudo: PseudoLabelConfig | None = None,
+    config=None,
+    oracle: bool = False,
+    from_scratch: bool = False,
+    device: str | None = None,
+    on_commit: OnCommit | None = None,
+) -> Generator[Progress, None, RoundSummary]:
+    """Everything after the query, resuming after the round's last committed step:
+    [oracle labels] -> [pseudo-labels, when `pseudo` is given] -> fine-tune -> assess ->
+    finish. `on_commit(step)` is called after each step is committed (tests use it)."""
+    current = open_round(project) if round_id is None else next(
+        (r for r in project.rounds() if r.id == round_id), None)
+    if current is None or current.finished is not None:
+        raise ProjectError("No open round: start one with a query (`atl round query`).")
+    round_id = current.id
+    config = config or project_train_config(project)
+    if device is not None:
+        config = replace(config, device=device)
+    if oracle and not round_state(project, round_id).reached("labelled"):
+        label_from_truth(project, round_id)
+        notify(on_commit, "labelled")
+    state = round_state(project, round_id)
+    if pseudo is not None and not state.reached("pseudo-labelled"):
+        yield from relabel(pseudo_label_job(project, config=pseudo, round_id=round_id,
+                                            scoring=ScoringConfig(device=device)), "pseudo-labelling")
+        notify(on_commit, "pseudo-labelled")
+    state = round_state(project, round_id)
+    if not state.reached("trained"):
+        _, extra = training_labels(project, round_id)
+        yield from fine_tune_job(project, config, round_id=round_id, pseudo=extra, from_scratch=from_scratch)
+        notify(on_commit, "trained")
+        state = round_state(project, round_id)
+    checkpoint_id = int(state.data["checkpoint"])
+    assessed = yield from assess_job(project, checkpoint_id, _previous_model(project, round_id, checkpoint_id),
+                                     device=config.device)
+    labels, _ = training_labels(project, round_id)
+    metrics = {
+        **assessed, "train": state.data.get("train", {}), "labels": len(labels),
+        "pseudo_used": state.data.get("train", {}).get("n_pseudo", 0),
+        "pseudo_proposed": state.data.get("pseudo"), "pseudo_config": state.data.get("pseudo_config"),
+        "oracle": bool(state.data.get("oracle", False)), "train_config": config.to_dict(),
+    }
+    with project.transaction():
+        project.finish_round(round_id, metrics, checkpoint_id=checkpoint_id)
+        project.set_setting(ROUND_STATE, None)
+    notify(on_commit, "finished")
+    yield Progress(1, 1, f"round {round_id} finished", _headline(metrics))
+    return RoundSummary(round_id, checkpoint_id, metrics)
+
+
+def _previous_model(project: Project, round_id: int, checkpoint_id: int) -> int | None:
+    """The model of the last round finished before this one (else the new model's parent)."""
+    earlier = [r for r in project.rounds() if r.finished is not None and r.id < round_id and r.checkpoint_id]
+    return earlier[-1].checkpoint_id if earlier else project.checkpoint(checkpoint_id).parent_id
+
+
+def _headline(metrics: Mapping) -> dict[str, float]:
+    out = {}
+    if "test" in metrics:
+        out["test_accuracy"] = metrics["test"]["accuracy"]
+        out["ece"] = metrics["test"]["calibration"]["ece"]
+    kappa = (metrics.get("stop") or {}).get("kappa")
+    if kappa is not None:
+        out["kappa"] = kappa
+    return out
+
+
+def round_job(
+    project: Project,
+    *,
+    strategy: str,
+    batch: int,
+    params: Mapping | None = None,
+    seed: int = 0,
+    pseudo: PseudoLabelConfig | None = None,
+    config=None,
+    scoring: ScoringConfig | None = None,
+    on_commit: OnCommit | None = None,
+) -> Generator[Progress, None, RoundSummary]:
+    """One whole round with the hidden ground truth as the oracle (simulations, demos).
+    An open round is resumed first instead of starting a new one."""
+    current = open_round(project)
+    if current is None:
+        yield from relabel(query_job(project, strategy=strategy, batch=batch, params=params, seed=seed,
+                                     scoring=scoring), "query")
+        notify(on_commit, "queried")
+    return (yield from finish_round_job(project, pseudo=pseudo, config=config, oracle=True,
+                                        device=None if scoring is None else scoring.device,
+                                        on_commit=on_commit))

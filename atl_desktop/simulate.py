@@ -1,0 +1,635 @@
+"""Replay the active-learning loop with known labels as the oracle, to compare strategies.
+
+For every configuration ("arm": a strategy, CEAL pseudo-labels on or off, a
+transfer method) and every seed, the loop starts from the same initial labels
+(drawn by seed) and the same model (trained on the source data when there is
+one), then repeats: score the pool -> choose a batch -> the oracle labels it ->
+pseudo-labels (CEAL) -> fine-tune from the last model -> evaluate on the test
+split, until the label budget is spent. It runs in memory on arrays (no project
+file), but through the same engine functions as a real round: the scoring pass
+(`score_pool`), the strategy registry (`select`, with `pool_selection_input`),
+CEAL's `pseudo_labels_for_round`, the training loop (`train`), and the round's
+evaluation, calibration and stop signal (`rounds`).
+
+Images are transformed once into tensors (no augmentation), which keeps a
+round on the small CNN to seconds on a CPU. Each finished (arm, seed) run is
+written to OUT/runs/ at once, so an interrupted simulation resumes where it was.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import hashlib
+import json
+import shutil
+import tempfile
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+
+from atl_desktop.active.pseudo import PseudoLabelConfig, pseudo_labels_for_round
+from atl_desktop.active.scoring import ScoringConfig, score_pool
+from atl_desktop.active.strategies import STRATEGIES, select
+from atl_desktop.jobs import Progress, relabel
+from atl_desktop.rounds import evaluation_metrics, predict_probs, stop_signal
+from atl_desktop.session import pool_selection_input, scoring_config_for
+from atl_desktop.store import ProjectError
+
+BASELINE = "random"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One configuration to simulate."""
+
+    name: str
+    strategy: str
+    pseudo: bool = False  # CEAL pseudo-labels in each round's fine-tune
+    method: str = "finetune"  # transfer method of each round's fine-tune (transfer.methods.METHODS)
+    params: Mapping[str, Any] = field(default_factory=dict)  # strategy parameters
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ProjectError(f"Unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}.")
+        object.__setattr__(self, "params", dict(self.params))
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    budget: int = 500  # labels in all, the initial ones included
+    batch: int = 20
+    initial: int = 20  # random initial labels (0: cold start)
+    rounds: int | None = None  # at most this many query rounds
+    seeds: tuple[int, ...] = (0, 1, 2)
+    backbone: str = "smallcnn"
+    epochs: int = 5  # per round's fine-tune
+    max_steps: int | None = None  # cap on each round's optimiser steps (time-boxed runs)
+    source_epochs: int = 5  # source pre-training, once per seed
+    batch_size: int = 32
+    lr: float = 1e-3
+    pool_size: int | None = None  # random subsample of the pool (speed)
+    source_features: int = 1000  # source images scored for strategies that use them (MMD)
+    stop_set: int = 1000
+    pseudo_delta0: float = PseudoLabelConfig.delta0
+    pseudo_decay: float = PseudoLabelConfig.decay
+    device: str = "cpu"
+    scoring_batch: int = 256
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        if self.batch < 1 or self.initial < 0 or self.budget < max(1, self.initial):
+            raise ProjectError("Need batch >= 1, initial >= 0 and a budget of at least the initial labels.")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def pseudo_config(self) -> PseudoLabelConfig:
+        return PseudoLabelConfig(delta0=self.pseudo_delta0, decay=self.pseudo_decay)
+
+
+# ---- data --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimData:
+    """uint8 images (N, H, W) or (N, H, W, 3) with int labels; source and val optional."""
+
+    x_pool: np.ndarray
+    y_pool: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: tuple[str, ...]
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+    x_source: np.ndarray | None = None
+    y_source: np.ndarray | None = None
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for a in (self.x_pool, self.y_pool, self.x_test, self.y_test, self.x_source, self.y_source):
+            if a is not None:
+                digest.update(np.ascontiguousarray(a).tobytes())
+        return digest.hexdigest()[:16]
+
+
+def _read(path: Path, size: int | None, seed: int) -> dict[str, np.ndarray | list[str]]:
+    """Splits of an .npz (x_train/x_test/..., or x/y split 70/30) or an ImageFolder tree."""
+    from atl_desktop.data.datasets import load_npz
+
+    if path.is_dir():
+        return _read_folders(path, size, seed)
+    with np.load(path, allow_pickle=False) as f:
+        keys = set(f.files)
+    out: dict = {}
+    if "x_train" in keys:
+        for split in ("train", "val", "test"):
+            if f"x_{split}" in keys:
+                x, y, classes = load_npz(path, split)
+                out[split] = (x, y)
+    else:
+        x, y, classes = load_npz(path, "train")
+        out.update(_split(x, y, seed))
+    out["classes"] = classes
+    return out
+
+
+def _split(x: np.ndarray, y: np.ndarray, seed: int, test: float = 0.3) -> dict:
+    """Stratified train/test split fixed by seed."""
+    rng = np.random.default_rng(seed)
+    test_rows = []
+    for c in np.unique(y):
+        rows = rng.permutation(np.flatnonzero(y == c))
+        test_rows += list(rows[: round(test * len(rows))])
+    is_test = np.zeros(len(y), dtype=bool)
+    is_test[test_rows] = True
+    return {"train": (x[~is_test], y[~is_test]), "test": (x[is_test], y[is_test])}
+
+
+def _read_folders(root: Path, size: int | None, seed: int) -> dict:
+    from atl_desktop.data.datasets import load_imagefolder
+
+    def arrays(folder: Path, classes: list[str] | None = None):
+        paths, labels, found = load_imagefolder(folder)
+        if classes is not None and found != classes:
+            raise ProjectError(f"{folder}: classes {found} differ from {classes}.")
+        return np.stack([_pixels(p, size) for p in paths]), np.asarray(labels, dtype=np.int64), found
+
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        x, y, classes = arrays(root / "train")
+        out = {"train": (x, y), "test": arrays(root / "test", classes)[:2], "classes": classes}
+        if (root / "val").is_dir():
+            out["val"] = arrays(root / "val", classes)[:2]
+        return out
+    x, y, classes = arrays(root)
+    return {**_split(x, y, seed), "classes": classes}
+
+
+def _pixels(path: Path, size: int | None) -> np.ndarray:
+    from PIL import Image
+
+    from atl_desktop.data.decode import load_image
+
+    img = load_image(path).convert("RGB")
+    if size is not None:
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def load_simulation_data(target: str | Path, source: str | Path | None = None, *,
+                         image_size: int | None = 28, seed: int = 0) -> SimData:
+    """Target (pool = its train split, test split; a file with plain x/y is split 70/30 by seed)
+    and an optional labelled source (all of its images), from .npz files or ImageFolder trees.
+    Folder images are resized to `image_size` as they are read."""
+    t = _read(Path(target), image_size, seed)
+    if "test" not in t:
+        raise ProjectError(f"{target}: no test split to measure accuracy on.")
+    x_val, y_val = t.get("val", (None, None))
+    x_source = y_source = None
+    if source is not None:
+        s = _read(Path(source), image_size, seed)
+        if [str(c) for c in s["classes"]] != [str(c) for c in t["classes"]]:
+            raise ProjectError("The source and target data must have the same classes in the same order.")
+        parts = [s[k] for k in ("train", "val", "test") if k in s]
+        x_source = np.concatenate([p[0] for p in parts])
+        y_source = np.concatenate([p[1] for p in parts])
+    return SimData(t["train"][0], t["train"][1], t["test"][0], t["test"][1], tuple(t["classes"]),
+                   x_val, y_val, x_source, y_source)
+
+
+class TensorData(Dataset):
+    """Images transformed once into one tensor; items (image, label) as in ArrayDataset."""
+
+    def __init__(self, x: torch.Tensor, labels: Sequence[int]):
+        self.x = x
+        self.labels = [int(v) for v in labels]
+        self.image_ids = list(range(len(self.labels)))
+
+    @classmethod
+    def from_arrays(cls, x: np.ndarray, y: np.ndarray | None, spec) -> TensorData:
+        from atl_desktop.data.datasets import ArrayDataset
+        from atl_desktop.models.transforms import input_transform
+
+        arrays = ArrayDataset(x, None, input_transform(spec))
+        tensor = torch.stack([arrays[i][0] for i in range(len(arrays))]) if len(arrays) else torch.zeros(0)
+        return cls(tensor, [-1] * len(x) if y is None else y)
+
+    def rows(self, rows: Sequence[int], labels: Sequence[int] | None = None) -> TensorData:
+        rows = np.asarray(rows, dtype=np.int64)
+        picked = TensorData(self.x[torch.as_tensor(rows)],
+                            [self.labels[r] for r in rows] if labels is None else labels)
+        picked.image_ids = [self.image_ids[r] for r in rows]
+        return picked
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.labels[i]
+
+
+@dataclass
+class _Prepared:
+    pool: TensorData
+    test: TensorData
+    val: TensorData | None
+    source: TensorData | None
+    source_scored: TensorData | None  # the subsample scored for MMD's source features
+    spec: Any
+
+
+def _prepare(data: SimData, config: SimulationConfig) -> _Prepared:
+    from atl_desktop.models.registry import backbone_info
+
+    spec = backbone_info(config.backbone).spec
+    x_pool, y_pool = data.x_pool, data.y_pool
+    if config.pool_size is not None and config.pool_size < len(y_pool):
+        keep = np.sort(np.random.default_rng(0).choice(len(y_pool), config.pool_size, replace=False))
+        x_pool, y_pool = x_pool[keep], y_pool[keep]
+    pool = TensorData.from_arrays(x_pool, y_pool, spec)
+    test = TensorData.from_arrays(data.x_test, data.y_test, spec)
+    val = None if data.x_val is None else TensorData.from_arrays(data.x_val, data.y_val, spec)
+    source = scored = None
+    if data.x_source is not None:
+        source = TensorData.from_arrays(data.x_source, data.y_source, spec)
+        n = min(config.source_features, len(source))
+        scored = source.rows(np.sort(np.random.default_rng(1).choice(len(source), n, replace=False)))
+    return _Prepared(pool, test, val, source, scored, spec)
+
+
+# ---- one run ------------------------------------------------------------------------------
+
+
+def _train_config(config: SimulationConfig, method: str, seed: int, epochs: int, max_steps: int | None = None):
+    from atl_desktop.transfer.train import TrainConfig
+
+    return TrainConfig(backbone=config.backbone, method=method, epochs=epochs, batch_size=config.batch_size,
+                       lr=config.lr, patience=0, seed=seed, amp=False, device=config.device, max_steps=max_steps)
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def initial_model_job(data: _Prepared, config: SimulationConfig, seed: int,
+                      n_classes: int) -> Generator[Progress, None, Any]:
+    """A fresh model, trained on the source images when there are some."""
+    from atl_desktop.models.registry import build_model
+    from atl_desktop.transfer.train import train
+
+    model = build_model(config.backbone, n_classes, seed=seed)
+    if data.source is not None:
+        cfg = _train_config(config, "finetune", _seed(seed, 7), config.source_epochs)
+        yield from relabel(train(model, None, cfg, source_set=data.source), f"source pre-training (seed {seed})")
+    return model
+
+
+def _fine_tune(model, data: _Prepared, labelled: np.ndarray, pseudo: dict[int, int], arm: Arm,
+               config: SimulationConfig, seed: int, round_index: int):
+    """One round's fine-tune, with the data a project round gives the method (see
+    transfer.train._phases): labelled target (+ pseudo-labels), and for a method that
+    uses unlabelled target images, the source images and the unlabelled pool too."""
+    from atl_desktop.transfer.methods import METHODS
+    from atl_desktop.transfer.train import train
+
+    if arm.method not in METHODS:
+        raise ProjectError(f"Unknown method {arm.method!r}; choose one of {', '.join(METHODS)}.")
+    method = METHODS[arm.method]
+    parts = [data.pool.rows(labelled)] if len(labelled) else []
+    if pseudo:
+        rows = sorted(pseudo)
+        parts.append(data.pool.rows(rows, [pseudo[r] for r in rows]))
+    train_set = (parts[0] if len(parts) == 1 else ConcatDataset(parts)) if parts else None
+    source = target = None
+    if method.uses_unlabelled_target:
+        source = data.source if method.uses_source_labels else None
+        target = data.pool
+    if not method.uses_target_labels:
+        train_set = None
+    if train_set is None and source is None:
+        return None
+    cfg = _train_config(config, arm.method, _seed(seed, round_index, 11), config.epochs, config.max_steps)
+    return (yield from train(model, train_set, cfg, val_set=data.val, source_set=source, target_set=target))
+
+
+def _assess(model, data: _Prepared, classes, stop_rows: np.ndarray, previous: np.ndarray | None,
+            kappas: list, config: SimulationConfig):
+    probs = yield from predict_probs(model, data.test, batch_size=config.scoring_batch, device=config.device,
+                                     message="evaluating")
+    result = evaluation_metrics(probs, data.test.labels, classes)
+    preds = None
+    stop = {"kappa": None, "stop": False}
+    if len(stop_rows):
+        stop_probs = yield from predict_probs(model, data.pool.rows(stop_rows), batch_size=config.scoring_batch,
+                                              device=config.device, message="predicting the stop set")
+        preds = stop_probs.argmax(1)
+        stop = stop_signal(previous, preds, kappas)
+    return result, stop, preds
+
+
+def run_arm_job(data: _Prepared, arm: Arm, config: SimulationConfig, seed: int, start_model,
+                classes: Sequence[str], workdir: Path) -> Generator[Progress, None, list[dict]]:
+    """One learning curve: a list of per-round records."""
+    n = len(data.pool)
+    rng = np.random.default_rng([seed, 1])
+    labelled = np.sort(rng.choice(n, size=min(config.initial, n), replace=False)).astype(np.int64)
+    stop_candidates = np.setdiff1d(np.arange(n), labelled)
+    stop_rows = np.sort(np.random.default_rng([seed, 3]).choice(
+        stop_candidates, size=min(config.stop_set, len(stop_candidates)), replace=False))
+    model = copy.deepcopy(start_model)
+    records: list[dict] = []
+    kappas: list = []
+    previous = None
+    labels = np.asarray(data.pool.labels)
+    max_rounds = config.rounds if config.rounds is not None else (config.budget - len(labelled)) // config.batch
+    total = max_rounds + 1
+    for r in range(max_rounds + 1):
+        pseudo: dict[int, int] = {}
+        if r > 0:
+            picks, probs = yield from _query(model, data, arm, config, labelled, seed, r, workdir)
+            if not len(picks):
+                break
+            labelled = np.sort(np.concatenate([labelled, picks]))  # the oracle answers: labels[picks]
+            if arm.pseudo:
+                pseudo = _pseudo(probs, labelled, r - 1, config)
+        if r > 0 or len(labelled):
+            yield from relabel(_fine_tune(model, data, labelled, pseudo, arm, config, seed, r),
+                               f"{arm.name} seed {seed} round {r}: fine-tuning")
+        elif data.source is None:
+            continue  # cold start with an untrained model: nothing worth measuring yet
+        result, stop, previous = yield from _assess(model, data, classes, stop_rows, previous, kappas, config)
+        kappas.append(stop["kappa"])
+        records.append(_record(r, labelled, pseudo, labels, result, stop))
+        yield Progress(r + 1, total, f"{arm.name} seed {seed}", {"labels": len(labelled),
+                                                                "accuracy": result["accuracy"]})
+    return records
+
+
+def _record(r: int, labelled: np.ndarray, pseudo: dict[int, int], labels: np.ndarray, result: dict,
+            stop: dict) -> dict:
+    right = sum(labels[i] == c for i, c in pseudo.items())
+    return {
+        "round": r, "labels": int(len(labelled)), "accuracy": result["accuracy"],
+        "balanced_accuracy": result["balanced_accuracy"], "loss": result["loss"],
+        "ece": result["calibration"]["ece"], "kappa": stop["kappa"], "stop": bool(stop["stop"]),
+        "pseudo": len(pseudo), "pseudo_accuracy": (right / len(pseudo)) if pseudo else None,
+    }
+
+
+def _query(model, data: _Prepared, arm: Arm, config: SimulationConfig, labelled: np.ndarray, seed: int,
+           r: int, workdir: Path):
+    """Score the pool (the real scoring pass) and let the strategy choose; returns
+    (chosen pool rows, probabilities of the unlabelled rows after the choice) for CEAL."""
+    n = len(data.pool)
+    unlabelled = np.setdiff1d(np.arange(n), labelled)
+    if not len(unlabelled):
+        return np.empty(0, np.int64), None
+    budget_left = config.budget - len(labelled)
+    batch = min(config.batch, budget_left) if config.rounds is None else config.batch
+    if batch <= 0:
+        return np.empty(0, np.int64), None
+    needs = STRATEGIES[arm.strategy].needs
+    rng = np.random.default_rng([seed, r, 2])
+    base = ScoringConfig(batch_size=config.scoring_batch, device=config.device, seed=_seed(seed, r, 5), amp=False,
+                         flush_seconds=60.0)
+    cache = workdir / f"scores-{arm.name}-{seed}-{r}"
+    try:
+        table = source = None
+        if needs or arm.pseudo:
+            scoring = scoring_config_for(arm.strategy, arm.params, base)
+            table = yield from relabel(score_pool(model, data.pool, cache / "target", config=scoring),
+                                       f"{arm.name} seed {seed} round {r}: scoring")
+            if "source_features" in needs and data.source_scored is not None:
+                source = yield from relabel(score_pool(model, data.source_scored, cache / "source", config=base),
+                                            "scoring source images")
+        if needs:
+            inputs = pool_selection_input(table, unlabelled, labelled, source)
+        else:
+            from atl_desktop.active.strategies import SelectionInput
+
+            inputs = SelectionInput(probs=np.zeros((len(unlabelled), 1)))
+        picks = unlabelled[select(arm.strategy, inputs, batch, rng, **arm.params)]
+        probs = None
+        if arm.pseudo:
+            rest = np.setdiff1d(unlabelled, picks)
+            probs = (rest, np.array(table.probs[table.rows(rest)]))
+        return picks.astype(np.int64), probs
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _pseudo(scored, labelled: np.ndarray, round_index: int, config: SimulationConfig) -> dict[int, int]:
+    if scored is None:
+        return {}
+    rows, probs = scored
+    chosen = pseudo_labels_for_round(probs, rows, round_index, config.pseudo_config())
+    return {p.image_id: p.class_id for p in chosen}
+
+
+# ---- the whole simulation ------------------------------------------------------------------
+
+
+def default_arms(strategies: Sequence[str], *, pseudo: bool = False, method: str = "finetune") -> list[Arm]:
+    """One arm per strategy, random (the baseline) always first and never with pseudo-labels
+    unless asked for with the others."""
+    names = [BASELINE] + [s for s in dict.fromkeys(strategies) if s != BASELINE]
+    suffix = ("+ceal" if pseudo else "") + ("" if method == "finetune" else f"+{method}")
+    return [Arm(s + suffix, s, pseudo=pseudo, method=method) for s in names]
+
+
+def _run_key(data: SimData, arm: Arm, config: SimulationConfig, seed: int) -> str:
+    fields = {"data": data.fingerprint(), "arm": arm.to_json(), "seed": seed,
+              "config": {k: v for k, v in config.to_json().items() if k not in ("seeds", "device")}}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def simulate_job(data: SimData, arms: Sequence[Arm], config: SimulationConfig,
+                 out_dir: str | Path | None = None) -> Generator[Progress, None, dict]:
+    """Run every arm for every seed (random must be one of the arms); returns the summary.
+    With `out_dir`, finished runs are kept in out_dir/runs and reused when run again."""
+    if not any(a.strategy == BASELINE and not a.pseudo and a.method == "finetune" for a in arms):
+        arms = [Arm(BASELINE, BASELINE), *arms]
+    names = [a.name for a in arms]
+    if len(set(names)) != len(names):
+        raise ProjectError("Arm names must be unique.")
+    prepared = _prepare(data, config)
+    runs: dict[str, dict[int, list[dict]]] = {a.name: {} for a in arms}
+    run_dir = None if out_dir is None else Path(out_dir) / "runs"
+    todo = len(arms) * len(config.seeds)
+    done = 0
+    with tempfile.TemporaryDirectory(prefix="atl-simulate-") as tmp:
+        for seed in config.seeds:
+            start = None
+            for arm in arms:
+                key = _run_key(data, arm, config, seed)
+                saved = _load_run(run_dir, arm, seed, key)
+                if saved is None:
+                    if start is None:
+                        start = yield from _cached_initial_model(prepared, config, seed, data, out_dir)
+                    saved = yield from run_arm_job(prepared, arm, config, seed, start, data.classes, Path(tmp))
+                    _save_run(run_dir, arm, seed, key, saved)
+                runs[arm.name][seed] = saved
+                done += 1
+                yield Progress(done, todo, f"{arm.name} seed {seed} done")
+    return summarise(runs, arms, config, data)
+
+
+def _cached_initial_model(prepared: _Prepared, config: SimulationConfig, seed: int, data: SimData,
+                          out_dir: str | Path | None):
+    """The seed's starting model, kept in out_dir/runs (safetensors) when there is a source."""
+    from atl_desktop.models.checkpoints import load_model_file, save_model_file
+
+    fields = {"data": data.fingerprint(), "seed": seed, "backbone": config.backbone,
+              "epochs": config.source_epochs, "batch_size": config.batch_size, "lr": config.lr}
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    path = None if out_dir is None or data.x_source is None else Path(out_dir) / "runs" / f"start-{key}.safetensors"
+    if path is not None and path.is_file():
+        return load_model_file(path, classes=list(data.classes))[0]
+    model = yield from initial_model_job(prepared, config, seed, len(data.classes))
+    if path is not None:
+        save_model_file(path, model, classes=list(data.classes), config=fields, seed=seed)
+    return model
+
+
+def _run_file(run_dir: Path, arm: Arm, seed: int) -> Path:
+    safe = "".join(ch if ch.isalnum() or ch in "+-_." else "_" for ch in arm.name)
+    return run_dir / f"{safe}__seed{seed}.json"
+
+
+def _load_run(run_dir: Path | None, arm: Arm, seed: int, key: str) -> list[dict] | None:
+    if run_dir is None:
+        return None
+    path = _run_file(run_dir, arm, seed)
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["records"] if saved.get("key") == key else None
+
+
+def _save_run(run_dir: Path | None, arm: Arm, seed: int, key: str, records: list[dict]) -> None:
+    from atl_desktop.store.files import atomic_write_text
+
+    if run_dir is not None:
+        atomic_write_text(_run_file(run_dir, arm, seed), json.dumps({"key": key, "arm": arm.to_json(),
+                                                                     "seed": seed, "records": records}))
+
+
+# ---- summaries -----------------------------------------------------------------------------
+
+
+def labels_to_reach(labels: Sequence[int], accuracy: Sequence[float], target: float) -> int | None:
+    """The fewest labels at which a (mean) learning curve reaches `target`; None if never."""
+    for n, a in zip(labels, accuracy, strict=True):
+        if a >= target - 1e-12:
+            return int(n)
+    return None
+
+
+def area_under_curve(labels: Sequence[int], accuracy: Sequence[float]) -> float | None:
+    """Trapezoidal area under accuracy against labels, divided by the label range (mean accuracy)."""
+    x = np.asarray(labels, dtype=np.float64)
+    y = np.asarray(accuracy, dtype=np.float64)
+    if len(x) < 2 or x[-1] == x[0]:
+        return float(y[0]) if len(y) else None
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2) / (x[-1] - x[0]))
+
+
+def _curve(per_seed: dict[int, list[dict]]) -> dict:
+    """Mean and std over seeds, round by round, up to the shortest run."""
+    length = min(len(r) for r in per_seed.values())
+    acc = np.asarray([[rec["accuracy"] for rec in r[:length]] for r in per_seed.values()])
+    labels = [int(np.mean([r[k]["labels"] for r in per_seed.values()])) for k in range(length)]
+    return {"labels": labels, "mean": acc.mean(0).tolist(), "std": acc.std(0).tolist()}
+
+
+def summarise(runs: dict[str, dict[int, list[dict]]], arms: Sequence[Arm], config: SimulationConfig,
+              data: SimData | None = None) -> dict:
+    """Curves per arm, labels each arm needs to reach random's final accuracy, and AULC."""
+    curves = {name: _curve(per_seed) for name, per_seed in runs.items() if per_seed}
+    baseline = curves[BASELINE]
+    target = baseline["mean"][-1]
+    final_labels = baseline["labels"][-1]
+    out_arms = {}
+    for arm in arms:
+        if arm.name not in curves:
+            continue
+        curve = curves[arm.name]
+        need = labels_to_reach(curve["labels"], curve["mean"], target)
+        out_arms[arm.name] = {
+            **arm.to_json(), **curve,
+            "accuracy_per_seed": {str(s): [rec["accuracy"] for rec in r] for s, r in runs[arm.name].items()},
+            "labels_per_seed": {str(s): [rec["labels"] for rec in r] for s, r in runs[arm.name].items()},
+            "rounds": {str(s): r for s, r in runs[arm.name].items()},
+            "labels_to_match_random": need,
+            f"labels_to_match_random_{final_labels}": need,
+            "aulc": area_under_curve(curve["labels"], curve["mean"]),
+            "final_accuracy": curve["mean"][-1],
+        }
+    return {
+        "config": config.to_json(), "classes": list(data.classes) if data else None,
+        "pool": None if data is None else int(min(len(data.y_pool), config.pool_size or len(data.y_pool))),
+        "test": None if data is None else int(len(data.y_test)),
+        "random_final_accuracy": target, "random_final_labels": final_labels, "arms": out_arms,
+    }
+
+
+def write_outputs(summary: dict, out_dir: str | Path, *, stem: str = "simulation",
+                  title: str = "Learning curves") -> dict[str, Path]:
+    """JSON, CSV (one row per arm, seed and round) and the learning-curve PNG."""
+    from atl_desktop.store.files import atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{stem}.json", "csv": out / f"{stem}.csv", "png": out / f"{stem}.png"}
+    atomic_write_text(paths["json"], json.dumps(summary, indent=1, allow_nan=False, default=_json_default))
+    columns = ["arm", "seed", "round", "labels", "accuracy", "balanced_accuracy", "ece", "kappa", "pseudo",
+               "pseudo_accuracy"]
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for name, arm in summary["arms"].items():
+            for seed, records in arm["rounds"].items():
+                for rec in records:
+                    writer.writerow([name, seed] + [rec.get(c) for c in columns[2:]])
+    plot_learning_curves(summary, paths["png"], title=title)
+    return paths
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def plot_learning_curves(summary: dict, path: str | Path, *, title: str = "Learning curves") -> Path:
+    """Mean test accuracy against labels with a ±1 std band per arm; random dashed in black."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend, safe beside the GUI
+
+    figure = Figure(figsize=(7.5, 5), dpi=120)
+    ax = figure.subplots()
+    for name, arm in summary["arms"].items():
+        x = np.asarray(arm["labels"])
+        mean, std = np.asarray(arm["mean"]), np.asarray(arm["std"])
+        style = {"color": "black", "linestyle": "--", "linewidth": 2} if name == BASELINE else {"linewidth": 1.5}
+        need = arm.get("labels_to_match_random")
+        label = name if name == BASELINE or need is None else f"{name} (matches random with {need})"
+        line = ax.plot(x, mean, label=label, **style)[0]
+        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.12, linewidth=0)
+    ax.axhline(summary["random_final_accuracy"], color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("labelled target images")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path)
+    return Path(path)

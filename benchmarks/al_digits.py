@@ -1,0 +1,158 @@
+"""Active learning on USPS digits with a small CNN pre-trained on MNIST (benchmark, not a test).
+
+Target: USPS x_train as the pool (a random subsample, for time), x_test for
+evaluation, resized to 28x28 by the model's input transform. Source: the MNIST
+test set (10,000 images), on which each seed's starting model is trained.
+Initial 20 random labels, batches of 20, up to 500 labels, 3 seeds.
+
+Stage 1: random, entropy, margin, coreset, mmd, aift, hybrid.
+Stage 2: CEAL pseudo-labels on top of random and of the two best strategies.
+Stage 3: the best CEAL configuration again with a domain-adaptation method in
+each round's fine-tune.
+"Best" = the largest area under the mean learning curve (AULC).
+
+Resumable: every finished (configuration, seed) run is kept in
+benchmarks/results/al_digits_runs/runs/ and reused. Usage:
+
+    python benchmarks/al_digits.py [--quick] [--configs random,entropy,...] [--seeds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from atl_desktop.jobs import run_with_tqdm
+from atl_desktop.simulate import Arm, SimData, SimulationConfig, simulate_job, write_outputs
+
+DATA = Path("/work/shared/data")
+RESULTS = Path(__file__).resolve().parent / "results"
+STAGE1 = ("random", "entropy", "margin", "coreset", "mmd", "aift", "hybrid")
+FALLBACK_METHOD = "dann"
+
+
+def digits_data() -> SimData:
+    with np.load(DATA / "digits_usps.npz", allow_pickle=False) as usps, \
+            np.load(DATA / "digits_mnist_test.npz", allow_pickle=False) as mnist:
+        if [str(c) for c in usps["classes"]] != [str(c) for c in mnist["classes"]]:
+            raise SystemExit("USPS and MNIST class lists differ")
+        return SimData(usps["x_train"], usps["y_train"].astype(np.int64), usps["x_test"],
+                       usps["y_test"].astype(np.int64), tuple(str(c) for c in usps["classes"]),
+                       x_source=mnist["x"], y_source=mnist["y"].astype(np.int64))
+
+
+def rank(summary: dict, names: list[str]) -> list[str]:
+    """Best first: larger area under the mean learning curve, then higher final accuracy."""
+    arms = summary["arms"]
+    return sorted(names, key=lambda n: (-(arms[n]["aulc"] or 0.0), -arms[n]["final_accuracy"]))
+
+
+def best_method(available: list[str]) -> tuple[str | None, str]:
+    """The domain-adaptation method with the best mean MNIST->USPS accuracy in the transfer
+    benchmark's results (benchmarks/results/transfer_digits.json), else DANN."""
+    path = RESULTS / "transfer_digits.json"
+    try:
+        table = json.loads(path.read_text()).get("M->U", {})
+    except (OSError, json.JSONDecodeError, AttributeError):
+        table = {}
+    scores = {name: row["mean"] for name, row in table.items()
+              if name in available and name not in ("finetune", "source_only")
+              and isinstance(row, dict) and isinstance(row.get("mean"), (int, float))}
+    if scores:
+        best = max(scores, key=scores.get)
+        return best, f"best mean M->U accuracy in {path.name} ({scores[best]:.2f} %)"
+    if FALLBACK_METHOD in available:
+        return FALLBACK_METHOD, "no transfer benchmark result; DANN used as the brief says"
+    return None, "no domain-adaptation method available; stage 3 left out"
+
+
+def run(data, arms, config, out: Path, quiet: bool, filters: set[str] | None):
+    chosen = [a for a in arms if filters is None or a.name in filters or a.name == "random"]
+    return run_with_tqdm(simulate_job(data, chosen, config, out), desc="simulate", quiet=quiet)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny run to check the script (not the result)")
+    parser.add_argument("--configs", help="comma-separated configuration names to run (random always)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--pool-size", type=int, default=1000)
+    parser.add_argument("--epochs", type=int, default=20, help="epochs per round's fine-tune (at most)")
+    parser.add_argument("--steps", type=int, default=8, help="optimiser steps per round's fine-tune (at most)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--source-epochs", type=int, default=1)
+    parser.add_argument("--stop-set", type=int, default=300)
+    parser.add_argument("--stages", type=int, default=3, help="run stages 1..N only")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from atl_desktop.transfer.methods import METHODS
+
+    torch.set_num_threads(args.threads)
+    stem = "al_digits_quick" if args.quick else "al_digits"
+    out = RESULTS / f"{stem}_runs"
+    budget = 60 if args.quick else 500
+    config = SimulationConfig(
+        budget=budget, batch=20, initial=20, seeds=tuple(range(1 if args.quick else args.seeds)),
+        backbone="smallcnn", epochs=1 if args.quick else args.epochs, max_steps=args.steps,
+        batch_size=args.batch_size, source_epochs=1 if args.quick else args.source_epochs,
+        stop_set=args.stop_set, pool_size=400 if args.quick else args.pool_size, device="cpu")
+    data = digits_data()
+    filters = None if not args.configs else {c.strip() for c in args.configs.split(",")}
+    started = time.time()
+
+    stage1 = [Arm(s, s) for s in STAGE1]
+    summary = run(data, stage1, config, out, args.quiet, filters)
+    plain = [n for n in rank(summary, list(summary["arms"])) if n != "random"]
+    best_two = plain[:2]
+    if args.stages < 2:
+        summary["notes"] = [f"stage 1 only; ranking by AULC: {', '.join(plain)}"]
+        write_outputs(summary, RESULTS, stem=f"{stem}_stage1", title="USPS, stage 1")
+        return 0
+    stage2 = [Arm("random+ceal", "random", pseudo=True)] + [Arm(f"{n}+ceal", n, pseudo=True) for n in best_two]
+    summary = run(data, stage1 + stage2, config, out, args.quiet, filters)
+    ceal = [a.name for a in stage2 if a.name in summary["arms"]]
+    arms = stage1 + stage2
+    method, why = best_method(list(METHODS))
+    best_ceal = rank(summary, ceal)[0] if ceal else None
+    if method is not None and best_ceal is not None:
+        base = next(a for a in stage2 if a.name == best_ceal)
+        arms.append(Arm(f"{best_ceal}+{method}", base.strategy, pseudo=True, method=method))
+        summary = run(data, arms, config, out, args.quiet, filters)
+
+    final = summary["random_final_labels"]
+    summary["notes"] = [
+        f"pool: a random subsample of {config.pool_size} of the 7291 USPS training images (for time); "
+        "test: all 2007 USPS test images; source: the 10,000 MNIST test images",
+        f"small CNN; {config.source_epochs} source epoch(s) per seed; each round fine-tunes incrementally "
+        f"from the last model for {config.max_steps} AdamW steps (lr 1e-3, batch {config.batch_size}; at most "
+        f"{config.epochs} epochs); no augmentation; stop set of {config.stop_set} pool images; "
+        f"{len(config.seeds)} seed(s); CPU, 2 threads, shared with another benchmark",
+        "best = largest area under the mean learning curve (AULC); "
+        f"stage 1 ranking: {', '.join(plain)}; the two best: {', '.join(best_two)}",
+        f"CEAL configurations ranked: {', '.join(rank(summary, ceal)) if ceal else 'none run'}",
+        f"domain adaptation in stage 3: {method or 'none'} ({why})",
+        f"labels_to_match_random_{final}: fewest labels at which the mean curve reaches random's mean "
+        f"accuracy at {final} labels (null: never within the budget)",
+        f"wall time of this invocation: {time.time() - started:.0f} s (finished runs are reused)",
+    ]
+    summary["goal"] = "best configuration needs <= 120 labels to match random at 500"
+    paths = write_outputs(summary, RESULTS, stem=stem,
+                          title="USPS (MNIST-pretrained small CNN): test accuracy against labels")
+    for name, arm in summary["arms"].items():
+        print(f"{name:28} final {arm['final_accuracy']:.4f}  AULC {arm['aulc']:.4f}  "
+              f"labels to match random@{final}: {arm[f'labels_to_match_random_{final}']}")
+    print("wrote", ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""ECE, reliability bins, Cohen's kappa and the stabilising-predictions rule, worked by hand."""
+
+import numpy as np
+import pytest
+
+from atl_desktop.active.calibration import (
+    bin_index,
+    calibration_summary,
+    cohen_kappa,
+    expected_calibration_error,
+    reliability_bins,
+    stabilised,
+)
+
+# Four predictions, five bins of width 0.2:
+#   conf 0.90 right, 0.85 wrong -> bin (0.8, 1]: mean conf 0.875, accuracy 0.5, gap 0.375, weight 2/4
+#   conf 0.70 right             -> bin (0.6, 0.8]: gap 0.30, weight 1/4
+#   conf 0.55 right             -> bin (0.4, 0.6]: gap 0.45, weight 1/4
+# ECE = 0.1875 + 0.075 + 0.1125 = 0.375
+PROBS = np.array([[0.9, 0.1], [0.85, 0.15], [0.3, 0.7], [0.55, 0.45]])
+LABELS = np.array([0, 1, 1, 0])
+
+
+def test_ece_worked_by_hand():
+    assert expected_calibration_error(PROBS, LABELS, n_bins=5) == pytest.approx(0.375)
+
+
+def test_reliability_bins_worked_by_hand():
+    bins = reliability_bins(PROBS, LABELS, n_bins=5)
+    assert [b.count for b in bins] == [0, 0, 1, 1, 2]
+    assert bins[4].confidence == pytest.approx(0.875) and bins[4].accuracy == 0.5
+    assert bins[3].confidence == pytest.approx(0.7) and bins[3].accuracy == 1.0
+    assert bins[0].confidence is None and bins[0].accuracy is None
+    assert (bins[2].lower, bins[2].upper) == (0.4, 0.6)
+    summary = calibration_summary(PROBS, LABELS, n_bins=5)
+    assert summary["ece"] == pytest.approx(0.375) and summary["bins"][4]["count"] == 2
+
+
+def test_bins_are_closed_on_the_right():
+    assert bin_index(np.array([0.6, 0.6000001, 1.0, 0.2, 0.0]), 5).tolist() == [2, 3, 4, 0, 0]
+
+
+def test_a_calibrated_model_has_zero_ece():
+    # confidence 0.75 everywhere and three of four right
+    probs = np.tile([0.75, 0.25], (4, 1))
+    assert expected_calibration_error(probs, [0, 0, 0, 1]) == pytest.approx(0.0)
+    assert expected_calibration_error(probs, [1, 1, 1, 1]) == pytest.approx(0.75)
+
+
+def test_ece_matches_a_brute_force_loop():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4), size=300)
+    labels = rng.integers(0, 4, size=300)
+    n_bins = 10
+    total = 0.0
+    for m in range(n_bins):
+        lo, hi = m / n_bins, (m + 1) / n_bins
+        inside = [i for i in range(300) if lo < probs[i].max() <= hi]
+        if inside:
+            conf = np.mean([probs[i].max() for i in inside])
+            acc = np.mean([probs[i].argmax() == labels[i] for i in inside])
+            total += len(inside) / 300 * abs(acc - conf)
+    assert expected_calibration_error(probs, labels, n_bins) == pytest.approx(total)
+
+
+def test_cohen_kappa_worked_by_hand():
+    # Observed 3/4; chance 0.5*0.25 + 0.5*0.75 = 0.5; kappa = 0.25 / 0.5
+    assert cohen_kappa([0, 0, 1, 1], [0, 1, 1, 1]) == pytest.approx(0.5)
+    # 50 items: yes/yes 20, yes/no 5, no/yes 10, no/no 15 -> p_o 0.7, p_e 0.5, kappa 0.4
+    a = [1] * 25 + [0] * 25
+    b = [1] * 20 + [0] * 5 + [1] * 10 + [0] * 15
+    assert cohen_kappa(a, b) == pytest.approx(0.4)
+    assert cohen_kappa([2, 0, 1], [2, 0, 1]) == 1.0
+    assert cohen_kappa([1, 1, 1], [1, 1, 1]) == 1.0  # chance agreement certain
+    assert cohen_kappa([0, 1], [1, 0]) == pytest.approx(-1.0)
+
+
+def test_stabilised_needs_three_rounds_with_high_mean_kappa():
+    assert stabilised([None, 0.995, 0.99, 0.992])
+    assert not stabilised([0.99, 0.98, 0.999])  # mean 0.9897
+    assert not stabilised([0.999, 0.999])  # too few rounds yet
+    assert not stabilised([0.999, None, 0.999])

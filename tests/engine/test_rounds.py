@@ -1,0 +1,217 @@
+"""Rounds end to end on a tiny real project: records, resumption after SIGKILL, CEAL bookkeeping, CLI."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from atl_desktop.active.pseudo import PseudoLabelConfig
+from atl_desktop.cli import main
+from atl_desktop.jobs import run_job
+from atl_desktop.rounds import (
+    ROUND_STATE,
+    STOP_SET,
+    label_from_truth,
+    open_round,
+    round_state,
+    training_labels,
+)
+from atl_desktop.session import (
+    TRAIN_SETTING,
+    finish_round_job,
+    pseudo_label_job,
+    query_job,
+    round_job,
+)
+from atl_desktop.store import Project
+from tests.conftest import PYTHON, ROOT, TESTDATA
+
+TRAIN = {"backbone": "smallcnn", "epochs": 10, "batch_size": 16, "patience": 0, "device": "cpu", "seed": 3}
+PSEUDO = PseudoLabelConfig(delta0=2.0, decay=0.0, max_per_class=2)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """USPS digits (200 pool, 100 test, ground truth hidden) after one random round of 20 labels."""
+    from atl_desktop.data.importers import ImportOptions, import_source
+
+    folder = tmp_path_factory.mktemp("template")
+    with np.load(TESTDATA / "usps_900.npz", allow_pickle=False) as f:
+        np.savez(folder / "usps.npz", x_train=f["x_train"][:200], y_train=f["y_train"][:200],
+                 x_test=f["x_test"][:100], y_test=f["y_test"][:100], classes=f["classes"])
+    path = folder / "p.atl"
+    with Project.create(path) as p:
+        run_job(import_source(p, folder / "usps.npz", ImportOptions(labels="truth")))
+        p.set_setting(TRAIN_SETTING, TRAIN)
+        run_job(round_job(p, strategy="random", batch=20, seed=1))
+        p.set_setting(TRAIN_SETTING, {**TRAIN, "epochs": 2})  # later rounds: short fine-tunes
+    return path
+
+
+def copy_project(template, folder):
+    target = folder / template.name
+    shutil.copy(template, target)
+    shutil.copytree(template.with_name(template.name + ".d"), target.with_name(target.name + ".d"),
+                    ignore=shutil.ignore_patterns("lock"))
+    return target
+
+
+def test_first_round_records_everything(template):
+    with Project.open(template, readonly=True) as p:
+        (rnd,) = p.rounds()
+        assert rnd.finished is not None and rnd.strategy == "random"
+        labels = p.current_labels()
+        assert len(labels) == 20 and set(rnd.params["chosen"]) == set(labels)
+        truth = p.truth()
+        assert all(truth[i] == c for i, c in labels.items())  # the oracle used the ground truth
+        assert {e.annotator for e in p.label_history()} == {"oracle"}
+        m = rnd.metrics
+        assert m["labels"] == 20 and m["train"]["n_train"] == 20 and m["train_config"]["epochs"] == 10
+        test = m["test"]
+        assert test["n"] == 100 and 0.0 <= test["accuracy"] <= 1.0
+        bins = test["calibration"]["bins"]
+        assert len(bins) == 15 and sum(b["count"] for b in bins) == 100
+        assert m["stop"]["kappa"] is None  # nothing to compare with yet
+        assert len(p.get_setting(STOP_SET)["image_ids"]) == 180  # the unlabelled pool, under 1000
+        assert p.get_setting(ROUND_STATE) is None
+        ckpt = p.checkpoint(rnd.checkpoint_id)
+        assert ckpt.round_id == rnd.id and ckpt.parent_id is None
+
+
+def test_second_round_with_pseudo_labels_compares_with_the_first(template, tmp_path):
+    path = copy_project(template, tmp_path)
+    with Project.open(path) as p:
+        first = p.rounds()[0]
+        summary = run_job(round_job(p, strategy="entropy", batch=10, pseudo=PSEUDO))
+        second = p.rounds()[1]
+        assert second.finished is not None and summary.round_id == second.id
+        assert p.checkpoint(summary.checkpoint_id).parent_id == first.checkpoint_id
+        m = second.metrics
+        assert m["labels"] == 30
+        proposed = [x for x in p.pseudo_labels() if x.round_id == second.id]
+        assert m["pseudo_proposed"] == len(proposed) > 0 and m["pseudo_used"] == len(proposed)
+        assert m["train"]["n_train"] == 30 + len(proposed)
+        assert -1.0 <= m["stop"]["kappa"] <= 1.0 and m["stop"]["n"] == 180
+        assert not set(second.params["chosen"]) & set(first.params["chosen"])
+
+
+def _records(path):
+    """Everything a round leaves, without times and row ids."""
+    with Project.open(path, readonly=True) as p:
+        sha = {c.id: c.sha256 for c in p.checkpoints()}
+        return {
+            "rounds": [(r.strategy, r.params, sha.get(r.checkpoint_id), r.finished is not None, r.metrics)
+                       for r in p.rounds()],
+            "labels": [(e.image_id, e.class_id, e.kind, e.round_id) for e in p.label_history()],
+            "pseudo": [(x.image_id, x.class_id, x.round_id, x.status) for x in p.pseudo_labels(None)],
+            "checkpoints": [(c.sha256, sha.get(c.parent_id), c.round_id) for c in p.checkpoints()],
+            "state": p.get_setting(ROUND_STATE),
+        }
+
+
+KILLER = """
+import os, signal, sys
+from atl_desktop.active.pseudo import PseudoLabelConfig
+from atl_desktop.jobs import run_job
+from atl_desktop.session import round_job
+from atl_desktop.store import Project
+
+path, when = sys.argv[1], sys.argv[2]
+def die(*_):
+    os.kill(os.getpid(), signal.SIGKILL)
+def on_commit(step):
+    if step == when:
+        die()
+def on_progress(p):
+    if when == "mid-training" and "fine-tuning" in p.message and p.done >= 1:
+        die()
+with Project.open(path) as project:
+    run_job(round_job(project, strategy="entropy", batch=10, pseudo=PseudoLabelConfig(**{pseudo}),
+                      on_commit=on_commit), on_progress=on_progress)
+"""
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(template, tmp_path_factory):
+    path = copy_project(template, tmp_path_factory.mktemp("reference"))
+    with Project.open(path) as p:
+        run_job(round_job(p, strategy="entropy", batch=10, pseudo=PSEUDO))
+    return _records(path)
+
+
+@pytest.mark.parametrize("when", ["queried", "labelled", "pseudo-labelled", "mid-training", "trained"])
+def test_a_round_killed_anywhere_resumes_to_the_same_records(template, uninterrupted, tmp_path, when):
+    path = copy_project(template, tmp_path)
+    script = KILLER.replace("{pseudo}", repr(PSEUDO.to_json()))
+    done = subprocess.run([PYTHON, "-c", script, str(path), when], cwd=ROOT, capture_output=True, timeout=120)
+    assert done.returncode == -9, done.stderr.decode()[-2000:]
+    with Project.open(path) as p:
+        current = open_round(p)
+        assert current is not None  # killed inside the round
+        expected_step = {"queried": "queried", "labelled": "labelled", "pseudo-labelled": "pseudo-labelled",
+                         "mid-training": "pseudo-labelled", "trained": "trained"}[when]
+        assert round_state(p, current.id).step == expected_step
+        assert p.integrity_ok()
+        run_job(round_job(p, strategy="entropy", batch=10, pseudo=PSEUDO))  # resumes, no new query
+        assert open_round(p) is None and len(p.rounds()) == 2
+    assert _records(path) == uninterrupted
+
+
+def test_accepted_and_rejected_pseudo_labels_are_kept_apart(template, tmp_path):
+    path = copy_project(template, tmp_path)
+    with Project.open(path) as p:
+        result = run_job(query_job(p, strategy="random", batch=5, seed=4))
+        label_from_truth(p, result.round_id)
+        n = run_job(pseudo_label_job(p, config=PseudoLabelConfig(delta0=10.0, decay=0.0, max_per_class=1)))
+        pending = p.pseudo_labels()
+        assert n == len(pending) >= 6 and all(x.round_id == result.round_id for x in pending)
+        accepted, rejected, relabelled = pending[:2], pending[2:4], pending[4]
+        p.accept_pseudo([x.id for x in accepted])
+        p.reject_pseudo([x.id for x in rejected])
+        other = next(c.id for c in p.classes() if c.id != relabelled.class_id)
+        p.set_label(relabelled.image_id, other)  # the expert labels a proposed image differently
+        labels, pseudo = training_labels(p, result.round_id)
+        still_pending = {x.image_id: x.class_id for x in pending[5:]}
+        assert pseudo == still_pending
+        assert all(labels[x.image_id] == x.class_id for x in accepted)
+        assert not {x.image_id for x in rejected} & (set(labels) | set(pseudo))
+        assert labels[relabelled.image_id] == other and relabelled.image_id not in pseudo
+        assert len(labels) == 20 + 5 + 2 + 1
+        summary = run_job(finish_round_job(p))
+        m = p.checkpoint(summary.checkpoint_id).metrics
+        assert m["n_pseudo"] == len(still_pending) and m["n_train"] == len(labels) + len(still_pending)
+        assert {x.id for x in p.pseudo_labels("rejected")} == {x.id for x in rejected}
+        assert {x.id for x in p.pseudo_labels("accepted")} == {x.id for x in accepted}
+
+
+def test_train_command_refuses_a_round_nobody_labelled(template, tmp_path, capsys):
+    path = copy_project(template, tmp_path)
+    assert main(["round", "train", str(path), "--quiet"]) == 1
+    assert "No open round" in capsys.readouterr().err
+    with Project.open(path) as p:
+        run_job(query_job(p, strategy="random", batch=3))
+    assert main(["round", "train", str(path), "--quiet"]) == 1
+    assert "none of its 3 chosen images is labelled yet" in capsys.readouterr().err
+
+
+def test_round_commands(template, tmp_path, capsys):
+    path = copy_project(template, tmp_path)
+    assert main(["round", "query", str(path), "--strategy", "margin", "--batch", "4", "--json", "--quiet"]) == 0
+    chosen = [x["id"] for x in json.loads(capsys.readouterr().out)["images"]]
+    assert main(["round", "query", str(path), "--strategy", "random", "--batch", "4", "--quiet"]) == 1
+    assert "still open" in capsys.readouterr().err
+    with Project.open(path) as p:
+        truth = p.truth()
+        for image_id in chosen[:3]:
+            p.set_label(image_id, truth[image_id])
+    assert main(["round", "status", str(path), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["open"]["chosen"] == 4 and status["open"]["labelled"] == 3
+    assert main(["round", "train", str(path), "--pseudo", "--json", "--quiet", "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["metrics"]["labels"] == 23 and "test" in out["metrics"]
+    assert main(["round", "status", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "No open round" in text and "round 2 (margin): 23 labels" in text

@@ -1,0 +1,99 @@
+"""`atl simulate` on a tiny real set: outputs, random included, reproducible curves, resumption."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from atl_desktop.cli import main
+from atl_desktop.jobs import collect, run_job
+from atl_desktop.simulate import (
+    Arm,
+    SimulationConfig,
+    area_under_curve,
+    labels_to_reach,
+    load_simulation_data,
+    simulate_job,
+)
+from tests.conftest import TESTDATA
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    with np.load(TESTDATA / "usps_900.npz", allow_pickle=False) as f:
+        np.savez(folder / "usps.npz", x_train=f["x_train"][:150], y_train=f["y_train"][:150],
+                 x_test=f["x_test"][:100], y_test=f["y_test"][:100], classes=f["classes"])
+    with np.load(TESTDATA / "mnist_600.npz", allow_pickle=False) as f:
+        np.savez(folder / "mnist.npz", x=f["x"][:200], y=f["y"][:200], classes=f["classes"])
+    return folder / "usps.npz", folder / "mnist.npz"
+
+
+def test_labels_to_reach_and_area_worked_by_hand():
+    labels, acc = [20, 40, 60, 80], [0.5, 0.7, 0.8, 0.9]
+    assert labels_to_reach(labels, acc, 0.8) == 60
+    assert labels_to_reach(labels, acc, 0.95) is None
+    # trapezoids: 20 * (0.6 + 0.75 + 0.85) = 44, over a range of 60
+    assert area_under_curve(labels, acc) == pytest.approx(44 / 60)
+
+
+def test_simulate_command_writes_json_csv_png_with_random(files, tmp_path, capsys):
+    target, source = files
+    out = tmp_path / "sim"
+    argv = [
+        "simulate", str(target), "--source", str(source), "--strategies", "entropy", "--budget", "30",
+        "--batch", "10", "--initial", "10", "--seeds", "1", "--epochs", "1", "--source-epochs", "1",
+        "--out", str(out), "--quiet",
+    ]
+    assert main(argv) == 0
+    assert "Random reaches" in capsys.readouterr().out
+    summary = json.loads((out / "simulation.json").read_text())
+    assert set(summary["arms"]) == {"random", "entropy"}
+    for arm in summary["arms"].values():
+        assert arm["labels"] == [10, 20, 30]
+        assert len(arm["accuracy_per_seed"]["0"]) == 3 and all(0 <= a <= 1 for a in arm["mean"])
+        assert arm["aulc"] is not None
+    assert summary["arms"]["random"]["labels_to_match_random"] <= 30
+    with open(out / "simulation.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and {r["arm"] for r in rows} == {"random", "entropy"}
+    assert (out / "simulation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Same seed, same curve: run again in memory, without the saved runs.
+    data = load_simulation_data(target, source)
+    config = SimulationConfig(budget=30, batch=10, initial=10, seeds=(0,), epochs=1, source_epochs=1)
+    again = run_job(simulate_job(data, [Arm("random", "random"), Arm("entropy", "entropy")], config))
+    for name in ("random", "entropy"):
+        assert again["arms"][name]["accuracy_per_seed"]["0"] == summary["arms"][name]["accuracy_per_seed"]["0"]
+        assert again["arms"][name]["rounds"]["0"] == summary["arms"][name]["rounds"]["0"]
+
+    # Finished runs are reused: nothing is trained the second time.
+    progress = collect(simulate_job(data, [Arm("random", "random"), Arm("entropy", "entropy")], config, out))
+    assert not any("fine-tuning" in p.message or "pre-training" in p.message for p in progress)
+
+
+def test_cold_start_with_pseudo_labels_and_random_added(files):
+    target, _ = files
+    data = load_simulation_data(target)
+    config = SimulationConfig(budget=20, batch=10, initial=0, seeds=(1,), epochs=1)
+    summary = run_job(simulate_job(data, [Arm("margin+ceal", "margin", pseudo=True)], config))
+    assert list(summary["arms"]) == ["random", "margin+ceal"]  # random is always the baseline
+    rounds = summary["arms"]["margin+ceal"]["rounds"]["1"]
+    assert [r["labels"] for r in rounds] == [10, 20]  # no source model: nothing to measure at 0
+    assert all(r["pseudo"] >= 0 for r in rounds)
+
+
+def test_imagefolder_target_is_read_resized_and_split(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        for i in range(10):
+            pixels = rng.integers(0, 256, size=(40, 30, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / name / f"{i}.png")
+    data = load_simulation_data(tmp_path, image_size=28)
+    assert data.classes == ("cat", "dog")
+    assert data.x_pool.shape == (14, 28, 28, 3) and data.x_test.shape == (6, 28, 28, 3)
+    assert np.bincount(data.y_test).tolist() == [3, 3]  # stratified 70/30
