@@ -13,28 +13,58 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import QByteArray, QSettings, Qt
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
+    QDockWidget,
     QFileDialog,
     QInputDialog,
     QMainWindow,
-    QSplitter,
     QTabWidget,
     QToolBar,
+    QUndoView,
 )
 
 from atl_desktop.gui import messages
+from atl_desktop.gui.background import Background
+from atl_desktop.gui.datadialogs import (
+    ExportDialog,
+    ImportDialog,
+    ImportReportDialog,
+    export_job,
+    import_job,
+)
+from atl_desktop.gui.helpdialogs import AboutDialog, PreferencesDialog, ShortcutSheet
 from atl_desktop.gui.imageviewer import ImageViewer
 from atl_desktop.gui.jobrunner import JobRunner
+from atl_desktop.gui.poolbrowser import DEFAULT_SIDE, PoolBrowser
 from atl_desktop.gui.projectpanel import ProjectPanel
+from atl_desktop.gui.quality import QualityView
 from atl_desktop.gui.queryview import QueryView
 from atl_desktop.gui.reviewview import ReviewView
 from atl_desktop.gui.statusbar import StatusBar
+from atl_desktop.gui.trainingpanel import TrainingPanel
+from atl_desktop.gui.wizard import NewProjectWizard, SetupPlan, setup_job
 from atl_desktop.gui.workspace import Workspace
 from atl_desktop.store import Project, ProjectError
 
-JOB_TITLES = {"query": "Scoring the pool", "train": "Training", "pseudo": "Proposing pseudo-labels"}
+JOB_TITLES = {"query": "Scoring the pool", "train": "Training", "pseudo": "Proposing pseudo-labels",
+              "import": "Importing images", "export": "Exporting labels",
+              "setup": "Setting up the project", "evaluate": "Evaluating"}
+RECENT_LIMIT = 8
+
+
+def remember_project(settings: QSettings, path: Path) -> None:
+    """The last project opens next time; the recent list keeps the newest first."""
+    path = str(Path(path).resolve())
+    settings.setValue("last_project", path)
+    recent = [p for p in recent_projects(settings) if p != path]
+    settings.setValue("recent_projects", [path, *recent][:RECENT_LIMIT])
+
+
+def recent_projects(settings: QSettings) -> list[str]:
+    value = settings.value("recent_projects", [])
+    return [value] if isinstance(value, str) else list(value or [])
 
 
 def default_query_job(project, **kwargs):
@@ -53,6 +83,28 @@ def default_pseudo_label_job(project, **kwargs):
     from atl_desktop.session import pseudo_label_job
 
     return pseudo_label_job(project, **kwargs)
+
+
+def warm_engine() -> bool:
+    """Import the engine and take one tiny optimiser step, ahead of the first job.
+
+    Loading torch's libraries (and the ~1000 modules its first optimiser step
+    pulls in) holds Python's GIL for up to 200 ms at a time: done inside the
+    first job it froze the window; done at start-up, off the GUI thread, it
+    costs a few stutters before the user has started anything.
+    """
+    import torch
+
+    import atl_desktop.data.datasets  # noqa: F401
+    import atl_desktop.models.checkpoints  # noqa: F401
+    import atl_desktop.session  # noqa: F401
+    import atl_desktop.transfer.train  # noqa: F401
+
+    weight = torch.zeros(2, requires_grad=True)
+    optimiser = torch.optim.AdamW([weight])
+    (weight * weight).sum().backward()
+    optimiser.step()
+    return True
 
 
 def open_project_or_explain(path: str | Path, parent=None) -> Project | None:
@@ -78,50 +130,83 @@ class MainWindow(QMainWindow):
         query_factory: Callable[..., Any] = default_query_job,
         train_factory: Callable[..., Any] = default_train_job,
         pseudo_factory: Callable[..., Any] = default_pseudo_label_job,
+        warm: bool = True,
     ):
         super().__init__()
         self.settings = settings
         self.factories = {"query": query_factory, "train": train_factory, "pseudo": pseudo_factory}
         self.ws = Workspace(project, annotator, self.show_error_message, parent=self)
         self.runner = JobRunner(self, log_file=log_file)
+        self.engine_ready = False
+        self._warmer = Background(self)
         self.viewers: list[ImageViewer] = []
         self._successor: MainWindow | None = None
 
         self.panel = ProjectPanel(self.ws)
         self.query_view = QueryView(self.ws)
         self.review_view = ReviewView(self.ws)
+        side = settings.value("thumbnail_side", DEFAULT_SIDE, type=int) if settings is not None else DEFAULT_SIDE
+        self.pool_browser = PoolBrowser(self.ws, thumbnail_side=side)
+        self.training = TrainingPanel(self.ws, self.runner, load_registries=warm)
+        self.quality = QualityView(self.ws, self.runner)
         self.tabs = QTabWidget()
-        self.tabs.addTab(self.query_view, "Label queried images")
-        self.tabs.addTab(self.review_view, "Review pseudo-labels")
-        splitter = QSplitter()
-        splitter.addWidget(self.panel)
-        splitter.addWidget(self.tabs)
-        splitter.setStretchFactor(1, 1)
-        splitter.setSizes([370, 950])
-        self.setCentralWidget(splitter)
+        for widget, title in ((self.query_view, "Label queried images"),
+                              (self.review_view, "Review pseudo-labels"), (self.pool_browser, "Pool"),
+                              (self.training, "Training"), (self.quality, "Model quality")):
+            self.tabs.addTab(widget, title)
+        self.setCentralWidget(self.tabs)
+        self.project_dock = self._dock("Project", "project_dock", self.panel,
+                                       Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.history_dock = self._dock("History", "history_dock", QUndoView(self.ws.stack),
+                                       Qt.DockWidgetArea.RightDockWidgetArea)
+        self.history_dock.hide()
         self.status = StatusBar(self.runner, device=device)
         self.setStatusBar(self.status)
         self._build_actions()
         self._connect()
 
+        self.resize(1320, 860)
         if settings is not None:
             self.blind_action.setChecked(settings.value("blind", False, type=bool))
+            strategy = settings.value("default_strategy", "", type=str)
+            if strategy:
+                self.query_view.strategy_box.setCurrentText(strategy)
             self.tabs.setCurrentIndex(settings.value("tab", 0, type=int))
-        self.resize(1320, 860)
+            self.restoreGeometry(settings.value("geometry", QByteArray()))
+            self.restoreState(settings.value("window_state", QByteArray()))
         self._update_title()
         self.panel.refresh()
         self.query_view.load_saved()
         self.review_view.refresh()
         if settings is not None:
-            settings.setValue("last_project", str(project.path.resolve()))
+            remember_project(settings, project.path)
+        if warm:
+            self._warmer.call(warm_engine, self._engine_warmed)
+
+    def _dock(self, title: str, name: str, widget, area) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(name)  # saveState() needs it
+        dock.setWidget(widget)
+        self.addDockWidget(area, dock)
+        return dock
+
+    def _engine_warmed(self, result) -> None:
+        self.engine_ready = result is True  # an import error shows when a job starts
 
     # ---- set-up ----------------------------------------------------------------
 
     def _build_actions(self) -> None:
         menu = self.menuBar()
         file_menu = menu.addMenu("&File")
+        self._action(file_menu, "&New project…", self.ask_new_project, QKeySequence.StandardKey.New)
         self._action(file_menu, "&Open project…", self.ask_open, QKeySequence.StandardKey.Open)
+        self.recent_menu = file_menu.addMenu("Open &recent")
+        self.recent_menu.aboutToShow.connect(self._fill_recent)
         file_menu.addSeparator()
+        self._action(file_menu, "&Import images…", self.ask_import, QKeySequence("Ctrl+I"))
+        self._action(file_menu, "&Export labels…", self.ask_export, QKeySequence("Ctrl+E"))
+        file_menu.addSeparator()
+        self._action(file_menu, "&Preferences…", self.ask_preferences, QKeySequence.StandardKey.Preferences)
         self._action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
 
         edit = menu.addMenu("&Edit")
@@ -130,6 +215,16 @@ class MainWindow(QMainWindow):
         self.redo_action = self.ws.stack.createRedoAction(self, "&Redo")
         self.redo_action.setShortcuts([QKeySequence.StandardKey.Redo, QKeySequence("Ctrl+Y")])
         edit.addActions([self.undo_action, self.redo_action])
+        history = self.history_dock.toggleViewAction()
+        history.setText("&History")
+        history.setShortcut(QKeySequence("Ctrl+H"))
+        edit.addAction(history)
+        view = menu.addMenu("&View")
+        view.addAction(self.project_dock.toggleViewAction())
+        view.addAction(history)
+        for index in range(self.tabs.count()):
+            self._action(view, self.tabs.tabText(index),
+                         lambda _=False, i=index: self.tabs.setCurrentIndex(i), QKeySequence(f"Alt+{index + 1}"))
 
         labelling = menu.addMenu("&Labelling")
         self.annotator_action = self._action(labelling, "Who is labelling…", self.ask_annotator)
@@ -146,7 +241,13 @@ class MainWindow(QMainWindow):
         self._action(jobs, "&Cancel the running job", self.status.cancel_current,
                      QKeySequence("Ctrl+."))
 
+        help_menu = menu.addMenu("&Help")
+        self._action(help_menu, "&Keyboard shortcuts", self.show_shortcuts,
+                     [QKeySequence(Qt.Key.Key_F1), QKeySequence("?")])
+        self._action(help_menu, "&About ATL Desktop", lambda: AboutDialog(self).exec())
+
         toolbar = QToolBar("Main")
+        toolbar.setObjectName("main_toolbar")
         toolbar.setMovable(False)
         toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
         toolbar.addActions([self.undo_action, self.redo_action])
@@ -157,7 +258,9 @@ class MainWindow(QMainWindow):
 
     def _action(self, menu, text: str, slot, shortcut=None) -> QAction:
         action = QAction(text, self)
-        if shortcut is not None:
+        if isinstance(shortcut, list):
+            action.setShortcuts(shortcut)
+        elif shortcut is not None:
             action.setShortcut(shortcut)
         if slot is not None:
             action.triggered.connect(slot)
@@ -176,6 +279,9 @@ class MainWindow(QMainWindow):
         self.runner.failed.connect(self._on_job_failed)
         self.runner.cancelled.connect(self._on_job_cancelled)
         self.runner.started.connect(lambda _: self._update_busy())
+        self.pool_browser.send_to_query.connect(self.label_chosen)
+        self.pool_browser.open_image.connect(self.open_image)
+        self.training.start_requested.connect(self.start_train)
 
     def _update_title(self) -> None:
         who = self.ws.annotator or "nobody"
@@ -229,9 +335,53 @@ class MainWindow(QMainWindow):
         busy = self.runner.is_running()
         self.query_view.set_busy(busy)
         self.review_view.set_busy(busy)
+        self.training.set_busy(busy)
+
+    def label_chosen(self, image_ids: list[int]) -> None:
+        """Images sent from the pool browser, to label one by one in the query view."""
+        if image_ids:
+            self.query_view.show_chosen(image_ids)
+            self.tabs.setCurrentWidget(self.query_view)
+
+    def start_import(self, source: str, options: dict) -> bool:
+        return self._start_other("import", import_job, "Importing images", "model",
+                                 source=source, options=options)
+
+    def start_export(self, format: str, out: str, overwrite: bool = False) -> bool:
+        return self._start_other("export", export_job, "Exporting labels", "data",
+                                 format=format, out=out, overwrite=overwrite)
+
+    def start_setup(self, plan: SetupPlan) -> bool:
+        """After the wizard: the imports, then the first scoring job."""
+        return self._start_other("setup", setup_job, "Setting up the project", "model", plan=plan)
+
+    def _start_other(self, name: str, factory, title: str, group: str, **kwargs) -> bool:
+        reason = self.runner.start(name, factory, self.ws.project, title=title, group=group, **kwargs)
+        if reason is not None:
+            messages.show_info(self, "One job at a time", reason)
+            return False
+        self._update_busy()
+        return True
+
+    def show_import_report(self, reports: list) -> ImportReportDialog:
+        """Not modal: the user may keep it open beside the window, and save it."""
+        self.import_report = ImportReportDialog(reports, self)
+        self.import_report.show()
+        return self.import_report
 
     def _on_job_finished(self, name: str, result: Any) -> None:
         self._update_busy()
+        if name in ("import", "setup"):
+            reports = [result] if name == "import" else result[0]
+            if any(r.skipped for r in reports):
+                self.show_import_report(reports)
+            added = sum(r.added for r in reports)
+            self.statusBar().showMessage(f"Imported {added} images.", 8000)
+            if name == "setup" and result[1] is not None:
+                self.query_view.show_result(result[1])
+                self.tabs.setCurrentWidget(self.query_view)
+        elif name == "export":
+            self.statusBar().showMessage(result.summary(), 12000)
         if name == "query" and result is not None:
             self.query_view.show_result(result)
             self.tabs.setCurrentWidget(self.query_view)
@@ -268,6 +418,58 @@ class MainWindow(QMainWindow):
         viewer.show()
         return viewer
 
+    def ask_import(self) -> None:
+        dialog = ImportDialog(self.ws.project.path.parent, self)
+        if dialog.exec():
+            request = dialog.request()
+            if request["source"]:
+                self.start_import(**request)
+
+    def ask_export(self) -> None:
+        dialog = ExportDialog(self.ws.project.path, self)
+        if dialog.exec():
+            self.start_export(**dialog.request())
+
+    def ask_new_project(self) -> None:
+        wizard = NewProjectWizard(self.ws.project.path.parent, self)
+        if not wizard.exec():
+            return
+        try:
+            path, plan = wizard.create_project()
+        except ProjectError as error:
+            messages.show_error(self, "Cannot create the project", str(error))
+            return
+        successor = self.open_other(path)
+        if successor is not None:
+            successor.start_setup(plan)
+
+    def ask_preferences(self) -> None:
+        if self.settings is None:
+            return
+        strategies = [self.query_view.strategy_box.itemText(i)
+                      for i in range(self.query_view.strategy_box.count())]
+        dialog = PreferencesDialog(self.settings, strategies, self)
+        if dialog.exec():
+            dialog.save()
+            self.query_view.strategy_box.setCurrentText(dialog.strategy.currentText())
+
+    def show_shortcuts(self) -> ShortcutSheet:
+        sheet = ShortcutSheet(self)
+        sheet.setModal(False)
+        sheet.show()
+        self.shortcut_sheet = sheet
+        return sheet
+
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        paths = recent_projects(self.settings) if self.settings is not None else []
+        for path in paths:
+            action = self.recent_menu.addAction(path)
+            action.setEnabled(Path(path).exists() and Path(path) != self.ws.project.path.resolve())
+            action.triggered.connect(lambda _=False, p=path: self.open_other(p))
+        if not paths:
+            self.recent_menu.addAction("No recent projects").setEnabled(False)
+
     def ask_open(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open project", str(self.ws.project.path.parent),
                                               "ATL Desktop projects (*.atl)")
@@ -293,6 +495,8 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event) -> None:
         if self.settings is not None:
             self.settings.setValue("tab", self.tabs.currentIndex())
+            self.settings.setValue("geometry", self.saveGeometry())
+            self.settings.setValue("window_state", self.saveState())
         if self.runner.is_running():
             self.statusBar().showMessage("Stopping the running job…")
             self.runner.cancel_all()
@@ -300,6 +504,10 @@ class MainWindow(QMainWindow):
         for viewer in list(self.viewers):
             viewer.close()
         self.ws.thumbs.shutdown()
+        self.pool_browser.shutdown()
+        self.training.shutdown()
+        self.quality.shutdown()
+        self._warmer.wait()
         self.status.shutdown()
         self.query_view.shutdown()
         self.ws.project.close()

@@ -179,11 +179,15 @@ class QueryBatchModel(_LazyTileModel):
         return next((i for i, t in enumerate(self._rows) if t.image_id == image_id), -1)
 
     def refresh_state(self, project: Project, book: ClassBook, skipped: set[int]) -> None:
-        """Re-read every tile's label from the store."""
-        self._labels = {t.image_id: book.by_id(project.label_of(t.image_id)) for t in self._rows}
-        self._skipped = set(skipped)
-        if self._shown:
-            self.dataChanged.emit(self.index(0), self.index(self._shown - 1))
+        """Re-read every tile's label from the store; only tiles that changed are repainted."""
+        labels = {t.image_id: book.by_id(project.label_of(t.image_id)) for t in self._rows}
+        skipped = set(skipped)
+        changed = [row for row, t in enumerate(self._rows[: self._shown])
+                   if labels[t.image_id] != self._labels.get(t.image_id)
+                   or (t.image_id in skipped) != (t.image_id in self._skipped)]
+        self._labels, self._skipped = labels, skipped
+        for row in changed:
+            self._changed(row)
 
     def set_tile_state(self, image_id: int, label: ClassRecord | None, skipped: bool) -> None:
         self._labels[image_id] = label

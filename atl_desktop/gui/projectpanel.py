@@ -7,7 +7,7 @@ a dialog and then call the methods below, which tests call directly.
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -29,6 +29,7 @@ from atl_desktop.gui.undo import AddClass, DeleteClass, MergeClasses, RenameClas
 from atl_desktop.gui.workspace import Workspace
 from atl_desktop.store import ClassRecord, ProjectError
 
+REFRESH_DELAY_MS = 60
 RESERVED_KEYS = {"x": "X marks an image as unsure", " ": "Space accepts the suggestion"}
 
 
@@ -38,7 +39,13 @@ class ProjectPanel(QWidget):
         self.ws = workspace
         self.model = ClassTableModel(self)
         self._build()
-        workspace.changed.connect(self.refresh)
+        # Counting every label is the slowest part of a refresh; after a label key
+        # press it waits until the next image is shown (and bursts share one count).
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(REFRESH_DELAY_MS)
+        self._refresh_timer.timeout.connect(self.refresh)
+        workspace.changed.connect(self.schedule_refresh)
 
     # ---- layout --------------------------------------------------------------
 
@@ -95,7 +102,12 @@ class ProjectPanel(QWidget):
 
     # ---- state ---------------------------------------------------------------
 
+    def schedule_refresh(self) -> None:
+        if not self._refresh_timer.isActive():
+            self._refresh_timer.start()
+
     def refresh(self) -> None:
+        self._refresh_timer.stop()
         project = self.ws.project
         try:
             counts = project.counts()

@@ -3,10 +3,11 @@ lines of text under it. Used by the query view and the pseudo-label review."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 
 from PySide6.QtCore import QModelIndex, QPoint, QRect, QSize, Qt
-from PySide6.QtGui import QColor, QFont, QFontMetrics, QKeyEvent, QPainter, QPen
+from PySide6.QtGui import QColor, QFont, QFontMetrics, QKeyEvent, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import QAbstractItemView, QListView, QStyle, QStyledItemDelegate
 
 from atl_desktop.gui.models import ImageIdRole, LabelRole, StateRole, class_colour
@@ -14,6 +15,7 @@ from atl_desktop.gui.workspace import Workspace
 
 PAD = 8
 TEXT_LINES = 4
+SCALED_CACHE = 400  # scaled pixmaps kept by each grid (a few screens' worth)
 
 
 class TileDelegate(QStyledItemDelegate):
@@ -28,6 +30,8 @@ class TileDelegate(QStyledItemDelegate):
         self.describe = describe
         self.side = workspace.thumbs.side
         self._paths: dict[int, object] = {}
+        # Thumbnails scaled to their box once: scaling at every paint made a repaint slow.
+        self._scaled: OrderedDict[tuple[int, int, int], QPixmap] = OrderedDict()
 
     def sizeHint(self, option, index) -> QSize:
         line = QFontMetrics(option.font).lineSpacing()
@@ -78,10 +82,27 @@ class TileDelegate(QStyledItemDelegate):
             message = "Loading…" if image is None else "Cannot read this image"
             painter.drawText(box, Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, message)
             return
-        size = image.size().scaled(box.size(), Qt.AspectRatioMode.KeepAspectRatio)
-        target = QRect(0, 0, size.width(), size.height())
+        pixmap = self._pixmap(index.data(ImageIdRole), image, box.size())
+        target = QRect(0, 0, pixmap.width(), pixmap.height())
         target.moveCenter(box.center())
-        painter.drawImage(target, image)
+        painter.drawPixmap(target.topLeft(), pixmap)
+
+    def _pixmap(self, image_id: int, image, box: QSize) -> QPixmap:
+        key = (image_id, box.width(), box.height())
+        pixmap = self._scaled.get(key)
+        if pixmap is None or pixmap.cacheKey() == 0:
+            size = image.size().scaled(box, Qt.AspectRatioMode.KeepAspectRatio)
+            pixmap = QPixmap.fromImage(image.scaled(size, Qt.AspectRatioMode.IgnoreAspectRatio,
+                                                    Qt.TransformationMode.FastTransformation))
+            self._scaled[key] = pixmap
+            while len(self._scaled) > SCALED_CACHE:
+                self._scaled.popitem(last=False)
+        self._scaled.move_to_end(key)
+        return pixmap
+
+    def forget(self, image_id: int) -> None:
+        for key in [k for k in self._scaled if k[0] == image_id]:
+            del self._scaled[key]
 
     def _draw_state(self, painter: QPainter, box: QRect, state: str, index) -> None:
         if state == "labelled":

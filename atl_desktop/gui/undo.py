@@ -264,3 +264,27 @@ class RelabelPseudo(StoreCommand):
             self.project.undo_pseudo_decision([self.pseudo_id])
             _restore(self.project, self.image_id, self._before,
                      self.label_kwargs.get("annotator", ""))
+
+
+# ---- checkpoints -----------------------------------------------------------------
+
+
+ACTIVE_CHECKPOINT = "active_checkpoint"  # read by Project.latest_checkpoint
+
+
+class SetActiveCheckpoint(StoreCommand):
+    """Roll back (or forward) to a checkpoint: scoring and training continue from it."""
+
+    def __init__(self, project, checkpoint_id: int, report=None):
+        super().__init__(project, f"Use checkpoint #{checkpoint_id}", report)
+        self.checkpoint_id = checkpoint_id
+        self._before = None
+
+    def apply(self) -> None:
+        self.project.checkpoint(self.checkpoint_id)  # raises if there is no such checkpoint
+        self._before = self.project.get_setting(ACTIVE_CHECKPOINT)
+        self.project.set_setting(ACTIVE_CHECKPOINT, self.checkpoint_id)
+
+    def revert(self) -> None:
+        # None (no choice before) makes the newest checkpoint the current one again.
+        self.project.set_setting(ACTIVE_CHECKPOINT, self._before)

@@ -103,7 +103,8 @@ def open_window(qtbot, tmp_path, settings, dialogs):
         factories.setdefault("train_factory", fake_job)
         factories.setdefault("pseudo_factory", fake_job)
         window = MainWindow(Project.open(path), annotator="alice", settings=settings,
-                            device="CPU (test)", log_file=tmp_path / "log" / "atl.log", **factories)
+                            device="CPU (test)", log_file=tmp_path / "log" / "atl.log",
+                            warm=False, **factories)
         qtbot.addWidget(window)
         windows.append(window)
         window.show()

@@ -7,13 +7,13 @@ def names(project):
     return [c.name for c in project.classes()]
 
 
-def test_add_rename_recolour_and_undo(open_window, project_path):
+def test_add_rename_recolour_and_undo(qtbot, open_window, project_path):
     window = open_window(project_path)
     panel, project, stack = window.panel, window.ws.project, window.ws.stack
     assert panel.model.rowCount() == 3
     assert panel.add_class("debris")
     assert names(project) == ["tumour", "stroma", "normal", "debris"]
-    assert panel.model.rowCount() == 4
+    qtbot.waitUntil(lambda: panel.model.rowCount() == 4, timeout=2000)  # refreshes follow shortly
     debris = project.class_by_name("debris")
     assert panel.rename_class(debris, "mucus")
     assert panel.recolour_class(project.class_by_name("mucus"), "#123456")
@@ -45,7 +45,7 @@ def test_refused_edits_show_a_message_and_stay_off_the_stack(open_window, projec
     assert project.class_by_name("tumour").key == "1"
 
 
-def test_merge_and_delete_restore_labels_on_undo(open_window, project_path):
+def test_merge_and_delete_restore_labels_on_undo(qtbot, open_window, project_path):
     window = open_window(project_path)
     panel, project, stack = window.panel, window.ws.project, window.ws.stack
     a, b, c = project.image_ids()[:3]
@@ -54,7 +54,7 @@ def test_merge_and_delete_restore_labels_on_undo(open_window, project_path):
     project.set_label(b, stroma.id, kind="import")
     project.set_label(c, tumour.id, annotator="bob")
     window.ws.notify()
-    assert panel.model.data(panel.model.index(0, 2)) == "2"  # tumour's count
+    qtbot.waitUntil(lambda: panel.model.data(panel.model.index(0, 2)) == "2", timeout=2000)
 
     assert panel.merge_class(tumour, stroma)
     assert project.current_labels() == {a: stroma.id, b: stroma.id, c: stroma.id}
@@ -73,7 +73,7 @@ def test_merge_and_delete_restore_labels_on_undo(open_window, project_path):
     assert b not in project.current_labels()
 
 
-def test_panel_counts(open_window, project_path):
+def test_panel_counts(qtbot, open_window, project_path):
     window = open_window(project_path)
     project = window.ws.project
     first, second = project.image_ids()[:2]
@@ -81,7 +81,7 @@ def test_panel_counts(open_window, project_path):
     project.add_pseudo_labels([(second, project.class_by_name("tumour").id, 0.9, 0.2)])
     window.ws.notify()
     values = window.panel.values
-    assert values["Labelled"].text() == "1 of 8"
+    qtbot.waitUntil(lambda: values["Labelled"].text() == "1 of 8", timeout=2000)
     assert values["Unlabelled"].text() == "7"
     assert values["By who"].text() == "human:alice: 1"
     assert values["Pseudo-labels"].text() == "1 waiting for review"

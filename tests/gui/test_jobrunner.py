@@ -29,7 +29,7 @@ def counting_job(handle, *, n, seen):
 def test_progress_and_result(qtbot, project):
     runner = JobRunner()
     seen, progress = {}, []
-    runner.progressed.connect(lambda name, p: progress.append((name, p.done)))
+    runner.steps.connect(lambda name, batch: progress.extend((name, p.done) for p in batch))
     with qtbot.waitSignal(runner.finished, timeout=5000) as finished:
         assert runner.start("count", counting_job, project, n=3, seen=seen) is None
     assert finished.args == ["count", 30]
@@ -156,14 +156,23 @@ def test_cancel_button_cancels_the_running_job(qtbot, open_window, project_path)
     assert "cancelled" in window.statusBar().currentMessage()
 
 
-def test_a_real_scoring_job_when_the_session_exists(qtbot, open_window, project_path):
-    pytest.importorskip("atl_desktop.session")
+def test_a_real_scoring_job_ranks_the_pool_by_entropy(qtbot, open_window, project_path):
     from atl_desktop.gui.mainwindow import default_query_job
+    from atl_desktop.models import build_model
+    from atl_desktop.models.checkpoints import save_checkpoint
 
+    with Project.open(project_path) as project:
+        model = build_model("smallcnn", len(project.class_names()), seed=0)
+        checkpoint = save_checkpoint(project, model, classes=project.class_names())
     window = open_window(project_path, query_factory=default_query_job)
     with qtbot.waitSignal(window.runner.finished, timeout=60000):
-        assert window.start_query("random", 3)
+        assert window.start_query("entropy", 3)
     tiles = window.query_view.model.tiles()
     assert len(tiles) == 3
     assert {t.image_id for t in tiles} <= set(window.ws.project.image_ids())
+    scores = [t.score for t in tiles]
+    assert scores == sorted(scores, reverse=True)  # most uncertain first
+    assert all("nats" in t.reason for t in tiles)
+    assert all(len(t.top) == 3 and abs(sum(p.probability for p in t.top) - 1) < 1e-4 for t in tiles)
+    assert window.query_view.checkpoint_id == checkpoint
     assert len(window.ws.project.get_setting("last_query")) == 3

@@ -1,0 +1,282 @@
+"""The new-project wizard: name and place, the images (target, and optionally a
+labelled source domain), the classes, the model (backbone, weights with an
+offline check, transfer method) and the query strategy.
+
+`NewProjectWizard.create_project()` writes the project file with its classes
+and settings and returns a `SetupPlan`; the window then runs `setup_job`
+(imports, then the first scoring) on its job runner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+    QWizard,
+    QWizardPage,
+)
+
+from atl_desktop.gui.background import Background
+from atl_desktop.gui.trainsettings import TRAIN_SETTING, WEIGHT_CHOICES
+from atl_desktop.jobs import relabel
+from atl_desktop.store import Project
+
+FALLBACK_BACKBONES = ("resnet18", "smallcnn")
+FALLBACK_STRATEGIES = ("entropy", "margin", "least_confidence", "random")
+
+
+@dataclass(frozen=True)
+class SetupPlan:
+    """What to do once the project file exists: imports, then the first query."""
+
+    target: str
+    source: str | None = None
+    strategy: str = "entropy"
+    batch: int = 16
+    backbone: str = "resnet18"
+    weights: str | None = "imagenet"
+    reports: list = field(default_factory=list, compare=False)
+
+
+def setup_job(project, *, plan: SetupPlan):
+    """Import the target (and source) images, then score the pool and query the first batch.
+
+    Returns (import reports, the QueryResult or None when there is nothing to query:
+    fewer than two classes, or every target image already labelled)."""
+    from atl_desktop.data.importers import ImportOptions, import_source
+    from atl_desktop.session import ModelChoice, query_job
+
+    reports = [(yield from relabel(import_source(project, plan.target, ImportOptions()),
+                                   "importing the target images"))]
+    if plan.source:
+        reports.append((yield from relabel(
+            import_source(project, plan.source, ImportOptions(domain="source")),
+            "importing the source images")))
+    labelled = project.current_labels(domain="target", split="pool")
+    unlabelled = [i for i in project.image_ids(domain="target", split="pool") if i not in labelled]
+    if len(project.class_names()) < 2 or not unlabelled:
+        return reports, None  # nothing to choose from (yet): the user adds classes or images
+    model = ModelChoice(pretrained=plan.backbone, weights=plan.weights)
+    result = yield from relabel(query_job(project, strategy=plan.strategy, batch=plan.batch, model=model),
+                                "choosing the first images to label")
+    return reports, result
+
+
+def weights_problem(backbone: str, weights: str | None) -> str | None:
+    """Why these weights cannot be used on this machine (nothing downloads); None if fine."""
+    if weights is None:
+        return None
+    if weights != "imagenet":
+        return None if Path(weights).is_file() else f"The weights file {weights} does not exist."
+    if backbone == "smallcnn":
+        return "The small CNN has no ImageNet weights: choose random initialisation or a file."
+    from atl_desktop.models.weights import imagenet_weights_file
+
+    path, url = imagenet_weights_file(backbone)
+    if path.is_file():
+        return None
+    return (f"ImageNet weights for {backbone} are not on this machine. Nothing is downloaded: "
+            f"fetch {url} elsewhere and put {path.name} in {path.parent}, or choose random "
+            "initialisation or a local weights file.")
+
+
+def _choices() -> dict:
+    from atl_desktop.active.strategies import STRATEGIES
+    from atl_desktop.gui.trainsettings import method_catalogue
+    from atl_desktop.models import available_backbones
+
+    return {"backbones": available_backbones(), "methods": list(method_catalogue()),
+            "strategies": list(STRATEGIES)}
+
+
+class NamePage(QWizardPage):
+    def __init__(self, folder: Path):
+        super().__init__()
+        self.setTitle("Name and place")
+        self.setSubTitle("The project is one .atl file with a folder beside it.")
+        self.name = QLineEdit("my-project")
+        self.folder = QLineEdit(str(folder))
+        browse = QPushButton("Choose…")
+        browse.clicked.connect(lambda: self._pick(self.folder, folder=True))
+        form = QFormLayout(self)
+        form.addRow("Name", self.name)
+        form.addRow("Folder", _row(self.folder, browse))
+        self.name.textChanged.connect(self.completeChanged)
+
+    def path(self) -> Path:
+        name = self.name.text().strip()
+        return Path(self.folder.text()) / (name if name.endswith(".atl") else f"{name}.atl")
+
+    def isComplete(self) -> bool:
+        return bool(self.name.text().strip()) and not self.path().exists()
+
+    def _pick(self, edit: QLineEdit, folder: bool) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Folder", edit.text()) if folder else \
+            QFileDialog.getOpenFileName(self, "Source", edit.text())[0]
+        if path:
+            edit.setText(path)
+
+
+class DataPage(QWizardPage):
+    def __init__(self):
+        super().__init__()
+        self.setTitle("Images")
+        self.setSubTitle("The target images are the ones to classify: a folder, a class-per-subfolder "
+                         "tree, a CSV of path,label or a NumPy .npz. A labelled source domain "
+                         "(e.g. a public dataset of similar images) is optional.")
+        self.target = QLineEdit()
+        self.source = QLineEdit()
+        form = QFormLayout(self)
+        for label, edit in (("Target images", self.target), ("Source domain (optional)", self.source)):
+            folder, file = QPushButton("Folder…"), QPushButton("File…")
+            folder.clicked.connect(lambda _=False, e=edit: _browse(self, e, True))
+            file.clicked.connect(lambda _=False, e=edit: _browse(self, e, False))
+            form.addRow(label, _row(edit, folder, file))
+        self.target.textChanged.connect(self.completeChanged)
+
+    def isComplete(self) -> bool:
+        return Path(self.target.text().strip()).exists() if self.target.text().strip() else False
+
+
+class ClassesPage(QWizardPage):
+    def __init__(self):
+        super().__init__()
+        self.setTitle("Classes")
+        self.setSubTitle("One class per line. Leave empty to take the classes from the import "
+                         "(class folders, the CSV's labels or the .npz's class names).")
+        self.text = QPlainTextEdit()
+        self.text.setPlaceholderText("tumour\nstroma\nnormal")
+        form = QFormLayout(self)
+        form.addRow(self.text)
+
+    def names(self) -> list[str]:
+        return list(dict.fromkeys(n.strip() for n in self.text.toPlainText().splitlines() if n.strip()))
+
+
+class ModelPage(QWizardPage):
+    def __init__(self, load_choices: bool):
+        super().__init__()
+        self.setTitle("Model and strategy")
+        self.setSubTitle("Nothing is downloaded: pretrained weights must already be on this machine.")
+        self.backbone = _combo(FALLBACK_BACKBONES)
+        self.weights = QComboBox()
+        for text, value in WEIGHT_CHOICES:
+            self.weights.addItem(text, value)
+        self.weights.addItem("A local weights file…", "file")
+        self.weights.activated.connect(self._maybe_file)
+        self.method = _combo(("finetune",))
+        self.strategy = _combo(FALLBACK_STRATEGIES)
+        self.batch = QSpinBox()
+        self.batch.setRange(1, 1000)
+        self.batch.setValue(16)
+        self.check = QLabel()
+        self.check.setWordWrap(True)
+        form = QFormLayout(self)
+        for text, widget in (("Backbone", self.backbone), ("Weights", self.weights),
+                             ("Transfer method", self.method), ("Query strategy", self.strategy),
+                             ("First batch", self.batch), ("", self.check)):
+            form.addRow(text, widget)
+        self.backbone.currentTextChanged.connect(lambda _: self.check_weights())
+        self.weights.currentIndexChanged.connect(lambda _: self.check_weights())
+        self._background = Background(self)
+        if load_choices:
+            self._background.call(_choices, self.set_choices)
+
+    def set_choices(self, choices) -> None:
+        if isinstance(choices, dict):
+            for box, key in ((self.backbone, "backbones"), (self.method, "methods"),
+                             (self.strategy, "strategies")):
+                current = box.currentText()
+                box.clear()
+                box.addItems(choices[key])
+                box.setCurrentText(current if current in choices[key] else choices[key][0])
+
+    def chosen_weights(self) -> str | None:
+        data = self.weights.currentData()
+        return self.weights.currentText()[len("File: "):] if data == "file" else data
+
+    def _maybe_file(self) -> None:
+        if self.weights.currentData() == "file" and not self.weights.currentText().startswith("File: "):
+            path, _ = QFileDialog.getOpenFileName(self, "Weights", "", "Weights (*.safetensors *.pth *.pt)")
+            if path:
+                self.weights.setItemText(self.weights.currentIndex(), f"File: {path}")
+            self.check_weights()
+
+    def check_weights(self) -> str | None:
+        problem = weights_problem(self.backbone.currentText(), self.chosen_weights())
+        self.check.setText(f"⚠ {problem}" if problem else "✓ Everything this model needs is on this machine.")
+        self.completeChanged.emit()
+        return problem
+
+    def isComplete(self) -> bool:
+        return weights_problem(self.backbone.currentText(), self.chosen_weights()) is None
+
+    def initializePage(self) -> None:
+        self.check_weights()
+
+
+class NewProjectWizard(QWizard):
+    def __init__(self, folder: Path, parent=None, load_choices: bool = True):
+        super().__init__(parent)
+        self.setWindowTitle("New project")
+        self.name_page = NamePage(folder)
+        self.data_page = DataPage()
+        self.classes_page = ClassesPage()
+        self.model_page = ModelPage(load_choices)
+        for page in (self.name_page, self.data_page, self.classes_page, self.model_page):
+            self.addPage(page)
+        self.setButtonText(QWizard.WizardButton.FinishButton, "Create project")
+
+    def create_project(self) -> tuple[Path, SetupPlan]:
+        """Write the project file, its classes and settings; return it and what to run next."""
+        path = self.name_page.path()
+        model = self.model_page
+        backbone, weights = model.backbone.currentText(), model.chosen_weights()
+        with Project.create(path) as project:
+            for name in self.classes_page.names():
+                project.add_class(name)
+            project.set_setting(TRAIN_SETTING, {"backbone": backbone, "weights": weights,
+                                                "method": model.method.currentText()})
+            project.set_setting("default_strategy", model.strategy.currentText())
+        source = self.data_page.source.text().strip() or None
+        plan = SetupPlan(self.data_page.target.text().strip(), source, model.strategy.currentText(),
+                         model.batch.value(), backbone, weights)
+        return path, plan
+
+
+def _row(edit: QLineEdit, *buttons: QPushButton) -> QWidget:
+    row = QWidget()
+    layout = QHBoxLayout(row)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(edit, 1)
+    for button in buttons:
+        layout.addWidget(button)
+    return row
+
+
+def _combo(names) -> QComboBox:
+    box = QComboBox()
+    box.addItems(list(names))
+    return box
+
+
+def _browse(parent, edit: QLineEdit, folder: bool) -> None:
+    if folder:
+        path = QFileDialog.getExistingDirectory(parent, "Folder of images", edit.text())
+    else:
+        path, _ = QFileDialog.getOpenFileName(parent, "CSV or .npz", edit.text(),
+                                              "Sources (*.csv *.tsv *.txt *.npz);;All files (*)")
+    if path:
+        edit.setText(path)
+

@@ -1,0 +1,110 @@
+"""The training panel with a real short job: curves fill, Stop keeps the last good
+checkpoint, settings are saved for the job; rollback through the checkpoint list."""
+
+from __future__ import annotations
+
+from atl_desktop.gui.mainwindow import default_train_job
+from atl_desktop.gui.trainsettings import TRAIN_SETTING, method_catalogue
+from atl_desktop.store import Project
+
+
+def label_some(path, n: int = 6) -> None:
+    with Project.open(path) as project:
+        classes = [c.id for c in project.classes()]
+        for k, image_id in enumerate(project.image_ids()[:n]):
+            project.set_label(image_id, classes[k % len(classes)], annotator="alice")
+
+
+def configure(panel, epochs: int) -> None:
+    form = panel.settings
+    form.backbone_box.addItem("smallcnn")
+    form.backbone_box.setCurrentText("smallcnn")
+    form.set_weights(None)
+    form.epochs.setValue(epochs)
+    form.batch.setValue(2)
+    form.lr.setValue(0.01)
+
+
+def test_a_real_training_job_draws_curves_and_records_a_checkpoint(qtbot, open_window, project_path):
+    label_some(project_path)
+    window = open_window(project_path, train_factory=default_train_job)
+    panel = window.training
+    configure(panel, epochs=2)
+    with qtbot.waitSignal(window.runner.finished, timeout=60000):
+        panel.start_button.click()
+        assert not panel.start_button.isEnabled() and panel.stop_button.isEnabled()
+    saved = window.ws.project.get_setting(TRAIN_SETTING)
+    assert (saved["backbone"], saved["weights"], saved["epochs"], saved["batch_size"]) == ("smallcnn", None, 2, 2)
+    steps, losses = panel.curves.points["loss"]
+    assert steps == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]  # 6 labelled images, batches of 2, 2 epochs
+    assert all(loss > 0 for loss in losses)
+    assert len(panel.curves.points["accuracy"][1]) == 6
+    assert panel.bar.value() == 6 and panel.bar.maximum() == 6
+    assert panel.checkpoints.table.rowCount() == 1
+    assert "Finished: checkpoint #1" in panel.log.toPlainText()
+    assert panel.start_button.isEnabled() and not panel.stop_button.isEnabled()
+
+
+def test_stop_keeps_the_last_good_checkpoint(qtbot, open_window, project_path):
+    label_some(project_path)
+    window = open_window(project_path, train_factory=default_train_job)
+    panel = window.training
+    configure(panel, epochs=1)
+    with qtbot.waitSignal(window.runner.finished, timeout=60000):
+        panel.start_button.click()
+    assert len(window.ws.project.checkpoints()) == 1
+
+    configure(panel, epochs=500)
+    with qtbot.waitSignal(window.runner.cancelled, timeout=60000):
+        panel.start_button.click()
+        qtbot.waitUntil(lambda: len(panel.curves.points["loss"][0]) >= 3, timeout=30000)
+        panel.stop_button.click()
+    assert [c.id for c in window.ws.project.checkpoints()] == [1]  # nothing half-trained saved
+    assert window.ws.project.latest_checkpoint().id == 1
+    assert "Stopped" in panel.log.toPlainText()
+    assert panel.start_button.isEnabled()
+
+
+def test_rollback_to_an_earlier_checkpoint_and_undo(qtbot, open_window, project_path):
+    from atl_desktop.models import build_model
+    from atl_desktop.models.checkpoints import save_checkpoint
+
+    with Project.open(project_path) as project:
+        names = project.class_names()
+        first = save_checkpoint(project, build_model("smallcnn", 3, seed=0), classes=names,
+                                config={"method": "finetune", "phase": "fine-tuning"},
+                                metrics={"val_accuracy": 0.5})
+        second = save_checkpoint(project, build_model("smallcnn", 3, seed=1), classes=names,
+                                 parent_id=first, metrics={"val_accuracy": 0.75})
+    window = open_window(project_path)
+    checkpoints, project = window.training.checkpoints, window.ws.project
+    table = checkpoints.table
+    assert [table.item(r, 0).text() for r in range(2)] == [f"{second} ✓", f"{first}"]
+    assert table.item(0, 1).text() == str(first)  # the parent column
+    assert table.item(1, 3).text() == "finetune"
+    assert "val acc 0.5" in table.item(1, 6).text()
+
+    table.selectRow(1)
+    checkpoints.rollback_button.click()
+    assert project.latest_checkpoint().id == first
+    assert table.item(1, 0).text() == f"{first} ✓"
+    window.ws.stack.undo()
+    assert project.latest_checkpoint().id == second
+    window.ws.stack.redo()
+    assert project.latest_checkpoint().id == first
+
+
+def test_method_settings_come_from_the_registry_with_their_papers(qtbot, open_window, project_path):
+    window = open_window(project_path)
+    form = window.training.settings
+    catalogue = method_catalogue()
+    form.set_methods(catalogue)
+    assert [form.method_box.itemText(i) for i in range(form.method_box.count())] == list(catalogue)
+    with_options = next((name for name, info in catalogue.items() if info["options"]), None)
+    if with_options is None:
+        return  # only plain fine-tuning is registered
+    form.method_box.setCurrentText(with_options)
+    info = catalogue[with_options]
+    assert set(form.values()["method_options"]) == {name for name, _ in info["options"]}
+    if info["paper"]:
+        assert info["paper"] in form.method_box.toolTip()
