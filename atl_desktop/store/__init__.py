@@ -7,16 +7,18 @@ from atl_desktop.store.project import (
     SPLITS,
     CheckpointRecord,
     ClassRecord,
+    GeneratorRecord,
     ImageRecord,
     LabelEvent,
     Project,
     PseudoLabel,
     RoundRecord,
+    SyntheticRecord,
 )
 from atl_desktop.store.schema import SCHEMA_VERSION
 
 __all__ = [
     "DOMAINS", "LABEL_KINDS", "SPLITS", "SCHEMA_VERSION", "CheckpointRecord", "ClassError",
-    "ClassRecord", "ImageRecord", "LabelEvent", "NewerProjectError", "Project", "ProjectError",
-    "ProjectLockedError", "PseudoLabel", "RoundRecord",
+    "ClassRecord", "GeneratorRecord", "ImageRecord", "LabelEvent", "NewerProjectError", "Project", "ProjectError",
+    "ProjectLockedError", "PseudoLabel", "RoundRecord", "SyntheticRecord",
 ]

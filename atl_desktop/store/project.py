@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -53,6 +54,7 @@ class ImageRecord:
     domain: str
     split: str
     added: float
+    synthetic: int = 0  # 1: made by a generator (GAAL), see synthetic_images
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,28 @@ class PseudoLabel:
     confidence: float | None
     entropy: float | None
     status: str
+    created: float
+
+
+@dataclass(frozen=True)
+class GeneratorRecord:
+    id: int
+    file: str
+    sha256: str
+    architecture: str
+    config: dict
+    metrics: dict
+    created: float
+
+
+@dataclass(frozen=True)
+class SyntheticRecord:
+    image_id: int
+    generator_id: int
+    latent: tuple[float, ...]
+    round_id: int | None
+    strategy: str | None
+    score: float | None
     created: float
 
 
@@ -369,18 +393,24 @@ class Project:
             raise ProjectError(f"No image with id {image_id} in {self.path.name}.")
         return ImageRecord(**dict(row))
 
-    def images(self, domain: str | None = None, split: str | None = None) -> list[ImageRecord]:
-        where, params = self._image_filter(domain, split)
+    def images(self, domain: str | None = None, split: str | None = None, *,
+               synthetic: bool | None = None) -> list[ImageRecord]:
+        where, params = self._image_filter(domain, split, synthetic)
         rows = self._query(f"SELECT * FROM images i {where} ORDER BY id", params)
         return [ImageRecord(**dict(r)) for r in rows]
 
-    def image_ids(self, domain: str | None = None, split: str | None = None) -> list[int]:
-        where, params = self._image_filter(domain, split)
+    def image_ids(self, domain: str | None = None, split: str | None = None, *,
+                  synthetic: bool | None = None) -> list[int]:
+        """Ids in ascending order; `synthetic` False/True keeps only real/generated images."""
+        where, params = self._image_filter(domain, split, synthetic)
         return [r[0] for r in self._query(f"SELECT id FROM images i {where} ORDER BY id", params)]
 
     @staticmethod
-    def _image_filter(domain: str | None, split: str | None) -> tuple[str, list[str]]:
+    def _image_filter(domain: str | None, split: str | None,
+                      synthetic: bool | None = None) -> tuple[str, list[str]]:
         clauses, params = [], []
+        if synthetic is not None:
+            clauses.append("i.synthetic = 1" if synthetic else "i.synthetic = 0")
         if domain is not None:
             clauses.append("i.domain = ?")
             params.append(domain)
@@ -708,6 +738,82 @@ class Project:
         rows = self._query("SELECT image_id, class_id FROM pseudo_labels WHERE status = 'rejected'")
         return {(r[0], r[1]) for r in rows}
 
+    # ---- generators and synthetic images (GAAL) ------------------------------
+
+    def add_generator(self, *, file: str, sha256: str, architecture: str,
+                      config: dict | None = None, metrics: dict | None = None) -> int:
+        """Record a generator whose file (under data_dir) is already written."""
+        with self.transaction() as db:
+            return db.execute(
+                "INSERT INTO generators (file, sha256, architecture, config, metrics, created)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (file, sha256, architecture, json.dumps(config or {}), json.dumps(metrics or {}), time.time()),
+            ).lastrowid
+
+    @staticmethod
+    def _row_to_generator(row: sqlite3.Row) -> GeneratorRecord:
+        values = dict(row)
+        values["config"], values["metrics"] = json.loads(values["config"]), json.loads(values["metrics"])
+        return GeneratorRecord(**values)
+
+    def generators(self) -> list[GeneratorRecord]:
+        return [self._row_to_generator(r) for r in self._query("SELECT * FROM generators ORDER BY id")]
+
+    def generator(self, generator_id: int) -> GeneratorRecord:
+        row = self.db.execute("SELECT * FROM generators WHERE id = ?", (generator_id,)).fetchone()
+        if row is None:
+            raise ProjectError(f"No generator with id {generator_id} in {self.path.name}.")
+        return self._row_to_generator(row)
+
+    def latest_generator(self) -> GeneratorRecord | None:
+        row = self.db.execute("SELECT * FROM generators ORDER BY id DESC LIMIT 1").fetchone()
+        return None if row is None else self._row_to_generator(row)
+
+    def add_synthetic_image(
+        self,
+        data: bytes,
+        *,
+        sha256: str,
+        generator_id: int,
+        latent: Sequence[float],
+        width: int,
+        height: int,
+        mode: str,
+        round: int | None = None,
+        strategy: str | None = None,
+        score: float | None = None,
+        suffix: str = ".png",
+    ) -> int:
+        """Store a generated image (encoded bytes) as a target pool image flagged synthetic,
+        with its latent code; returns its image id. The file is written before the rows."""
+        location = self.store_media(data, sha256, suffix)
+        latent_bytes = struct.pack(f"<{len(latent)}f", *latent)
+        with self.transaction() as db:
+            image_id, new = self.add_image(sha256=sha256, location=location, stored="media", width=width,
+                                           height=height, mode=mode, bit_depth=8, file_size=len(data))
+            if new:
+                db.execute("UPDATE images SET synthetic = 1 WHERE id = ?", (image_id,))
+                db.execute(
+                    "INSERT INTO synthetic_images (image_id, generator_id, latent, round_id, strategy, score,"
+                    " created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (image_id, generator_id, latent_bytes, round, strategy, score, time.time()),
+                )
+            return image_id
+
+    def set_synthetic_round(self, image_ids: Iterable[int], round_id: int) -> None:
+        with self.transaction() as db:
+            db.executemany("UPDATE synthetic_images SET round_id = ? WHERE image_id = ?",
+                           [(round_id, i) for i in image_ids])
+
+    def synthetic_record(self, image_id: int) -> SyntheticRecord | None:
+        row = self.db.execute("SELECT * FROM synthetic_images WHERE image_id = ?", (image_id,)).fetchone()
+        if row is None:
+            return None
+        values = dict(row)
+        blob = values["latent"]
+        values["latent"] = struct.unpack(f"<{len(blob) // 4}f", blob)
+        return SyntheticRecord(**values)
+
     # ---- checkpoints and rounds ----------------------------------------------
 
     def add_checkpoint(
@@ -820,6 +926,7 @@ class Project:
             "pending_pseudo": pending,
             "rounds": self.db.execute("SELECT COUNT(*) FROM rounds").fetchone()[0],
             "checkpoints": self.db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0],
+            "synthetic": self.db.execute("SELECT COUNT(*) FROM images WHERE synthetic = 1").fetchone()[0],
         }
 
     def integrity_ok(self) -> bool:

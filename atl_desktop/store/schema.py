@@ -138,7 +138,39 @@ def _v1_to_v2(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v0_to_v1, _v1_to_v2]
+def _v2_to_v3(db: sqlite3.Connection) -> None:
+    # GAN sampling (GAAL): generators trained on the pool are recorded like
+    # checkpoints (safetensors files beside the project). A synthetic image is an
+    # ordinary target pool image flagged `synthetic`, so it is labelled and used for
+    # fine-tuning like any other; its latent code (float32, little-endian) and
+    # generator are kept so that it can be traced and regenerated.
+    _run_script(
+        db,
+        """
+        CREATE TABLE generators (
+            id           INTEGER PRIMARY KEY,
+            file         TEXT NOT NULL,
+            sha256       TEXT NOT NULL,
+            architecture TEXT NOT NULL,
+            config       TEXT NOT NULL DEFAULT '{}',
+            metrics      TEXT NOT NULL DEFAULT '{}',
+            created      REAL NOT NULL
+        );
+        CREATE TABLE synthetic_images (
+            image_id     INTEGER PRIMARY KEY REFERENCES images (id),
+            generator_id INTEGER NOT NULL REFERENCES generators (id),
+            latent       BLOB NOT NULL,
+            round_id     INTEGER REFERENCES rounds (id),
+            strategy     TEXT,
+            score        REAL,
+            created      REAL NOT NULL
+        );
+        ALTER TABLE images ADD COLUMN synthetic INTEGER NOT NULL DEFAULT 0;
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v0_to_v1, _v1_to_v2, _v2_to_v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
