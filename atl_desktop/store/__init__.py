@@ -16,9 +16,10 @@ from atl_desktop.store.project import (
     SyntheticRecord,
 )
 from atl_desktop.store.schema import SCHEMA_VERSION
+from atl_desktop.store.slides import PatchRef, PatchRow, SlideRecord
 
 __all__ = [
     "DOMAINS", "LABEL_KINDS", "SPLITS", "SCHEMA_VERSION", "CheckpointRecord", "ClassError",
     "ClassRecord", "GeneratorRecord", "ImageRecord", "LabelEvent", "NewerProjectError", "Project", "ProjectError",
-    "ProjectLockedError", "PseudoLabel", "RoundRecord", "SyntheticRecord",
+    "ProjectLockedError", "PseudoLabel", "RoundRecord", "SyntheticRecord", "PatchRef", "PatchRow", "SlideRecord",
 ]

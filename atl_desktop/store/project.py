@@ -24,6 +24,7 @@ from atl_desktop.store.errors import ClassError, ProjectError
 from atl_desktop.store.files import atomic_write_bytes
 from atl_desktop.store.lock import WriterLock
 from atl_desktop.store.schema import SCHEMA_VERSION, check_not_newer, migrate
+from atl_desktop.store.slides import PatchRef, SlideStore
 
 DOMAINS = ("source", "target")
 SPLITS = ("pool", "val", "test")
@@ -164,7 +165,7 @@ def _is_sqlite_file(path: Path) -> bool:
         return False
 
 
-class Project:
+class Project(SlideStore):
     """An open project. Use `Project.create` or `Project.open`; close it (or use `with`)."""
 
     def __init__(self, path: Path, db: sqlite3.Connection, readonly: bool, lock: WriterLock | None):
@@ -176,6 +177,7 @@ class Project:
         self._owns_lock = lock is not None
         self._depth = 0
         self._thread = threading.get_ident()
+        self._slide_cache = {}  # slide rows by id, for resolving patch references
 
     # ---- opening and closing -------------------------------------------------
 
@@ -419,8 +421,14 @@ class Project:
             params.append(split)
         return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
 
-    def image_path(self, record: ImageRecord) -> Path:
-        """Where the pixels are now: the stored relative location first, then the original path."""
+    def image_path(self, record: ImageRecord) -> Path | PatchRef:
+        """Where the pixels are now: the stored relative location first, then the original path.
+
+        For a patch of a slide, a `PatchRef` (`load_image` reads it).
+        """
+        patch = self.patch_ref(record.location) if record.stored == "ref" else None
+        if patch is not None:
+            return patch
         path = self._resolve(record.location, record.stored)
         if record.stored == "ref" and not path.exists() and record.original_path:
             original = Path(record.original_path)
@@ -440,7 +448,15 @@ class Project:
     def check_files(self) -> dict[str, list[int]]:
         """Images whose file is gone, or whose size or modification time changed since import."""
         missing, changed = [], []
+        slides = self.check_slides()
         for record in self.images():
+            patch = self.patch_ref(record.location) if record.stored == "ref" else None
+            if patch is not None:  # a patch is as good as its slide
+                if patch.slide_id in slides["missing"]:
+                    missing.append(record.id)
+                elif patch.slide_id in slides["changed"]:
+                    changed.append(record.id)
+                continue
             path = self.image_path(record)
             try:
                 st = path.stat()

@@ -170,7 +170,48 @@ def _v2_to_v3(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v0_to_v1, _v1_to_v2, _v2_to_v3]
+def _v3_to_v4(db: sqlite3.Connection) -> None:
+    # Whole slides: one row per slide file, and each patch as an image whose
+    # location is a reference "slide:<id>/<level>/<x>/<y>/<size>/<out size>";
+    # `patches` repeats the numbers, indexed by slide and position for the slide
+    # view. x, y are level-0 pixels; size is the side read at `level`.
+    _run_script(
+        db,
+        """
+        CREATE TABLE slides (
+            id            INTEGER PRIMARY KEY,
+            fingerprint   TEXT NOT NULL UNIQUE,
+            location      TEXT NOT NULL,
+            original_path TEXT,
+            file_size     INTEGER,
+            mtime         REAL,
+            width         INTEGER NOT NULL,
+            height        INTEGER NOT NULL,
+            mpp           REAL,
+            objective     REAL,
+            backend       TEXT NOT NULL,
+            levels        TEXT NOT NULL DEFAULT '[]',
+            tiling        TEXT NOT NULL DEFAULT '{}',
+            added         REAL NOT NULL
+        );
+        CREATE TABLE patches (
+            image_id INTEGER PRIMARY KEY REFERENCES images (id),
+            slide_id INTEGER NOT NULL REFERENCES slides (id),
+            level    INTEGER NOT NULL,
+            x        INTEGER NOT NULL,
+            y        INTEGER NOT NULL,
+            size     INTEGER NOT NULL,
+            out_size INTEGER NOT NULL,
+            tissue   REAL
+        );
+        CREATE INDEX patches_slide ON patches (slide_id, y, x);
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _v0_to_v1, _v1_to_v2, _v2_to_v3, _v3_to_v4,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
