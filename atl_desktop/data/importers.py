@@ -21,9 +21,10 @@ import csv
 import io
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -36,7 +37,7 @@ from atl_desktop.data.decode import (
     read_file_stat,
 )
 from atl_desktop.jobs import Job, Progress
-from atl_desktop.store import DOMAINS, SPLITS, Project, ProjectError
+from atl_desktop.store import DOMAINS, SPLITS, NewImage, Project, ProjectError
 from atl_desktop.store.files import sha256_bytes
 
 FORMATS = ("folder", "imagefolder", "csv", "npz")
@@ -118,14 +119,16 @@ class ImportReport:
 # ---- what a source holds -----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Item:
-    """One image to import: a file, or row `index` of an array."""
+class _Item(NamedTuple):
+    """One image to import: a file, or one image of an array.
 
-    name: str  # for messages and original_path
+    (Tuples rather than dataclasses: a source may hold a million of them.)
+    """
+
+    name: str  # for messages (and original_path of an array)
     split: str
     class_name: str | None
-    path: Path | None = None
+    path: str | None = None
     array: np.ndarray | None = None
 
 
@@ -136,20 +139,11 @@ class _Plan:
     skipped: list[tuple[str, str]]
 
 
-@dataclass(frozen=True)
-class _Ready:
+class _Ready(NamedTuple):
     """An item that was read and checked, ready to be written."""
 
     item: _Item
-    sha256: str
-    location: str
-    stored: str
-    width: int
-    height: int
-    mode: str
-    bit_depth: int
-    file_size: int | None = None
-    mtime: float | None = None
+    image: NewImage
 
 
 # ---- entry point ---------------------------------------------------------------------
@@ -203,15 +197,41 @@ def detect_format(source: Path) -> str:
     return "imagefolder" if len(with_images) >= 2 else "folder"
 
 
+def class_names_in(source: str | os.PathLike) -> list[str]:
+    """The class names an import of `source` would create, in import order, without
+    reading any image: class folders, a CSV's labels, or an .npz's `classes` (else its
+    label values). A folder of unlabelled images has none."""
+    source = Path(source)
+    fmt = detect_format(source)
+    if fmt == "imagefolder":
+        return [e.name for e in sorted(_scan(source), key=lambda e: e.name)
+                if e.is_dir() and not e.name.startswith(".") and _holds_images(Path(e.path))]
+    if fmt == "csv":
+        labels = (row[1].strip() for _, row in _read_csv_rows(source) if len(row) > 1)
+        return list(dict.fromkeys(label for label in labels if label))
+    if fmt == "npz":
+        try:
+            with np.load(source, allow_pickle=False) as arrays:
+                if "classes" in arrays.files:
+                    return [str(c) for c in arrays["classes"]]
+                used = set()
+                for key in (k for k in arrays.files if k == "y" or k.startswith("y_")):
+                    used.update(int(v) for v in np.unique(arrays[key]))
+        except (OSError, ValueError) as error:
+            raise SourceError(f"{source}: not a readable .npz file ({error}).") from None
+        return [str(v) for v in sorted(used)]
+    return []
+
+
 # ---- planners: list what a source holds ----------------------------------------------
 
 
 def _plan_folder(project: Project, source: Path, options: ImportOptions) -> _Plan:
     split = options.split or "pool"
     if source.is_file():
-        return _Plan([_Item(str(source), split, None, path=source)], [], [])
+        return _Plan([_Item(str(source), split, None, path=str(source))], [], [])
     files, skipped = _walk_images(source, project)
-    return _Plan([_Item(str(p), split, None, path=p) for p in files], [], skipped)
+    return _Plan([_Item(p, split, None, path=p) for p in files], [], skipped)
 
 
 def _plan_imagefolder(project: Project, source: Path, options: ImportOptions) -> _Plan:
@@ -228,7 +248,7 @@ def _plan_imagefolder(project: Project, source: Path, options: ImportOptions) ->
         skipped += bad
         if files:
             classes.append(entry.name)
-            items += [_Item(str(p), split, entry.name, path=p) for p in files]
+            items += [_Item(p, split, entry.name, path=p) for p in files]
     return _Plan(items, classes, skipped)
 
 
@@ -243,10 +263,10 @@ def _plan_csv(project: Project, source: Path, options: ImportOptions) -> _Plan:
             skipped.append((f"{source.name}:{number}", "empty path"))
             continue
         path = Path(raw)
-        path = path if path.is_absolute() else source.parent / path
+        path = str(path if path.is_absolute() else source.parent / path)
         if label is not None and label not in classes:
             classes.append(label)
-        items.append(_Item(str(path), split, label, path=path))
+        items.append(_Item(path, split, label, path=path))
     return _Plan(items, classes, skipped)
 
 
@@ -309,10 +329,10 @@ def _holds_images(folder: Path) -> bool:
     return False
 
 
-def _walk_images(folder: Path, project: Project) -> tuple[list[Path], list[tuple[str, str]]]:
+def _walk_images(folder: Path, project: Project) -> tuple[list[str], list[tuple[str, str]]]:
     """Image files under `folder`, sorted; other files are listed as skipped (hidden ones not)."""
     own = os.path.realpath(project.data_dir)
-    files: list[Path] = []
+    files: list[str] = []
     skipped: list[tuple[str, str]] = []
     for root, dirs, names in os.walk(folder):
         dirs[:] = sorted(
@@ -324,7 +344,7 @@ def _walk_images(folder: Path, project: Project) -> tuple[list[Path], list[tuple
                 continue
             path = os.path.join(root, name)
             if _is_image_name(name):
-                files.append(Path(path))
+                files.append(path)
             elif not name.endswith(".atl"):
                 suffix = os.path.splitext(name)[1] or "no extension"
                 skipped.append((path, f"not an image file type ({suffix})"))
@@ -441,18 +461,21 @@ def _reason(error: ImageDecodeError, name: str) -> str:
 def _prepare(project: Project, item: _Item, options: ImportOptions, locator: _Locator) -> _Ready:
     """Read, hash and check one item (outside any transaction)."""
     if item.array is not None:
-        return _prepare_array(project, item)
+        return _prepare_array(project, item, options)
     data, st = read_file_stat(item.path)
     sha = sha256_bytes(data)
     info = check_bytes(data, name=item.name, max_side=options.max_side)
     width, height = info.oriented_size
     if options.copy:
-        location = _media(project, data, sha, item.path.suffix.lower() or ".img")
-        stored = "media"
+        suffix = os.path.splitext(item.path)[1].lower() or ".img"
+        location, stored = _media(project, data, sha, suffix), "media"
     else:
         location, stored = locator.location(item.path), "ref"
-    return _Ready(item, sha, location, stored, width, height, info.mode, info.bit_depth,
-                  file_size=st.st_size, mtime=st.st_mtime)
+    image = NewImage(
+        sha, location, stored, locator.absolute(item.path), st.st_size, st.st_mtime,
+        width, height, info.mode, info.bit_depth, options.domain, item.split,
+    )
+    return _Ready(item, image)
 
 
 class _Locator:
@@ -460,30 +483,37 @@ class _Locator:
 
     def __init__(self, project: Project):
         self.project = project
-        self.base = os.path.realpath(project.path.parent)
+        self.cwd = os.getcwd()
         self.folders: dict[str, str] = {}
 
-    def location(self, path: Path) -> str:
-        text = str(path)
-        if os.path.islink(text):
+    def location(self, path: str) -> str:
+        if os.path.islink(path):
             return self.project.relative_location(path)
-        folder, name = os.path.split(text)
+        folder, name = os.path.split(path)
         prefix = self.folders.get(folder)
         if prefix is None:
             prefix = self.project.relative_location(folder or ".")
             prefix = self.folders[folder] = "" if prefix == "." else prefix + "/"
         return prefix + name
 
+    def absolute(self, path: str) -> str:
+        """`Path(path).absolute()` as text: the file as the user named it, not resolved."""
+        return os.path.join(self.cwd, path)
 
-def _prepare_array(project: Project, item: _Item) -> _Ready:
+
+def _prepare_array(project: Project, item: _Item, options: ImportOptions) -> _Ready:
     pixels = item.array
+    mode = "L" if pixels.ndim == 2 else "RGB"
     buffer = io.BytesIO()
-    Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB").save(buffer, format="PNG")
+    Image.fromarray(pixels, mode).save(buffer, format="PNG")
     data = buffer.getvalue()
     sha = sha256_bytes(data)
     location = _media(project, data, sha, ".png")
-    mode = "L" if pixels.ndim == 2 else "RGB"
-    return _Ready(item, sha, location, "media", pixels.shape[1], pixels.shape[0], mode, 8)
+    image = NewImage(
+        sha, location, "media", item.name, width=pixels.shape[1], height=pixels.shape[0],
+        mode=mode, bit_depth=8, domain=options.domain, split=item.split,
+    )
+    return _Ready(item, image)
 
 
 def _media(project: Project, data: bytes, sha: str, suffix: str) -> str:
@@ -506,17 +536,11 @@ class _Writer:
         self.annotator = label_source
         self._truth: set[int] | None = None  # images with truth, read on first need
 
-    def write(self, batch: Iterable[_Ready]) -> None:
+    def write(self, batch: Sequence[_Ready]) -> None:
         added, duplicates, labelled, ids, conflicts = 0, 0, 0, [], []
         with self.project.transaction():
-            for ready in batch:
-                image_id, is_new = self.project.add_image(
-                    sha256=ready.sha256, location=ready.location, stored=ready.stored,
-                    original_path=self._original(ready.item), width=ready.width,
-                    height=ready.height, mode=ready.mode, bit_depth=ready.bit_depth,
-                    domain=self.options.domain, split=ready.item.split,
-                    file_size=ready.file_size, mtime=ready.mtime,
-                )
+            results = self.project.add_images([ready.image for ready in batch])
+            for ready, (image_id, is_new) in zip(batch, results, strict=True):
                 added += is_new
                 duplicates += not is_new
                 ids.append(image_id)
@@ -530,10 +554,6 @@ class _Writer:
         self.report.labelled += labelled
         self.report.image_ids += ids
         self.report.conflicts += conflicts
-
-    @staticmethod
-    def _original(item: _Item) -> str:
-        return str(item.path.absolute()) if item.path is not None else item.name
 
     def _label(self, image_id: int, is_new: bool, item: _Item) -> bool | str:
         """True when a label (or truth) was recorded; a message when it conflicts."""

@@ -178,8 +178,12 @@ class ImportReportDialog(QDialog):
         self.setWindowTitle("Import report")
         self.resize(760, 460)
         skipped = sum(len(r.skipped) for r in reports)
-        heading = QLabel(f"{skipped} files could not be imported; the rest were." if skipped
-                         else "Every file was imported.")
+        added = sum(r.added for r in reports)
+        self.heading = QLabel(
+            f"{added:,} images imported. {skipped:,} {'file' if skipped == 1 else 'files'} could not be "
+            "imported: each is listed below with the reason. Save the report to fix them later."
+            if skipped else f"{added:,} images imported; every file could be read.")
+        self.heading.setWordWrap(True)
         self.text = QPlainTextEdit("\n\n".join(r.summary(max_listed=100_000) for r in reports))
         self.text.setReadOnly(True)
         save = QPushButton("Save report…")
@@ -191,7 +195,7 @@ class ImportReportDialog(QDialog):
         buttons.addWidget(save)
         buttons.addWidget(close)
         layout = QVBoxLayout(self)
-        layout.addWidget(heading)
+        layout.addWidget(self.heading)
         layout.addWidget(self.text, 1)
         layout.addLayout(buttons)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -22,11 +23,13 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QPushButton,
     QSpinBox,
+    QVBoxLayout,
     QWidget,
     QWizard,
     QWizardPage,
 )
 
+from atl_desktop.data.importers import class_names_in
 from atl_desktop.gui.background import Background
 from atl_desktop.gui.trainsettings import TRAIN_SETTING, WEIGHT_CHOICES
 from atl_desktop.jobs import relabel
@@ -75,6 +78,8 @@ def setup_job(project, *, plan: SetupPlan):
 
 def weights_problem(backbone: str, weights: str | None) -> str | None:
     """Why these weights cannot be used on this machine (nothing downloads); None if fine."""
+    if not backbone:
+        return "Choose a backbone."
     if weights is None:
         return None
     if weights != "imagenet":
@@ -83,7 +88,10 @@ def weights_problem(backbone: str, weights: str | None) -> str | None:
         return "The small CNN has no ImageNet weights: choose random initialisation or a file."
     from atl_desktop.models.weights import imagenet_weights_file
 
-    path, url = imagenet_weights_file(backbone)
+    try:
+        path, url = imagenet_weights_file(backbone)
+    except ValueError:
+        return f"torchvision has no ImageNet weights for {backbone}: choose random initialisation or a file."
     if path.is_file():
         return None
     return (f"ImageNet weights for {backbone} are not on this machine. Nothing is downloaded: "
@@ -92,38 +100,59 @@ def weights_problem(backbone: str, weights: str | None) -> str | None:
 
 
 def _choices() -> dict:
+    """Backbones, and methods and strategies with their descriptions (imports torch: slow)."""
     from atl_desktop.active.strategies import STRATEGIES
-    from atl_desktop.gui.trainsettings import method_catalogue
+    from atl_desktop.gui.trainsettings import method_catalogue, method_tooltip
     from atl_desktop.models import available_backbones
 
-    return {"backbones": available_backbones(), "methods": list(method_catalogue()),
-            "strategies": list(STRATEGIES)}
+    return {"backbones": {name: "" for name in available_backbones()},
+            "methods": {name: method_tooltip(info) for name, info in method_catalogue().items()},
+            "strategies": {name: getattr(s, "help", "") for name, s in STRATEGIES.items()}}
 
 
 class NamePage(QWizardPage):
     def __init__(self, folder: Path):
         super().__init__()
         self.setTitle("Name and place")
-        self.setSubTitle("The project is one .atl file with a folder beside it.")
+        self.setSubTitle("The project is one .atl file with a folder beside it for checkpoints "
+                         "and copied images.")
         self.name = QLineEdit("my-project")
         self.folder = QLineEdit(str(folder))
         browse = QPushButton("Choose…")
-        browse.clicked.connect(lambda: self._pick(self.folder, folder=True))
+        browse.clicked.connect(lambda: self._pick(self.folder))
+        self.where = QLabel()
+        self.where.setWordWrap(True)
         form = QFormLayout(self)
         form.addRow("Name", self.name)
         form.addRow("Folder", _row(self.folder, browse))
-        self.name.textChanged.connect(self.completeChanged)
+        form.addRow("", self.where)
+        for edit in (self.name, self.folder):
+            edit.textChanged.connect(self.completeChanged)
+            edit.textChanged.connect(self._describe)
+        self._describe()
 
     def path(self) -> Path:
         name = self.name.text().strip()
         return Path(self.folder.text()) / (name if name.endswith(".atl") else f"{name}.atl")
 
-    def isComplete(self) -> bool:
-        return bool(self.name.text().strip()) and not self.path().exists()
+    def problem(self) -> str | None:
+        if not self.name.text().strip():
+            return "Give the project a name."
+        if not Path(self.folder.text()).is_dir():
+            return "Choose a folder that exists."
+        if self.path().exists():
+            return f"{self.path().name} already exists there: choose another name."
+        return None
 
-    def _pick(self, edit: QLineEdit, folder: bool) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Folder", edit.text()) if folder else \
-            QFileDialog.getOpenFileName(self, "Source", edit.text())[0]
+    def _describe(self) -> None:
+        problem = self.problem()
+        self.where.setText(f"⚠ {problem}" if problem else f"Creates {self.path()}")
+
+    def isComplete(self) -> bool:
+        return self.problem() is None
+
+    def _pick(self, edit: QLineEdit) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Folder", edit.text())
         if path:
             edit.setText(path)
 
@@ -150,18 +179,54 @@ class DataPage(QWizardPage):
 
 
 class ClassesPage(QWizardPage):
+    """The classes: found in the import (class folders, a CSV's labels, an .npz's names)
+    and shown here to edit, or typed in for a folder of unlabelled images."""
+
     def __init__(self):
         super().__init__()
         self.setTitle("Classes")
-        self.setSubTitle("One class per line. Leave empty to take the classes from the import "
-                         "(class folders, the CSV's labels or the .npz's class names).")
+        self.setSubTitle("One class per line. Classes found in the images are filled in; "
+                         "add, rename or remove them here (and later in the class panel).")
         self.text = QPlainTextEdit()
         self.text.setPlaceholderText("tumour\nstroma\nnormal")
-        form = QFormLayout(self)
-        form.addRow(self.text)
+        self.found = QLabel()
+        self.found.setWordWrap(True)
+        self._background = Background(self)
+        self._filled_from: str | None = None  # the target whose classes were filled in
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.found)
+        layout.addWidget(self.text, 1)
+
+    def initializePage(self) -> None:
+        target = self.field_target()
+        if not target or target == self._filled_from:
+            return
+        self.found.setText("Looking for classes in the images…")
+        self._background.call(lambda: class_names_in(target), lambda names: self.show_found(target, names))
+
+    def field_target(self) -> str:
+        wizard = self.wizard()
+        return wizard.data_page.target.text().strip() if wizard is not None else ""
+
+    def show_found(self, target: str, names) -> None:
+        """Fill in the classes found in `target` (a list, or the error that stopped the look)."""
+        if isinstance(names, Exception):
+            self.found.setText(f"Could not read classes from the images: {names}")
+            return
+        self._filled_from = target
+        if not names:
+            self.found.setText("The images carry no labels: type the classes, one per line "
+                               "(at least two are needed to train).")
+            return
+        self.found.setText(f"Found {len(names)} classes in the images; their labels are imported too.")
+        typed = self.names()
+        self.text.setPlainText("\n".join(dict.fromkeys([*names, *typed])))
 
     def names(self) -> list[str]:
         return list(dict.fromkeys(n.strip() for n in self.text.toPlainText().splitlines() if n.strip()))
+
+    def shutdown(self) -> None:
+        self._background.wait()
 
 
 class ModelPage(QWizardPage):
@@ -187,20 +252,35 @@ class ModelPage(QWizardPage):
                              ("Transfer method", self.method), ("Query strategy", self.strategy),
                              ("First batch", self.batch), ("", self.check)):
             form.addRow(text, widget)
+        self.next_steps = QLabel("Create project writes the project, imports the images, then "
+                                 "scores them and shows the first batch to label.")
+        self.next_steps.setWordWrap(True)
+        form.addRow("", self.next_steps)
         self.backbone.currentTextChanged.connect(lambda _: self.check_weights())
         self.weights.currentIndexChanged.connect(lambda _: self.check_weights())
+        for box in (self.method, self.strategy):
+            box.currentIndexChanged.connect(
+                lambda i, b=box: b.setToolTip(b.itemData(i, Qt.ItemDataRole.ToolTipRole) or ""))
         self._background = Background(self)
         if load_choices:
             self._background.call(_choices, self.set_choices)
 
     def set_choices(self, choices) -> None:
-        if isinstance(choices, dict):
-            for box, key in ((self.backbone, "backbones"), (self.method, "methods"),
-                             (self.strategy, "strategies")):
-                current = box.currentText()
-                box.clear()
-                box.addItems(choices[key])
-                box.setCurrentText(current if current in choices[key] else choices[key][0])
+        """Fill the lists from the registries: {"backbones"|"methods"|"strategies": {name: tooltip}}."""
+        if not isinstance(choices, dict):
+            return  # the registries could not be read: the fixed lists stay
+        for box, key in ((self.backbone, "backbones"), (self.method, "methods"),
+                         (self.strategy, "strategies")):
+            current = box.currentText()
+            box.blockSignals(True)  # an empty box in between is no choice to check
+            box.clear()
+            for name, tip in choices[key].items():
+                box.addItem(name)
+                box.setItemData(box.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
+            box.setCurrentText(current if current in choices[key] else next(iter(choices[key])))
+            box.blockSignals(False)
+            box.setToolTip(choices[key].get(box.currentText(), ""))
+        self.check_weights()
 
     def chosen_weights(self) -> str | None:
         data = self.weights.currentData()
@@ -225,6 +305,9 @@ class ModelPage(QWizardPage):
     def initializePage(self) -> None:
         self.check_weights()
 
+    def shutdown(self) -> None:
+        self._background.wait()
+
 
 class NewProjectWizard(QWizard):
     def __init__(self, folder: Path, parent=None, load_choices: bool = True):
@@ -237,6 +320,13 @@ class NewProjectWizard(QWizard):
         for page in (self.name_page, self.data_page, self.classes_page, self.model_page):
             self.addPage(page)
         self.setButtonText(QWizard.WizardButton.FinishButton, "Create project")
+        self.setWizardStyle(QWizard.WizardStyle.ModernStyle)
+        self.setMinimumSize(720, 520)
+
+    def done(self, result: int) -> None:
+        for page in (self.classes_page, self.model_page):
+            page.shutdown()  # a registry still being read must not answer a closed wizard
+        super().done(result)
 
     def create_project(self) -> tuple[Path, SetupPlan]:
         """Write the project file, its classes and settings; return it and what to run next."""

@@ -27,14 +27,22 @@ def test_the_wizard_creates_a_project_and_the_first_batch(qtbot, open_window, tm
     wizard = NewProjectWizard(tmp_path, load_choices=False)
     qtbot.addWidget(wizard)
     wizard.show()
+    (tmp_path / "taken.atl").write_bytes(b"")
+    wizard.name_page.name.setText("taken")
+    assert not wizard.name_page.isComplete()
+    assert "already exists" in wizard.name_page.where.text()
     wizard.name_page.name.setText("colon")
     assert wizard.name_page.isComplete()
+    assert wizard.name_page.where.text() == f"Creates {tmp_path / 'colon.atl'}"
     wizard.next()
     assert not wizard.data_page.isComplete()  # no images chosen yet
     wizard.data_page.target.setText(str(data))
     assert wizard.data_page.isComplete()
     wizard.next()
-    wizard.next()  # no classes typed: they come from the class folders
+    classes = wizard.classes_page
+    qtbot.waitUntil(lambda: classes.names() == ["adipose", "lymph", "mucus"], timeout=5000)
+    assert "Found 3 classes" in classes.found.text()  # read from the class folders
+    wizard.next()
     model = wizard.model_page
     assert wizard.currentPage() is model
     model.backbone.setCurrentText("smallcnn")
@@ -58,8 +66,12 @@ def test_the_wizard_creates_a_project_and_the_first_batch(qtbot, open_window, tm
     assert project.class_names() == ["adipose", "lymph", "mucus"]
     assert len(project.image_ids()) == 12
     assert len(project.current_labels()) == 12  # the folders' labels were imported
-    assert "truncated.png" in window.import_report.text.toPlainText()
-    window.import_report.close()
+    report = window.import_report
+    assert "truncated.png" in report.text.toPlainText()
+    assert report.isVisible() and "1 file could not be imported" in report.heading.text()
+    report.save_to(tmp_path / "report.txt")
+    assert "truncated.png" in (tmp_path / "report.txt").read_text()
+    report.close()
 
 
 def test_the_first_batch_is_queried_when_the_target_is_unlabelled(qtbot, open_window, tmp_path):
