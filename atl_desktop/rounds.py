@@ -135,10 +135,12 @@ def fine_tune_job(project: Project, config, *, round_id: int | None, pseudo: Map
     """Train as `transfer.train.train_project` does (from the latest checkpoint unless
     `from_scratch`, with the project's transfer method), adding `pseudo` to the labelled
     target images. The last phase's checkpoint is recorded together with the round's
-    "trained" step. Returns (checkpoint id, training metrics)."""
+    "trained" step. A resumed fine-tune starts from the checkpoint the interrupted one
+    started from and skips the phases (source pre-training) it had already recorded.
+    Returns (checkpoint id, training metrics)."""
     from torch.utils.data import ConcatDataset
 
-    from atl_desktop.models.checkpoints import save_checkpoint
+    from atl_desktop.models.checkpoints import load_checkpoint, save_checkpoint
     from atl_desktop.models.transforms import input_transform
     from atl_desktop.transfer.methods import METHODS
     from atl_desktop.transfer.train import _phases, _prefixed, _starting_model, train
@@ -148,7 +150,7 @@ def fine_tune_job(project: Project, config, *, round_id: int | None, pseudo: Map
         raise ProjectError("Training needs at least two classes; add classes first.")
     if config.method not in METHODS:
         raise ProjectError(f"Unknown method {config.method!r}; choose one of {', '.join(METHODS)}.")
-    start = None if from_scratch else project.latest_checkpoint()
+    start = _training_start(project, round_id, from_scratch)
     model = _starting_model(project, config, start, classes)
     if not 0 <= config.freeze <= len(model.stages):
         raise ProjectError(f"{model.backbone_name} has {len(model.stages)} stages; "
@@ -165,8 +167,14 @@ def fine_tune_job(project: Project, config, *, round_id: int | None, pseudo: Map
         raise ProjectError("Nothing to train on: label some images first.")
     parent = start.id if start else None
     metrics: dict = {}
+    recorded_phases = _recorded_phases(project, round_id)
     for k, phase in enumerate(phases):
         name, method, sets = _phase_parts(phase, config)
+        earlier = recorded_phases.get((name, parent))
+        if earlier is not None and k < len(phases) - 1:
+            model, _ = load_checkpoint(project, earlier.id, classes=classes)
+            parent, metrics = earlier.id, dict(earlier.metrics)
+            continue
         job = train(model, sets["train"], config, val_set=sets["val"], source_set=sets["source"],
                     target_set=sets["target"], method=method)
         result = yield from _prefixed(job, name)
@@ -180,6 +188,28 @@ def fine_tune_job(project: Project, config, *, round_id: int | None, pseudo: Map
             if k == len(phases) - 1 and round_id is not None:
                 record_step(project, round_id, "trained", checkpoint=parent, train=metrics)
     return parent, metrics
+
+
+def _training_start(project: Project, round_id: int | None, from_scratch: bool):
+    """The checkpoint a fine-tune starts from (None: a fresh model). A round's choice is
+    kept in its state the first time, since an interrupted fine-tune may have recorded
+    a phase's checkpoint (which then is the latest) before it was stopped."""
+    if round_id is None:
+        return None if from_scratch else project.latest_checkpoint()
+    state = round_state(project, round_id)
+    if "train_from" in state.data:
+        saved = state.data["train_from"]
+        return None if saved is None else project.checkpoint(int(saved))
+    start = None if from_scratch else project.latest_checkpoint()
+    record_step(project, round_id, state.step, train_from=None if start is None else start.id)
+    return start
+
+
+def _recorded_phases(project: Project, round_id: int | None) -> dict:
+    """This round's checkpoints of finished phases, by (phase name, parent checkpoint)."""
+    if round_id is None:
+        return {}
+    return {(c.config.get("phase"), c.parent_id): c for c in project.checkpoints() if c.round_id == round_id}
 
 
 def _phase_parts(phase: tuple, config):

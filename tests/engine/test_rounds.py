@@ -125,7 +125,13 @@ def on_commit(step):
     if step == when:
         die()
 def on_progress(p):
+    if when == "mid-query" and p.message == "query" and p.done >= 1:
+        die()  # the pool's scores are partly cached, no round is recorded yet
+    if when == "mid-pseudo" and p.message == "pseudo-labelling":
+        die()
     if when == "mid-training" and "fine-tuning" in p.message and p.done >= 1:
+        die()
+    if when == "mid-assess" and p.message.startswith("evaluating"):
         die()
 with Project.open(path) as project:
     run_job(round_job(project, strategy="entropy", batch=10, pseudo=PseudoLabelConfig(**{pseudo}),
@@ -141,7 +147,15 @@ def uninterrupted(template, tmp_path_factory):
     return _records(path)
 
 
-@pytest.mark.parametrize("when", ["queried", "labelled", "pseudo-labelled", "mid-training", "trained"])
+# Where the killed process stops -> the step the round has committed (None: no round yet).
+KILL_POINTS = {
+    "mid-query": None, "queried": "queried", "labelled": "labelled", "mid-pseudo": "labelled",
+    "pseudo-labelled": "pseudo-labelled", "mid-training": "pseudo-labelled", "trained": "trained",
+    "mid-assess": "trained",
+}
+
+
+@pytest.mark.parametrize("when", list(KILL_POINTS))
 def test_a_round_killed_anywhere_resumes_to_the_same_records(template, uninterrupted, tmp_path, when):
     path = copy_project(template, tmp_path)
     script = KILLER.replace("{pseudo}", repr(PSEUDO.to_json()))
@@ -149,14 +163,63 @@ def test_a_round_killed_anywhere_resumes_to_the_same_records(template, uninterru
     assert done.returncode == -9, done.stderr.decode()[-2000:]
     with Project.open(path) as p:
         current = open_round(p)
-        assert current is not None  # killed inside the round
-        expected_step = {"queried": "queried", "labelled": "labelled", "pseudo-labelled": "pseudo-labelled",
-                         "mid-training": "pseudo-labelled", "trained": "trained"}[when]
-        assert round_state(p, current.id).step == expected_step
+        if KILL_POINTS[when] is None:
+            assert current is None and len(p.rounds()) == 1  # killed before the round was recorded
+        else:
+            assert round_state(p, current.id).step == KILL_POINTS[when]
         assert p.integrity_ok()
         run_job(round_job(p, strategy="entropy", batch=10, pseudo=PSEUDO))  # resumes, no new query
         assert open_round(p) is None and len(p.rounds()) == 2
     assert _records(path) == uninterrupted
+
+
+FIRST_ROUND = """
+import os, signal, sys
+from atl_desktop.jobs import run_job
+from atl_desktop.session import finish_round_job
+from atl_desktop.store import Project
+
+def on_progress(p):
+    if p.message.startswith("fine-tuning") and p.done >= 1:  # the second phase
+        os.kill(os.getpid(), signal.SIGKILL)
+with Project.open(sys.argv[1]) as project:
+    run_job(finish_round_job(project, oracle=True, from_scratch=True), on_progress=on_progress)
+"""
+
+
+def test_a_round_killed_between_its_training_phases_resumes_to_the_same_records(tmp_path):
+    """Training from scratch with source images has two phases (source pre-training, then
+    fine-tuning), the first recorded as a checkpoint of its own: the resumed round must
+    neither train it again nor start the second phase anywhere else."""
+    from atl_desktop.data.importers import ImportOptions, import_source
+
+    with np.load(TESTDATA / "usps_900.npz", allow_pickle=False) as f:
+        np.savez(tmp_path / "usps.npz", x_train=f["x_train"][:60], y_train=f["y_train"][:60],
+                 x_test=f["x_test"][:40], y_test=f["y_test"][:40], classes=f["classes"])
+    with np.load(TESTDATA / "mnist_600.npz", allow_pickle=False) as f:
+        np.savez(tmp_path / "mnist.npz", x=f["x"][:100], y=f["y"][:100], classes=f["classes"])
+    fresh = tmp_path / "fresh" / "p.atl"
+    fresh.parent.mkdir()
+    with Project.create(fresh) as p:
+        run_job(import_source(p, tmp_path / "usps.npz", ImportOptions(labels="truth")))
+        run_job(import_source(p, tmp_path / "mnist.npz", ImportOptions(domain="source")))
+        p.set_setting(TRAIN_SETTING, {**TRAIN, "epochs": 2})
+        run_job(query_job(p, strategy="random", batch=10, seed=2))
+    (tmp_path / "reference").mkdir()
+    reference = copy_project(fresh, tmp_path / "reference")
+    with Project.open(reference) as p:
+        run_job(finish_round_job(p, oracle=True, from_scratch=True))
+        phases = [c.config["phase"] for c in p.checkpoints()]
+    assert phases == ["source pre-training", "fine-tuning"]
+
+    done = subprocess.run([PYTHON, "-c", FIRST_ROUND, str(fresh)], cwd=ROOT, capture_output=True, timeout=120)
+    assert done.returncode == -9, done.stderr.decode()[-2000:]
+    with Project.open(fresh) as p:
+        assert [c.config["phase"] for c in p.checkpoints()] == ["source pre-training"]
+        assert round_state(p, open_round(p).id).step == "labelled"
+        run_job(finish_round_job(p, oracle=True, from_scratch=True))  # the recorded phase is kept
+        assert len(p.checkpoints()) == 2
+    assert _records(fresh) == _records(reference)
 
 
 def test_accepted_and_rejected_pseudo_labels_are_kept_apart(template, tmp_path):
