@@ -2,11 +2,12 @@
 # Install ATL Desktop from this checkout into ./.venv, with the system libraries Qt needs.
 # Usage: bash packaging/install.sh [--dev]
 #   --dev  also install the test and lint tools (pytest, pytest-qt, ruff, import-linter, ...)
+# Whole-slide reading (the `slides` extra: tiffslide, tifffile, imagecodecs) is always installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extra=""
-[ "${1:-}" = "--dev" ] && extra="[dev]"
+extra="[slides]"
+[ "${1:-}" = "--dev" ] && extra="[dev,slides]"
 
 # Qt's shared libraries: offscreen needs the first group, a real window on X11 the xcb ones.
 qt_libs=(

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from atl_desktop.data.decode import DEFAULT_MAX_SIDE, IMAGE_SUFFIXES, load_image
 from atl_desktop.data.importers import SourceError
-from atl_desktop.store import Project, ProjectError
+from atl_desktop.store import PatchRef, Project, ProjectError
 
 UNLABELLED = -1
 Transform = Callable[[Image.Image], torch.Tensor]
@@ -48,7 +48,8 @@ class ImageDataset(Dataset):
     ):
         if labels is not None and len(labels) != len(paths):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels.")
-        self.paths = [Path(p) for p in paths]
+        # A patch of a slide (PatchRef) stays a reference; load_image reads it.
+        self.paths = [p if isinstance(p, PatchRef) else Path(p) for p in paths]
         self.labels = None if labels is None else [int(v) for v in labels]
         self.transform = transform
         self.max_side = max_side

@@ -48,6 +48,8 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from atl_desktop.store.slides import PatchRef
+
 T = TypeVar("T")
 
 DEFAULT_MAX_SIDE = 20000
@@ -90,7 +92,15 @@ class ImageInfo:
 
 
 def load_image(path: str | os.PathLike, max_side: int = DEFAULT_MAX_SIDE) -> Image.Image:
-    """Decode the image at `path` into an 8-bit "RGB" or "L" image (rules in the module docstring)."""
+    """Decode the image at `path` into an 8-bit "RGB" or "L" image (rules in the module docstring).
+
+    `path` may also be a patch of a slide (a `PatchRef`, what the project gives for
+    one): its pixels are read from the slide.
+    """
+    if isinstance(path, PatchRef):
+        from atl_desktop.data.slides import read_patch
+
+        return read_patch(path)
     return decode_bytes(read_file(path), name=str(path), max_side=max_side)[0]
 
 
