@@ -10,6 +10,7 @@ from atl_desktop.store.project import (
     GeneratorRecord,
     ImageRecord,
     LabelEvent,
+    NewImage,
     Project,
     PseudoLabel,
     RoundRecord,
@@ -20,6 +21,6 @@ from atl_desktop.store.slides import PatchRef, PatchRow, SlideRecord
 
 __all__ = [
     "DOMAINS", "LABEL_KINDS", "SPLITS", "SCHEMA_VERSION", "CheckpointRecord", "ClassError",
-    "ClassRecord", "GeneratorRecord", "ImageRecord", "LabelEvent", "NewerProjectError", "Project", "ProjectError",
+    "ClassRecord", "GeneratorRecord", "ImageRecord", "LabelEvent", "NewImage", "NewerProjectError", "Project", "ProjectError",
     "ProjectLockedError", "PseudoLabel", "RoundRecord", "SyntheticRecord", "PatchRef", "PatchRow", "SlideRecord",
 ]

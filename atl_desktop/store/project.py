@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from atl_desktop.store.errors import ClassError, ProjectError
 from atl_desktop.store.files import atomic_write_bytes
@@ -56,6 +56,39 @@ class ImageRecord:
     split: str
     added: float
     synthetic: int = 0  # 1: made by a generator (GAAL), see synthetic_images
+
+
+class NewImage(NamedTuple):
+    """An image to record (`Project.add_images`); the fields are columns of the images table."""
+
+    sha256: str
+    location: str
+    stored: str = "ref"  # "ref": a path relative to the project file; "media": in NAME.atl.d/
+    original_path: str | None = None
+    file_size: int | None = None  # None: read from the file
+    mtime: float | None = None
+    width: int | None = None
+    height: int | None = None
+    mode: str | None = None
+    bit_depth: int | None = None
+    domain: str = "target"
+    split: str = "pool"
+
+
+# A tuple of NewImage's fields and the time added; an existing content hash is left as it is.
+_INSERT_IMAGE = (
+    f"INSERT INTO images ({', '.join(NewImage._fields)}, added)"
+    f" VALUES ({', '.join('?' * (len(NewImage._fields) + 1))}) ON CONFLICT (sha256) DO NOTHING"
+)
+
+
+def _check_new_image(image: NewImage) -> None:
+    if image.domain not in DOMAINS:
+        raise ProjectError(f"Unknown domain {image.domain!r}; use one of {', '.join(DOMAINS)}.")
+    if image.split not in SPLITS:
+        raise ProjectError(f"Unknown split {image.split!r}; use one of {', '.join(SPLITS)}.")
+    if image.stored not in ("ref", "media"):
+        raise ProjectError(f"Unknown storage {image.stored!r}.")
 
 
 @dataclass(frozen=True)
@@ -356,27 +389,30 @@ class Project(SlideStore):
         `file_size` and `mtime` (to notice a changed file later) are read from the
         file when not given; importers that already read it pass them and save a stat.
         """
-        if domain not in DOMAINS:
-            raise ProjectError(f"Unknown domain {domain!r}; use one of {', '.join(DOMAINS)}.")
-        if split not in SPLITS:
-            raise ProjectError(f"Unknown split {split!r}; use one of {', '.join(SPLITS)}.")
-        if stored not in ("ref", "media"):
-            raise ProjectError(f"Unknown storage {stored!r}.")
-        if file_size is None:
-            file_size, mtime = self._stat(location, stored)
+        image = NewImage(sha256, location, stored, original_path, file_size, mtime, width, height,
+                         mode, bit_depth, domain, split)
+        return self.add_images([image])[0]
+
+    def add_images(self, images: Iterable[NewImage]) -> list[tuple[int, bool]]:
+        """`add_image` for each of `images`, in order, in one transaction: (id, is new) each.
+
+        A duplicate of an image recorded before, or earlier in `images`, gets that image's id.
+        """
+        added = time.time()
+        results = []
         with self.transaction() as db:
-            row = db.execute(
-                "INSERT INTO images (sha256, location, stored, original_path, file_size, mtime,"
-                " width, height, mode, bit_depth, domain, split, added)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (sha256) DO NOTHING RETURNING id",
-                (sha256, location, stored, original_path, file_size, mtime, width, height, mode,
-                 bit_depth, domain, split, time.time()),
-            ).fetchone()
-            if row is not None:
-                return row[0], True
-            existing = db.execute("SELECT id FROM images WHERE sha256 = ?", (sha256,)).fetchone()
-            return existing[0], False
+            for image in images:
+                _check_new_image(image)
+                if image.file_size is None:
+                    file_size, mtime = self._stat(image.location, image.stored)
+                    image = image._replace(file_size=file_size, mtime=mtime)
+                cursor = db.execute(_INSERT_IMAGE, (*image, added))
+                if cursor.rowcount:  # 0 when the content was there already
+                    results.append((cursor.lastrowid, True))
+                else:
+                    row = db.execute("SELECT id FROM images WHERE sha256 = ?", (image.sha256,)).fetchone()
+                    results.append((row[0], False))
+        return results
 
     def _stat(self, location: str, stored: str) -> tuple[int | None, float | None]:
         try:

@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from atl_desktop.store import ClassError, NewerProjectError, Project, ProjectError, schema
+from atl_desktop.store import ClassError, NewerProjectError, NewImage, Project, ProjectError, schema
 from atl_desktop.store.schema import MIGRATIONS, SCHEMA_VERSION, migrate
 
 
@@ -56,6 +56,32 @@ def test_duplicate_content_is_merged(project):
     second = project.add_image(sha256=_sha(1), location="y.png")
     assert first == (first[0], True) and second == (first[0], False)
     assert len(project.images()) == 1
+
+
+def test_add_images_merges_duplicates_in_the_batch_and_before_it(project, tmp_path):
+    (tmp_path / "c.png").write_bytes(b"12345")
+    old, _ = project.add_image(sha256=_sha(1), location="old.png")
+    results = project.add_images([
+        NewImage(_sha(2), "a.png", file_size=10, mtime=1.5, width=3, height=4, mode="L", bit_depth=8),
+        NewImage(_sha(1), "b.png"),  # the content of "old.png"
+        NewImage(_sha(3), "c.png", domain="source", split="val"),  # size and mtime read from the file
+        NewImage(_sha(2), "d.png"),  # the content of "a.png", earlier in the batch
+    ])
+    a, c = results[0][0], results[2][0]
+    assert results == [(a, True), (old, False), (c, True), (a, False)]
+    assert len({old, a, c}) == 3
+    records = {r.id: r for r in project.images()}
+    assert len(records) == 3
+    assert records[a].location == "a.png" and records[a].file_size == 10 and records[a].mtime == 1.5
+    assert (records[a].width, records[a].height, records[a].mode, records[a].bit_depth) == (3, 4, "L", 8)
+    assert records[c].file_size == 5 and records[c].mtime == (tmp_path / "c.png").stat().st_mtime
+    assert (records[c].domain, records[c].split) == ("source", "val")
+
+
+def test_add_images_refuses_a_bad_batch_whole(project):
+    with pytest.raises(ProjectError, match="Unknown split"):
+        project.add_images([NewImage(_sha(1), "a.png"), NewImage(_sha(2), "b.png", split="train")])
+    assert project.images() == []
 
 
 def test_bad_values_are_refused_with_a_message(project):
