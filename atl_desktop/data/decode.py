@@ -62,6 +62,7 @@ _BITS_PER_MODE = {"1": 1, "I": 32, "F": 32, **dict.fromkeys(_SIXTEEN_BIT, 16)}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _TIFF_BITS_PER_SAMPLE = 258
 _HARMLESS_WARNINGS = ("Metadata Warning", "Corrupt EXIF", "Possibly corrupt EXIF")
+_READ_CHUNK = 1 << 20
 
 
 class ImageDecodeError(ValueError):
@@ -121,9 +122,15 @@ def read_file(path: str | os.PathLike) -> bytes:
 def read_file_stat(path: str | os.PathLike) -> tuple[bytes, os.stat_result]:
     """`read_file`, plus the file's stat taken from the open file (size, mtime)."""
     try:
-        with open(path, "rb", buffering=0) as f:
-            st = os.fstat(f.fileno())
-            data = f.readall()
+        # os-level calls: for a small image, Python's file objects cost more than the read.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            st = os.fstat(fd)
+            data = os.read(fd, st.st_size + 1)  # the whole file, unless it grew since fstat
+            while more := os.read(fd, _READ_CHUNK):  # ... then read on to its end
+                data += more
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         raise ImageDecodeError(f"{path}: file not found.") from None
     except PermissionError:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from atl_desktop.data.decode import ImageDecodeError, decode_bytes, load_image, probe
+from atl_desktop.data.decode import ImageDecodeError, decode_bytes, load_image, probe, read_file
 
 
 def _save(img: Image.Image, path: Path, **kwargs) -> Path:
@@ -288,12 +288,31 @@ def test_permission_error_reported_even_as_root(tmp_path, monkeypatch):
     # The chmod test above is skipped under root; this one simulates what the OS says.
     path = _save(_noise_rgb(), tmp_path / "p.png")
 
-    def refuse(*args, **kwargs):
-        raise PermissionError(13, "Permission denied")
+    real_open = os.open
 
-    monkeypatch.setattr("atl_desktop.data.decode.open", refuse, raising=False)
+    def refuse(file, *args, **kwargs):
+        if os.fspath(file) == os.fspath(path):
+            raise PermissionError(13, "Permission denied")
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)
     with pytest.raises(ImageDecodeError, match="permission denied"):
         load_image(path)
+
+
+def test_read_file_reads_to_the_end_of_a_file_that_grew_after_fstat(tmp_path, monkeypatch):
+    path = tmp_path / "growing.bin"
+    data = bytes(range(256)) * 5000  # 1.28 MB: more than one read after the first
+    path.write_bytes(data)
+    real_fstat = os.fstat
+
+    def stale_fstat(fd):  # the size the file had when it was opened
+        fields = list(real_fstat(fd)[:10])
+        fields[6] = 100  # st_size
+        return os.stat_result(fields)
+
+    monkeypatch.setattr(os, "fstat", stale_fstat)
+    assert read_file(path) == data
 
 
 def test_probe_reads_the_header_only(tmp_path):
