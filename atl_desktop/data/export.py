@@ -18,10 +18,10 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from atl_desktop.data.decode import IMAGE_SUFFIXES
+from atl_desktop.data.decode import IMAGE_SUFFIXES, load_image
 from atl_desktop.jobs import Job, Progress
-from atl_desktop.store import ImageRecord, LabelEvent, Project, ProjectError
-from atl_desktop.store.files import atomic_write_text
+from atl_desktop.store import ImageRecord, LabelEvent, PatchRef, Project, ProjectError
+from atl_desktop.store.files import atomic_write_bytes, atomic_write_text
 
 EXPORT_FORMATS = ("csv", "json", "imagefolder")
 CSV_COLUMNS = ("path", "label", "who", "round", "confidence")
@@ -93,7 +93,7 @@ def class_folder_names(names: Iterable[str]) -> dict[str, str]:
 @dataclass(frozen=True)
 class _Row:
     record: ImageRecord
-    path: Path
+    path: Path | PatchRef
     label: str
     newest: LabelEvent
 
@@ -113,6 +113,17 @@ def _labelled_rows(project: Project) -> list[_Row]:
     return rows
 
 
+def _path_text(path: Path | PatchRef) -> str:
+    """An absolute path; for a patch, the slide's path with the patch's place after '#'."""
+    return str(path) if isinstance(path, PatchRef) else os.path.abspath(path)
+
+
+def _png(img) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def _who(event: LabelEvent) -> str:
     return f"{event.kind}:{event.annotator}" if event.annotator else event.kind
 
@@ -130,7 +141,7 @@ def export_csv(project: Project, out: str | os.PathLike, overwrite: bool = False
     for row in rows:
         event = row.newest
         writer.writerow([
-            os.path.abspath(row.path), row.label, _who(event),
+            _path_text(row.path), row.label, _who(event),
             "" if event.round_id is None else event.round_id,
             "" if event.confidence is None else repr(event.confidence),
         ])
@@ -162,7 +173,7 @@ def json_document(project: Project) -> dict:
         images.append({
             "id": record.id,
             "sha256": record.sha256,
-            "path": os.path.abspath(project.image_path(record)),
+            "path": _path_text(project.image_path(record)),
             "location": record.location,
             "stored": record.stored,
             "domain": record.domain,
@@ -216,11 +227,15 @@ def export_imagefolder(
     report = ExportReport(str(root), "imagefolder", folders=dict(folders))
     used: set[str] = set()
     for done, row in enumerate(rows, 1):
-        if not row.path.is_file():
+        if not (row.path.exists() if isinstance(row.path, PatchRef) else row.path.is_file()):
             report.missing.append(str(row.path))
         else:
             folder = _class_folder(root, folders[row.label])
-            _place(row.path, folder / _unique_file_name(row, folders[row.label], used), symlink)
+            target = folder / _unique_file_name(row, folders[row.label], used)
+            if isinstance(row.path, PatchRef):  # a patch of a slide: its pixels, as a PNG
+                atomic_write_bytes(target, _png(load_image(row.path)))
+            else:
+                _place(row.path, target, symlink)
             report.written += 1
         if done % 50 == 0 or done == len(rows):
             yield Progress(done, len(rows), "exporting")
@@ -249,7 +264,7 @@ def _class_folder(root: Path, name: str) -> Path:
 def _unique_file_name(row: _Row, folder: str, used: set[str]) -> str:
     record = row.record
     original = Path(record.original_path or "").name
-    suffix = row.path.suffix.lower() or ".png"
+    suffix = ".png" if isinstance(row.path, PatchRef) else (row.path.suffix.lower() or ".png")
     stem = Path(original).stem if Path(original).suffix.lower() in IMAGE_SUFFIXES else ""
     name = safe_name(f"{stem}{suffix}" if stem else f"image_{record.id}{suffix}")
     if f"{folder}/{name}".lower() in used:

@@ -310,3 +310,21 @@ def test_csv_and_geojson_exports(tmp_path, slide, capsys):
     assert atl(["slide", "export", str(project_file), str(tmp_path / "out"), "--format", "geojson"]) == 0
     written = json.loads(next((tmp_path / "out").glob("*.geojson")).read_text())
     assert len(written["features"]) == 9
+
+
+def test_label_exports_write_patch_pixels_and_references(tmp_path, slide):
+    from atl_desktop.data.export import export_csv, export_imagefolder
+    from atl_desktop.jobs import collect
+
+    path, levels = slide
+    with Project.create(tmp_path / "p.atl") as project:
+        tumour = project.add_class("tumour")
+        report = _add(project, path, patch=128, tissue_side=256)
+        project.set_label(report.image_ids[0], tumour)
+        ref = project.image_path(project.image(report.image_ids[0]))
+        export_csv(project, tmp_path / "labels.csv")
+        collect(export_imagefolder(project, tmp_path / "folders"))
+    line = (tmp_path / "labels.csv").read_text().splitlines()[1]
+    assert line.startswith(f"{path}#level=0&x={ref.x}&y={ref.y}&size=128,tumour")
+    (png,) = (tmp_path / "folders" / "tumour").iterdir()
+    assert np.array_equal(np.asarray(Image.open(png)), levels[0][ref.y: ref.y + 128, ref.x: ref.x + 128])
