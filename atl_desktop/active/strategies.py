@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,8 @@ class SelectionInput:
     source_features:   (S, D) source-domain images (MMD counts them as labelled)
     augmented_probs:   (N, m, C) predictions over m augmented patches (AIFT)
     mc_probs:          (N, T, C) predictions over T MC-dropout samples (BALD)
+    generative:        gansampling.GanContext: the GAN, the classifier and, for ASAL,
+                       the pool in a GAN feature space (GAAL, ASAL)
     """
 
     probs: np.ndarray | None = None
@@ -44,6 +47,7 @@ class SelectionInput:
     source_features: np.ndarray | None = None
     augmented_probs: np.ndarray | None = None
     mc_probs: np.ndarray | None = None
+    generative: Any = None
 
     def __len__(self) -> int:
         for a in (self.probs, self.features, self.augmented_probs, self.mc_probs):
@@ -466,15 +470,32 @@ def select_kmeans(data: SelectionInput, batch: int, rng: np.random.Generator,
     return kmeans_select(data.features, batch, rng, iterations=iterations)
 
 
+def select_gaal(data: SelectionInput, batch: int, rng: np.random.Generator, **params):
+    """GAAL: new images that maximise the classifier's entropy (a gansampling.SyntheticBatch)."""
+    from atl_desktop.active.gansampling import gaal_synthesise
+
+    data.require("generative")
+    return gaal_synthesise(data.generative, batch, rng, **params)
+
+
+def select_asal(data: SelectionInput, batch: int, rng: np.random.Generator, **params) -> np.ndarray:
+    """ASAL: the unlabelled pool images nearest to high-entropy synthetic images."""
+    from atl_desktop.active.gansampling import asal_matches
+
+    data.require("generative")
+    return asal_matches(data.generative, batch, rng, **params).rows
+
+
 @dataclass(frozen=True)
 class Strategy:
     select: Callable[..., np.ndarray]
     needs: frozenset[str]  # SelectionInput fields the scoring pass must fill
     help: str
+    synthetic: bool = False  # True: `select` makes new images (see `synthesise`), not pool rows
 
 
-def _s(select: Callable[..., np.ndarray], needs: str, help: str) -> Strategy:
-    return Strategy(select, frozenset(needs.split()), help)
+def _s(select: Callable[..., np.ndarray], needs: str, help: str, synthetic: bool = False) -> Strategy:
+    return Strategy(select, frozenset(needs.split()), help, synthetic)
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -488,6 +509,9 @@ STRATEGIES: dict[str, Strategy] = {
     "mmd": _s(select_mmd, "features labelled_features source_features", "greedy MMD reduction"),
     "hybrid": _s(select_hybrid, "probs features labelled_features", "uncertainty shortlist, then diversity"),
     "kmeans": _s(select_kmeans, "features", "cold start: one sample per k-means cluster"),
+    "gaal": _s(select_gaal, "generative", "GAAL: GAN-made images of maximal entropy, labelled as they are",
+               synthetic=True),
+    "asal": _s(select_asal, "generative", "ASAL: pool images nearest to GAN-made high-entropy images"),
 }
 
 
@@ -497,4 +521,14 @@ def select(name: str, data: SelectionInput, batch: int, rng: np.random.Generator
         strategy = STRATEGIES[name]
     except KeyError:
         raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}") from None
+    if strategy.synthetic:
+        raise ValueError(f"{name} makes new images instead of choosing pool rows; use synthesise()")
     return np.asarray(strategy.select(data, batch, rng, **params), dtype=np.int64)
+
+
+def synthesise(name: str, data: SelectionInput, batch: int, rng: np.random.Generator, **params):
+    """Run the registered synthetic strategy `name` (GAAL): a gansampling.SyntheticBatch."""
+    strategy = STRATEGIES.get(name)
+    if strategy is None or not strategy.synthetic:
+        raise ValueError(f"{name!r} is not a strategy that makes new images")
+    return strategy.select(data, batch, rng, **params)
