@@ -250,10 +250,12 @@ def test_every_registered_strategy_runs_and_returns_distinct_rows():
         mc_probs=rng.dirichlet(np.ones(c), size=(n, 4)),
     )
     for name, strategy in STRATEGIES.items():
+        assert strategy.needs <= {f for f in SelectionInput.__dataclass_fields__}, name
+        if "generative" in strategy.needs:
+            continue  # GAAL and ASAL need a GAN: tests/engine/test_gansampling.py
         picks = select(name, data, 6, np.random.default_rng(1))
         assert len(picks) == 6 and len(set(picks.tolist())) == 6, name
         assert picks.min() >= 0 and picks.max() < n, name
-        assert strategy.needs <= {f for f in SelectionInput.__dataclass_fields__}, name
 
 
 def test_missing_inputs_and_unknown_names_are_clear_errors():
