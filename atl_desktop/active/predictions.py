@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from atl_desktop.active.scores import entropy_of
-from atl_desktop.active.scoring import load_scores, unscored
+from atl_desktop.active.scoring import _locate, _parts, load_scores
 from atl_desktop.store import Project
 
 
@@ -51,6 +51,11 @@ class Predictions:
         return out
 
 
+def _finished(folder: Path, ids: np.ndarray) -> np.ndarray:
+    """Mask of the ids whose rows are complete in the cache `folder`."""
+    return _locate(_parts(folder, writable=False), ids)[2]
+
+
 def latest_predictions(project: Project, image_ids: Sequence[int]) -> Predictions:
     """Predictions of the active checkpoint for `image_ids`, from whichever of its score
     caches (plain, AIFT or BALD pass) holds the most of them."""
@@ -64,7 +69,7 @@ def latest_predictions(project: Project, image_ids: Sequence[int]) -> Prediction
     best, best_mask = None, None
     for folder in sorted(root.glob("*")) if root.is_dir() else ():
         if folder.is_dir():
-            mask = ~unscored(folder, ids)
+            mask = _finished(folder, ids)
             if best_mask is None or mask.sum() > best_mask.sum():
                 best, best_mask = folder, mask
     if best is not None and best_mask.any():
