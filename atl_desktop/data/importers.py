@@ -47,6 +47,7 @@ CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 CSV_PATH_HEADERS = frozenset({"path", "file", "filename", "file_name", "image", "image_path", "filepath"})
 CSV_LABEL_HEADERS = frozenset({"label", "class", "class_name", "category", "target", "y"})
 _PROGRESS_EVERY_S = 0.1
+_PROJECT_FILES = (".atl", ".atl-wal", ".atl-shm", ".atl-journal")  # a project and SQLite's files beside it
 
 
 class SourceError(ProjectError):
@@ -129,6 +130,7 @@ class _Item(NamedTuple):
     split: str
     class_name: str | None
     path: str | None = None
+    link: bool = False  # the file is a symbolic link (its target is what the project refers to)
     array: np.ndarray | None = None
 
 
@@ -229,9 +231,9 @@ def class_names_in(source: str | os.PathLike) -> list[str]:
 def _plan_folder(project: Project, source: Path, options: ImportOptions) -> _Plan:
     split = options.split or "pool"
     if source.is_file():
-        return _Plan([_Item(str(source), split, None, path=str(source))], [], [])
+        return _Plan([_Item(str(source), split, None, path=str(source), link=source.is_symlink())], [], [])
     files, skipped = _walk_images(source, project)
-    return _Plan([_Item(p, split, None, path=p) for p in files], [], skipped)
+    return _Plan([_Item(p, split, None, path=p, link=link) for p, link in files], [], skipped)
 
 
 def _plan_imagefolder(project: Project, source: Path, options: ImportOptions) -> _Plan:
@@ -248,7 +250,7 @@ def _plan_imagefolder(project: Project, source: Path, options: ImportOptions) ->
         skipped += bad
         if files:
             classes.append(entry.name)
-            items += [_Item(p, split, entry.name, path=p) for p in files]
+            items += [_Item(p, split, entry.name, path=p, link=link) for p, link in files]
     return _Plan(items, classes, skipped)
 
 
@@ -266,7 +268,7 @@ def _plan_csv(project: Project, source: Path, options: ImportOptions) -> _Plan:
         path = str(path if path.is_absolute() else source.parent / path)
         if label is not None and label not in classes:
             classes.append(label)
-        items.append(_Item(path, split, label, path=path))
+        items.append(_Item(path, split, label, path=path, link=os.path.islink(path)))
     return _Plan(items, classes, skipped)
 
 
@@ -329,26 +331,44 @@ def _holds_images(folder: Path) -> bool:
     return False
 
 
-def _walk_images(folder: Path, project: Project) -> tuple[list[str], list[tuple[str, str]]]:
-    """Image files under `folder`, sorted; other files are listed as skipped (hidden ones not)."""
+def _walk_images(folder: Path, project: Project) -> tuple[list[tuple[str, bool]], list[tuple[str, str]]]:
+    """Image files under `folder` as (path, is a symbolic link), in the order of a top-down
+    `os.walk` with sorted names; other files are listed as skipped (hidden ones not).
+
+    Like `os.walk`, links to folders are not followed and unreadable folders are passed
+    over. Walking with `os.scandir` tells links apart without a system call per file.
+    """
     own = os.path.realpath(project.data_dir)
-    files: list[str] = []
+    files: list[tuple[str, bool]] = []
     skipped: list[tuple[str, str]] = []
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(
-            d for d in dirs
-            if not d.startswith(".") and os.path.realpath(os.path.join(root, d)) != own
-        )
-        for name in sorted(names):
-            if name.startswith("."):
+    pending = [str(folder)]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as scan:
+                entries = sorted(scan, key=lambda e: e.name)
+        except OSError:
+            continue
+        subfolders = []
+        for entry in entries:
+            if entry.name.startswith("."):
                 continue
-            path = os.path.join(root, name)
-            if _is_image_name(name):
-                files.append(path)
-            elif not name.endswith(".atl"):
-                suffix = os.path.splitext(name)[1] or "no extension"
-                skipped.append((path, f"not an image file type ({suffix})"))
+            if _is_dir(entry):
+                if not entry.is_symlink() and os.path.realpath(entry.path) != own:
+                    subfolders.append(entry.path)
+            elif _is_image_name(entry.name):
+                files.append((entry.path, entry.is_symlink()))
+            elif not entry.name.endswith(_PROJECT_FILES):
+                suffix = os.path.splitext(entry.name)[1] or "no extension"
+                skipped.append((entry.path, f"not an image file type ({suffix})"))
+        pending += reversed(subfolders)  # the first subfolder is walked next
     return files, skipped
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # as os.walk: what cannot be told a folder is taken for a file
+        return False
 
 
 def _read_csv_rows(source: Path) -> list[tuple[int, list[str]]]:
@@ -470,7 +490,7 @@ def _prepare(project: Project, item: _Item, options: ImportOptions, locator: _Lo
         suffix = os.path.splitext(item.path)[1].lower() or ".img"
         location, stored = _media(project, data, sha, suffix), "media"
     else:
-        location, stored = locator.location(item.path), "ref"
+        location, stored = locator.location(item.path, item.link), "ref"
     image = NewImage(
         sha, location, stored, locator.absolute(item.path), st.st_size, st.st_mtime,
         width, height, info.mode, info.bit_depth, options.domain, item.split,
@@ -486,8 +506,8 @@ class _Locator:
         self.cwd = os.getcwd()
         self.folders: dict[str, str] = {}
 
-    def location(self, path: str) -> str:
-        if os.path.islink(path):
+    def location(self, path: str, link: bool) -> str:
+        if link:
             return self.project.relative_location(path)
         folder, name = os.path.split(path)
         prefix = self.folders.get(folder)

@@ -82,6 +82,29 @@ def test_folder_recursive_with_bad_files(project, tmp_path):
     assert "5 new images" in report.summary() and "cut.png" in report.summary()
 
 
+def test_folder_walk_order_links_and_the_projects_own_folder(tmp_path):
+    root = tmp_path / "study"
+    _write_images(root / "b", [1])
+    _write_images(root / "a" / "deeper", [2])
+    _write_images(root / "a", [3])
+    _write_images(root, [4])
+    _write_images(tmp_path / "outside", [5, 6])
+    (root / "linked.png").symlink_to(tmp_path / "outside" / "img_005.png")
+    (root / "linked_folder").symlink_to(tmp_path / "outside", target_is_directory=True)
+    with Project.create(root / "p.atl") as project:
+        _write_images(project.data_dir / "media", [7])  # the project's own files are not imported
+        report = run_job(import_source(project, root))
+        assert report.skipped == []
+        records = [project.image(i) for i in report.image_ids]
+        # a folder's files (sorted) before its subfolders (sorted), as os.walk lists them
+        assert [r.location for r in records] == [
+            "img_004.png", "../outside/img_005.png", "a/img_003.png", "a/deeper/img_002.png", "b/img_001.png",
+        ]
+        # a linked file is referred to where it is, and remembered under the name it was given
+        assert records[1].original_path == str(root / "linked.png")
+        assert project.image_path(records[1]).resolve() == (tmp_path / "outside" / "img_005.png").resolve()
+
+
 def test_duplicates_merged(project, tmp_path):
     paths = _write_images(tmp_path / "a", range(4))
     shutil.copy(paths[0], tmp_path / "a" / "copy_of_0.png")
