@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "atl_desktop.commands.round",
     "atl_desktop.commands.simulate",
     "atl_desktop.commands.slides",
+    "atl_desktop.commands.report",
 )
 
 
