@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "atl_desktop.commands.active",
     "atl_desktop.commands.round",
     "atl_desktop.commands.simulate",
+    "atl_desktop.commands.gan",
     "atl_desktop.commands.slides",
     "atl_desktop.commands.report",
 )

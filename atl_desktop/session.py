@@ -66,6 +66,7 @@ class QueryItem:
     score: float
     reason: str  # why it was chosen, in words
     top: list[tuple[int, float]]  # (class position, probability), best first
+    synthetic: bool = False  # made by a GAN (GAAL), not a pool image
 
 
 @dataclass(frozen=True)
@@ -127,9 +128,9 @@ def score_job(
 
 
 def unlabelled_pool(project: Project, *, include_skipped: bool = False) -> tuple[np.ndarray, dict[int, int]]:
-    """Target pool images with no label (and, unless asked, not marked unsure)."""
+    """Real target pool images with no label (and, unless asked, not marked unsure)."""
     labelled = project.current_labels(domain="target", split="pool")
-    pool = np.asarray(project.image_ids(domain="target", split="pool"), dtype=np.int64)
+    pool = np.asarray(project.image_ids(domain="target", split="pool", synthetic=False), dtype=np.int64)
     keep = ~np.isin(pool, list(labelled))
     if not include_skipped:
         keep &= ~np.isin(pool, list(project.get_setting(SKIPPED_SETTING, [])))
@@ -193,6 +194,12 @@ def query_job(
         raise ProjectError("The batch size must be at least 1.")
     params = dict(params or {})
     needs = STRATEGIES[strategy].needs
+    if "generative" in needs:  # GAAL, ASAL: a GAN and the classifier, no scoring pass
+        from atl_desktop.generative import gan_query_job
+
+        return (yield from gan_query_job(project, strategy=strategy, batch=batch, params=params, seed=seed,
+                                         checkpoint_id=checkpoint_id,
+                                         device=None if scoring is None else scoring.device))
     unlabelled, labelled = unlabelled_pool(project)
     if not len(unlabelled):
         raise ProjectError("Every target pool image is labelled or skipped; nothing to choose from.")

@@ -43,6 +43,7 @@ from atl_desktop.session import pool_selection_input, scoring_config_for
 from atl_desktop.store import ProjectError
 
 BASELINE = "random"
+RUN_VERSION = 2  # part of a saved run's key: raise it when a change alters the curves
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class SimulationConfig:
     budget: int = 500  # labels in all, the initial ones included
     batch: int = 20
     initial: int = 20  # random initial labels (0: cold start)
-    rounds: int | None = None  # at most this many query rounds
+    rounds: int | None = None  # this many query rounds instead of a label budget
     seeds: tuple[int, ...] = (0, 1, 2)
     backbone: str = "smallcnn"
     epochs: int = 5  # per round's fine-tune
@@ -82,6 +83,7 @@ class SimulationConfig:
     stop_set: int = 1000
     pseudo_delta0: float = PseudoLabelConfig.delta0
     pseudo_decay: float = PseudoLabelConfig.decay
+    pseudo_max_per_class: int | None = None
     device: str = "cpu"
     scoring_batch: int = 256
 
@@ -94,7 +96,8 @@ class SimulationConfig:
         return dataclasses.asdict(self)
 
     def pseudo_config(self) -> PseudoLabelConfig:
-        return PseudoLabelConfig(delta0=self.pseudo_delta0, decay=self.pseudo_decay)
+        return PseudoLabelConfig(delta0=self.pseudo_delta0, decay=self.pseudo_decay,
+                                 max_per_class=self.pseudo_max_per_class)
 
 
 # ---- data --------------------------------------------------------------------------------
@@ -286,11 +289,17 @@ def initial_model_job(data: _Prepared, config: SimulationConfig, seed: int,
     from atl_desktop.models.registry import build_model
     from atl_desktop.transfer.train import train
 
-    model = build_model(config.backbone, n_classes, seed=seed)
+    model = _fast_layout(build_model(config.backbone, n_classes, seed=seed))
     if data.source is not None:
         cfg = _train_config(config, "finetune", _seed(seed, 7), config.source_epochs)
         yield from relabel(train(model, None, cfg, source_set=data.source), f"source pre-training (seed {seed})")
     return model
+
+
+def _fast_layout(model):
+    """Convolution weights in channels-last layout: the same model, trained and evaluated
+    about 1.4 times faster on a CPU (measured with the small CNN)."""
+    return model.to(memory_format=torch.channels_last)
 
 
 def _fine_tune(model, data: _Prepared, labelled: np.ndarray, pseudo: dict[int, int], arm: Arm,
@@ -345,12 +354,13 @@ def run_arm_job(data: _Prepared, arm: Arm, config: SimulationConfig, seed: int, 
     stop_candidates = np.setdiff1d(np.arange(n), labelled)
     stop_rows = np.sort(np.random.default_rng([seed, 3]).choice(
         stop_candidates, size=min(config.stop_set, len(stop_candidates)), replace=False))
-    model = copy.deepcopy(start_model)
+    model = _fast_layout(copy.deepcopy(start_model))
     records: list[dict] = []
     kappas: list = []
     previous = None
     labels = np.asarray(data.pool.labels)
-    max_rounds = config.rounds if config.rounds is not None else (config.budget - len(labelled)) // config.batch
+    # A budget that is not a whole number of batches ends with a smaller one.
+    max_rounds = config.rounds if config.rounds is not None else -(-(config.budget - len(labelled)) // config.batch)
     total = max_rounds + 1
     for r in range(max_rounds + 1):
         pseudo: dict[int, int] = {}
@@ -447,7 +457,7 @@ def default_arms(strategies: Sequence[str], *, pseudo: bool = False, method: str
 
 
 def _run_key(data: SimData, arm: Arm, config: SimulationConfig, seed: int) -> str:
-    fields = {"data": data.fingerprint(), "arm": arm.to_json(), "seed": seed,
+    fields = {"version": RUN_VERSION, "data": data.fingerprint(), "arm": arm.to_json(), "seed": seed,
               "config": {k: v for k, v in config.to_json().items() if k not in ("seeds", "device")}}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -488,7 +498,7 @@ def _cached_initial_model(prepared: _Prepared, config: SimulationConfig, seed: i
     """The seed's starting model, kept in out_dir/runs (safetensors) when there is a source."""
     from atl_desktop.models.checkpoints import load_model_file, save_model_file
 
-    fields = {"data": data.fingerprint(), "seed": seed, "backbone": config.backbone,
+    fields = {"version": RUN_VERSION, "data": data.fingerprint(), "seed": seed, "backbone": config.backbone,
               "epochs": config.source_epochs, "batch_size": config.batch_size, "lr": config.lr}
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     path = None if out_dir is None or data.x_source is None else Path(out_dir) / "runs" / f"start-{key}.safetensors"
@@ -611,7 +621,14 @@ def _json_default(value):
 
 
 def plot_learning_curves(summary: dict, path: str | Path, *, title: str = "Learning curves") -> Path:
-    """Mean test accuracy against labels with a ±1 std band per arm; random dashed in black."""
+    """Write `learning_curve_figure` as a PNG."""
+    learning_curve_figure(summary, title=title).savefig(path)
+    return Path(path)
+
+
+def learning_curve_figure(summary: dict, *, title: str = "Learning curves"):
+    """Mean test accuracy against labels with a ±1 std band per arm; random dashed in black,
+    its final accuracy as a dotted line."""
     from matplotlib.figure import Figure  # no pyplot: no global backend, safe beside the GUI
 
     figure = Figure(figsize=(7.5, 5), dpi=120)
@@ -631,5 +648,4 @@ def plot_learning_curves(summary: dict, path: str | Path, *, title: str = "Learn
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
-    figure.savefig(path)
-    return Path(path)
+    return figure

@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--source", type=Path, help="labelled source data: the starting model is trained on it")
     parser.add_argument("--strategies", default="random,entropy", help="comma-separated (see `atl strategies`)")
     parser.add_argument("--budget", type=int, default=500, help="labels in all, the initial ones included")
-    parser.add_argument("--rounds", type=int, help="at most this many query rounds")
+    parser.add_argument("--rounds", type=int, help="this many query rounds instead of a label budget")
     parser.add_argument("--batch", type=int, default=20, help="labels per round")
     parser.add_argument("--initial", type=int, default=20, help="random initial labels (0: cold start)")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")

@@ -67,21 +67,29 @@ def recent_projects(settings: QSettings) -> list[str]:
     return [value] if isinstance(value, str) else list(value or [])
 
 
-def default_query_job(project, **kwargs):
+def default_query_job(project, device: str | None = None, **kwargs):
+    from atl_desktop.active.scoring import ScoringConfig
     from atl_desktop.session import query_job
 
+    if device is not None:  # Preferences ▸ Compute device
+        kwargs["scoring"] = ScoringConfig(device=device, seed=kwargs.get("seed", 0))
     return query_job(project, **kwargs)
 
 
-def default_train_job(project, **kwargs):
-    from atl_desktop.session import train_job
+def default_train_job(project, device: str | None = None, **kwargs):
+    from atl_desktop.session import project_train_config, train_job
 
+    if device is not None:
+        kwargs["config"] = project_train_config(project, device=device)
     return train_job(project, **kwargs)
 
 
-def default_pseudo_label_job(project, **kwargs):
+def default_pseudo_label_job(project, device: str | None = None, **kwargs):
+    from atl_desktop.active.scoring import ScoringConfig
     from atl_desktop.session import pseudo_label_job
 
+    if device is not None:
+        kwargs["scoring"] = ScoringConfig(device=device)
     return pseudo_label_job(project, **kwargs)
 
 
@@ -236,7 +244,7 @@ class MainWindow(QMainWindow):
         jobs = menu.addMenu("&Model")
         self._action(jobs, "&Query next batch", lambda: self.query_view.query_button.click(),
                      QKeySequence("Ctrl+R"))
-        self._action(jobs, "&Train", self.start_train, QKeySequence("Ctrl+T"))
+        self._action(jobs, "&Train", self.training.start, QKeySequence("Ctrl+T"))
         self._action(jobs, "&Propose pseudo-labels", self.start_pseudo)
         self._action(jobs, "&Cancel the running job", self.status.cancel_current,
                      QKeySequence("Ctrl+."))
@@ -269,7 +277,7 @@ class MainWindow(QMainWindow):
 
     def _connect(self) -> None:
         self.query_view.query_requested.connect(self.start_query)
-        self.query_view.train_requested.connect(self.start_train)
+        self.query_view.train_requested.connect(self.training.start)  # saves the panel's settings
         self.review_view.propose_requested.connect(self.start_pseudo)
         for view in (self.query_view, self.review_view):
             view.open_image.connect(self.open_image)
@@ -314,6 +322,9 @@ class MainWindow(QMainWindow):
     # ---- jobs ------------------------------------------------------------------
 
     def start_job(self, name: str, **kwargs: Any) -> bool:
+        device = self.settings.value("device", "auto", type=str) if self.settings is not None else "auto"
+        if device != "auto":
+            kwargs["device"] = device
         reason = self.runner.start(name, self.factories[name], self.ws.project,
                                    title=JOB_TITLES[name], group="model", **kwargs)
         if reason is not None:
@@ -325,8 +336,8 @@ class MainWindow(QMainWindow):
     def start_query(self, strategy: str, batch: int) -> bool:
         return self.start_job("query", strategy=strategy, batch=batch)
 
-    def start_train(self) -> bool:
-        return self.start_job("train")
+    def start_train(self, from_scratch: bool = False) -> bool:
+        return self.start_job("train", **({"from_scratch": True} if from_scratch else {}))
 
     def start_pseudo(self) -> bool:
         return self.start_job("pseudo")

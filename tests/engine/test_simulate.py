@@ -13,8 +13,10 @@ from atl_desktop.simulate import (
     SimulationConfig,
     area_under_curve,
     labels_to_reach,
+    learning_curve_figure,
     load_simulation_data,
     simulate_job,
+    summarise,
 )
 from tests.conftest import TESTDATA
 
@@ -36,6 +38,43 @@ def test_labels_to_reach_and_area_worked_by_hand():
     assert labels_to_reach(labels, acc, 0.95) is None
     # trapezoids: 20 * (0.6 + 0.75 + 0.85) = 44, over a range of 60
     assert area_under_curve(labels, acc) == pytest.approx(44 / 60)
+
+
+def _runs(curves):
+    """Per-seed records as run_arm_job writes them, from {seed: [(labels, accuracy), ...]}."""
+    return {seed: [{"labels": n, "accuracy": a} for n, a in points] for seed, points in curves.items()}
+
+
+def test_summary_compares_mean_curves_with_random_at_the_end_of_the_budget():
+    runs = {
+        # random's mean: 0.55, 0.70, 0.85 at 20, 40, 60 labels
+        "random": _runs({0: [(20, 0.5), (40, 0.7), (60, 0.8)], 1: [(20, 0.6), (40, 0.7), (60, 0.9)]}),
+        # mean 0.55, 0.85, 0.90: reaches 0.85 at 40
+        "margin": _runs({0: [(20, 0.5), (40, 0.9), (60, 0.9)], 1: [(20, 0.6), (40, 0.8), (60, 0.9)]}),
+        # mean 0.55, 0.80, 0.84: never reaches 0.85
+        "entropy": _runs({0: [(20, 0.5), (40, 0.8), (60, 0.84)], 1: [(20, 0.6), (40, 0.8), (60, 0.84)]}),
+    }
+    arms = [Arm("random", "random"), Arm("margin", "margin"), Arm("entropy", "entropy")]
+    summary = summarise(runs, arms, SimulationConfig(budget=60, batch=20, initial=20, seeds=(0, 1)))
+    assert summary["random_final_accuracy"] == pytest.approx(0.85) and summary["random_final_labels"] == 60
+    out = summary["arms"]
+    assert out["random"]["labels_to_match_random_60"] == 60
+    assert out["margin"]["labels_to_match_random_60"] == 40 == out["margin"]["labels_to_match_random"]
+    assert out["entropy"]["labels_to_match_random_60"] is None
+    assert out["margin"]["mean"] == pytest.approx([0.55, 0.85, 0.9])
+    assert out["margin"]["std"] == pytest.approx([0.05, 0.05, 0.0])
+    # trapezoids over 40 labels: 20 * ((0.55 + 0.85) / 2 + (0.85 + 0.9) / 2) / 40
+    assert out["margin"]["aulc"] == pytest.approx((0.7 + 0.875) / 2)
+    assert out["entropy"]["accuracy_per_seed"] == {"0": [0.5, 0.8, 0.84], "1": [0.6, 0.8, 0.84]}
+
+    figure = learning_curve_figure(summary)
+    ax = figure.axes[0]
+    assert len(ax.collections) == 3  # one ±std band per arm
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert lines["random"].get_linestyle() == "--"
+    assert "margin (matches random with 40)" in lines and "entropy" in lines
+    band = ax.collections[1].get_paths()[0].vertices  # margin's band spans mean ± std
+    assert band[:, 1].min() == pytest.approx(0.5) and band[:, 1].max() == pytest.approx(0.9)
 
 
 def test_simulate_command_writes_json_csv_png_with_random(files, tmp_path, capsys):
@@ -71,6 +110,18 @@ def test_simulate_command_writes_json_csv_png_with_random(files, tmp_path, capsy
     # Finished runs are reused: nothing is trained the second time.
     progress = collect(simulate_job(data, [Arm("random", "random"), Arm("entropy", "entropy")], config, out))
     assert not any("fine-tuning" in p.message or "pre-training" in p.message for p in progress)
+
+
+def test_rounds_instead_of_a_budget_and_a_budget_ending_with_a_smaller_batch(files):
+    target, _ = files
+    data = load_simulation_data(target)
+    arms = [Arm("random", "random")]
+    by_rounds = SimulationConfig(budget=10, batch=7, initial=10, rounds=2, seeds=(0,), epochs=1)
+    summary = run_job(simulate_job(data, arms, by_rounds))
+    assert summary["arms"]["random"]["labels"] == [10, 17, 24]
+    by_budget = SimulationConfig(budget=25, batch=10, initial=10, seeds=(0,), epochs=1)
+    summary = run_job(simulate_job(data, arms, by_budget))
+    assert summary["arms"]["random"]["labels"] == [10, 20, 25]
 
 
 def test_cold_start_with_pseudo_labels_and_random_added(files):
