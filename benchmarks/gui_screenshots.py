@@ -1,25 +1,28 @@
-"""Screenshots for the docs: the wizard, the pool browser, the training panel during a job.
+"""Screenshots for the docs: the wizard, the pool browser, the training panel during a job,
+model quality and annotator agreement.
 
 Run under a real X server (Xvfb), e.g.
-    /work/shared/tools/gui-shot /tmp/shot.png --wait 90 -- .venv/bin/python benchmarks/gui_screenshots.py
+    ../shared/tools/gui-shot /tmp/shot.png --wait 240 -- .venv/bin/python benchmarks/gui_screenshots.py
 It works on a copy of the bundled histology demo, starts a real training job and
-grabs each window with QWidget.grab() into docs/ (the gui-shot image is not needed).
+grabs each window with QWidget.grab() into docs/ (or --out); the gui-shot image
+itself is not needed. `--only pool,training` takes some of them.
 """
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import sqlite3
 import sys
 import tempfile
 from pathlib import Path
 
-from PySide6.QtCore import QEventLoop, QTimer
+from PySide6.QtCore import QEventLoop, QItemSelectionModel, QTimer
 from PySide6.QtWidgets import QApplication
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "resources" / "demo" / "histology.atl"
-DOCS = ROOT / "docs"
+SHOTS = ("wizard", "pool", "training", "quality", "annotators")
 
 
 def copy_demo(folder: Path) -> Path:
@@ -38,19 +41,104 @@ def wait(ms: int) -> None:
     loop.exec()
 
 
-def until(condition, timeout_ms: int = 60_000) -> None:
+def until(condition, timeout_ms: int = 60_000) -> bool:
     waited = 0
     while not condition() and waited < timeout_ms:
         wait(100)
         waited += 100
+    return bool(condition())
 
 
-def main() -> int:
+def tiles_as_class_folders(project, folder: Path, per_class: int = 6) -> Path:
+    """A small class-per-folder dataset from the demo's own tiles, for the wizard."""
+    by_class: dict[int, list[int]] = {}
+    for image_id, class_id in project.current_labels(domain="source").items():
+        by_class.setdefault(class_id, []).append(image_id)
+    names = {c.id: c.name for c in project.classes()}
+    for class_id, ids in sorted(by_class.items()):
+        out = folder / names[class_id]
+        out.mkdir(parents=True, exist_ok=True)
+        for image_id in ids[:per_class]:
+            shutil.copy(project.image_path(project.image(image_id)), out / f"{image_id}.png")
+    return folder
+
+
+def shoot_pool(window, out: Path) -> None:
+    browser = window.pool_browser
+    window.tabs.setCurrentWidget(browser)
+    until(lambda: browser.model.rowCount() > 0)
+    selection = browser.grid.selectionModel()
+    for row in (3, 4, 12):
+        selection.select(browser.model.index(row), QItemSelectionModel.SelectionFlag.Select)
+    wait(2500)  # thumbnails decode off the GUI thread
+    window.grab().save(str(out / "pool_browser.png"))
+
+
+def shoot_training(window, out: Path) -> None:
+    panel = window.training
+    window.tabs.setCurrentWidget(panel)
+    panel.settings.epochs.setValue(60)
+    panel.settings.batch.setValue(8)
+    panel.start_button.click()
+    running = until(lambda: len(panel.curves.points["loss"][0]) > 90, 120_000)
+    wait(1200)  # one more tick of the time-left estimate
+    if not running or not window.runner.is_running("train"):
+        raise SystemExit("the training job ended before the screenshot")
+    window.grab().save(str(out / "training_panel.png"))
+    window.runner.cancel("train")
+    until(lambda: not window.runner.is_running())
+
+
+def shoot_quality(window, out: Path) -> None:
+    window.tabs.setCurrentWidget(window.quality)
+    if window.quality.start_evaluation():
+        until(lambda: window.quality.result is not None)
+    wait(800)
+    window.grab().save(str(out / "model_quality.png"))
+
+
+def shoot_annotators(window, out: Path) -> None:
+    view = getattr(window, "annotators", None)
+    if view is None:
+        return
+    window.tabs.setCurrentWidget(view)
+    wait(800)
+    window.grab().save(str(out / "annotators.png"))
+
+
+def shoot_wizard(window, folder: Path, out: Path) -> None:
+    from atl_desktop.gui.wizard import NewProjectWizard
+
+    data = tiles_as_class_folders(window.ws.project, folder / "colon-tiles")
+    wizard = NewProjectWizard(folder, window)
+    wizard.resize(820, 560)
+    wizard.show()
+    wizard.name_page.name.setText("colon-biopsies")
+    wizard.next()
+    wizard.data_page.target.setText(str(data))
+    wizard.next()
+    until(lambda: len(wizard.classes_page.names()) > 2, 20_000)
+    wait(400)
+    wizard.grab().save(str(out / "wizard_classes.png"))
+    wizard.next()
+    until(lambda: wizard.model_page.backbone.count() > 2, 30_000)
+    wizard.model_page.backbone.setCurrentText("resnet50")
+    wait(800)
+    wizard.grab().save(str(out / "wizard.png"))
+    wizard.reject()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    parser.add_argument("--only", default=",".join(SHOTS), help=f"comma-separated, of {', '.join(SHOTS)}")
+    args = parser.parse_args(argv)
+    wanted = set(args.only.split(","))
+    args.out.mkdir(parents=True, exist_ok=True)
     app = QApplication(sys.argv[:1])
     app.setApplicationName("ATL Desktop")
     from atl_desktop.gui.mainwindow import MainWindow
     from atl_desktop.gui.theme import follow_system_theme
-    from atl_desktop.gui.wizard import NewProjectWizard
     from atl_desktop.store import Project
 
     follow_system_theme(app)
@@ -60,35 +148,16 @@ def main() -> int:
         window.resize(1400, 860)
         window.show()
         until(lambda: window.engine_ready)
-
-        window.tabs.setCurrentWidget(window.pool_browser)
-        window.pool_browser.grid.selectionModel().select(
-            window.pool_browser.model.index(3), window.pool_browser.grid.selectionModel().SelectionFlag.Select)
-        wait(1500)
-        window.grab().save(str(DOCS / "pool_browser.png"))
-
-        window.tabs.setCurrentWidget(window.training)
-        window.training.settings.epochs.setValue(30)
-        window.training.start_button.click()
-        until(lambda: len(window.training.curves.points["loss"][0]) > 120)
-        wait(400)
-        window.grab().save(str(DOCS / "training_panel.png"))
-        window.runner.cancel("train")
-        until(lambda: not window.runner.is_running())
-
-        wizard = NewProjectWizard(Path(tmp), window)
-        wizard.name_page.name.setText("colon-biopsies")
-        wizard.data_page.target.setText(str(Path(tmp)))
-        for _ in range(3):
-            wizard.next()
-        wizard.resize(760, 520)
-        wizard.show()
-        until(lambda: wizard.model_page.backbone.count() > 2, 20_000)
-        wizard.model_page.backbone.setCurrentText("resnet50")
-        wizard.model_page.check_weights()
-        wait(800)
-        wizard.grab().save(str(DOCS / "wizard.png"))
-        wizard.close()
+        if "pool" in wanted:
+            shoot_pool(window, args.out)
+        if "quality" in wanted:
+            shoot_quality(window, args.out)
+        if "annotators" in wanted:
+            shoot_annotators(window, args.out)
+        if "training" in wanted:
+            shoot_training(window, args.out)
+        if "wizard" in wanted:
+            shoot_wizard(window, Path(tmp), args.out)
         window.close()
     return 0
 

@@ -27,15 +27,52 @@ from atl_desktop.gui.undo import SetActiveCheckpoint
 from atl_desktop.gui.workspace import Workspace
 from atl_desktop.store import CheckpointRecord, ProjectError
 
-HEADERS = ("#", "Parent", "Round", "Method", "Phase", "Backbone", "Metrics", "Made")
-METRIC_NAMES = {"val_accuracy": "val acc", "accuracy": "train acc", "train_loss": "loss",
-                "test_accuracy": "test acc"}
+HEADERS = ("#", "Parent", "Round", "Method", "Metrics", "Made")
+METRICS_COLUMN = HEADERS.index("Metrics")
 
 
-def metrics_text(metrics: dict) -> str:
-    parts = [f"{short} {float(metrics[key]):.3g}" for key, short in METRIC_NAMES.items()
-             if isinstance(metrics.get(key), int | float)]
+def metrics_text(metrics: dict, test_accuracy: float | None = None) -> str:
+    """The few numbers that matter, shortest first: test and validation accuracy, loss, labels."""
+    parts = []
+    if test_accuracy is not None:
+        parts.append(f"test {test_accuracy:.1%}")
+    for key, name in (("val_accuracy", "val"), ("train_loss", "loss")):
+        if isinstance(metrics.get(key), int | float):
+            value = float(metrics[key])
+            parts.append(f"{name} {value:.1%}" if key.endswith("accuracy") else f"{name} {value:.3g}")
+    if isinstance(metrics.get("n_train"), int):
+        parts.append(f"{metrics['n_train']} images")
     return ", ".join(parts) or "—"
+
+
+def details_text(record: CheckpointRecord, test_accuracy: float | None) -> str:
+    """The tooltip: everything the row leaves out."""
+    config = record.config or {}
+    lines = [f"Checkpoint #{record.id}: {record.backbone}, {config.get('phase', 'training')} "
+             f"with {config.get('method', '?')}",
+             f"Parent: {'#' + str(record.parent_id) if record.parent_id else 'none (a new model)'}; "
+             f"round: {record.round_id if record.round_id is not None else '—'}"]
+    if config:
+        lines.append(f"{config.get('epochs', '?')} epochs, batches of {config.get('batch_size', '?')}, "
+                     f"lr {config.get('lr', '?')}, {config.get('freeze', 0)} frozen stages")
+    if test_accuracy is not None:
+        lines.append(f"Test accuracy after its round: {test_accuracy:.1%}")
+    numbers = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in sorted(record.metrics.items()) if isinstance(v, int | float))
+    if numbers:
+        lines.append(numbers)
+    return "\n".join(lines)
+
+
+def round_test_accuracy(rounds) -> dict[int, float]:
+    """checkpoint id -> the test accuracy its round recorded."""
+    found = {}
+    for record in rounds:
+        test = record.metrics.get("test") or {}
+        accuracy = test.get("accuracy", record.metrics.get("test_accuracy"))
+        if record.checkpoint_id is not None and isinstance(accuracy, int | float):
+            found[record.checkpoint_id] = float(accuracy)
+    return found
 
 
 class CheckpointList(QWidget):
@@ -49,13 +86,17 @@ class CheckpointList(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.table.horizontalHeader().setStretchLastSection(True)
-        self.rollback_button = QPushButton("Use this checkpoint")
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(METRICS_COLUMN, QHeaderView.ResizeMode.Stretch)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.table.setWordWrap(False)
+        self.rollback_button = QPushButton("Roll back to the selected")
         self.rollback_button.setToolTip("Roll back: scoring and the next training start from the "
                                         "selected checkpoint (undoable)")
         self.rollback_button.clicked.connect(self.rollback_selected)
         self.active_label = QLabel()
+        self.active_label.setWordWrap(True)
         buttons = QHBoxLayout()
         buttons.addWidget(self.active_label, 1)
         buttons.addWidget(self.rollback_button)
@@ -70,6 +111,7 @@ class CheckpointList(QWidget):
         try:
             self.records = self.ws.project.checkpoints()
             active = self.ws.project.latest_checkpoint()
+            tested = round_test_accuracy(self.ws.project.rounds())
         except ProjectError:
             return
         active_id = active.id if active is not None else None
@@ -78,19 +120,22 @@ class CheckpointList(QWidget):
         bold.setBold(True)
         for row, record in enumerate(reversed(self.records)):  # newest first
             config = record.config or {}
+            accuracy = tested.get(record.id)
             values = (f"{record.id}{' ✓' if record.id == active_id else ''}",
                       "—" if record.parent_id is None else str(record.parent_id),
                       "—" if record.round_id is None else str(record.round_id),
-                      str(config.get("method", "—")), str(config.get("phase", "—")), record.backbone,
-                      metrics_text(record.metrics), time.strftime("%d %b %H:%M", time.localtime(record.created)))
+                      str(config.get("method", "—")), metrics_text(record.metrics, accuracy),
+                      time.strftime("%d %b %H:%M", time.localtime(record.created)))
+            tip = details_text(record, accuracy)
             for column, text in enumerate(values):
                 item = QTableWidgetItem(text)
                 item.setData(Qt.ItemDataRole.UserRole, record.id)
+                item.setToolTip(tip)
                 if record.id == active_id:
                     item.setFont(bold)
                 self.table.setItem(row, column, item)
-        self.active_label.setText(f"Current: #{active_id}" if active_id is not None else
-                                  "No checkpoint yet: train to make one.")
+        self.active_label.setText(f"Current: #{active_id} (✓). Select another and roll back to use it."
+                                  if active_id is not None else "No checkpoint yet: train to make one.")
         self.rollback_button.setEnabled(bool(self.records))
 
     def selected_id(self) -> int | None:

@@ -9,8 +9,12 @@ thread; until then the form shows the saved choices.
 from __future__ import annotations
 
 import dataclasses
+import html
+import sys
+from pathlib import Path
 from typing import Any
 
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -18,6 +22,7 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QGroupBox,
+    QLabel,
     QLineEdit,
     QSpinBox,
     QVBoxLayout,
@@ -57,6 +62,53 @@ def backbone_catalogue() -> list[str]:
     return available_backbones()
 
 
+def weights_problem(backbone: str, weights: str | None) -> str | None:
+    """Why these weights cannot be used on this machine (nothing downloads); None if fine."""
+    if not backbone:
+        return "Choose a backbone."
+    if weights is None:
+        return None
+    if weights != "imagenet":
+        return None if Path(weights).is_file() else f"The weights file {weights} does not exist."
+    if backbone == "smallcnn":
+        return "The small CNN has no ImageNet weights: choose random initialisation or a file."
+    try:
+        missing = missing_imagenet_file(backbone)
+    except ValueError:
+        return f"torchvision has no ImageNet weights for {backbone}: choose random initialisation or a file."
+    if missing is None:
+        return None
+    path, url = missing
+    return (f"ImageNet weights for {backbone} are not on this machine. Nothing is downloaded: "
+            f"fetch {url} elsewhere and put {path.name} in {path.parent}, or choose random "
+            "initialisation or a local weights file.")
+
+
+def missing_imagenet_file(backbone: str) -> tuple[Path, str] | None:
+    """(where the file must be, its URL) when torchvision's ImageNet weights are not cached."""
+    from atl_desktop.models.weights import imagenet_weights_file
+
+    path, url = imagenet_weights_file(backbone)
+    return None if path.is_file() else (path, url)
+
+
+def weights_problem_html(backbone: str, weights: str | None, problem: str) -> str:
+    """The problem as rich text, with the file, URL and folder on lines of their own."""
+    missing = missing_imagenet_file(backbone) if weights == "imagenet" and backbone != "smallcnn" else None
+    if missing is None:
+        return f"⚠ {html.escape(problem)}"
+    path, url = missing
+    return (f"⚠ <b>ImageNet weights for {html.escape(backbone)} are not on this machine.</b> "
+            "Nothing is downloaded. To use them, fetch<br>&nbsp;&nbsp;<code>"
+            f"{html.escape(url)}</code><br>on a computer with internet access and copy "
+            f"<code>{html.escape(path.name)}</code> into<br>&nbsp;&nbsp;<code>{html.escape(str(path.parent))}"
+            "</code><br>Or choose random initialisation, or a weights file of your own.")
+
+
+def default_weights(backbone: str) -> str | None:
+    return None if backbone == "smallcnn" else "imagenet"
+
+
 def method_tooltip(info: dict[str, Any]) -> str:
     text = info.get("description", "")
     if info.get("paper"):
@@ -65,11 +117,17 @@ def method_tooltip(info: dict[str, Any]) -> str:
 
 
 class TrainSettings(QWidget):
+    """The form. With a checkpoint, training continues from it (its backbone and weights);
+    "Start over" trains a new model from the chosen backbone and weights instead."""
+
+    changed = Signal()  # whether Start is possible may have changed (see `problem`)
+
     def __init__(self, project: Project, parent=None, load_registries: bool = True):
         super().__init__(parent)
         self.project = project
         self.methods: dict[str, dict[str, Any]] = {}
         self._option_widgets: dict[str, QWidget] = {}
+        self._continues_from = None  # the CheckpointRecord training would continue
         self._build()
         self.load()
         self._background = Background(self)
@@ -89,17 +147,28 @@ class TrainSettings(QWidget):
         self.weights_box.activated.connect(self._maybe_pick_file)
         self.weights_box.setToolTip("Nothing is downloaded: ImageNet weights must already be in the "
                                     "torch cache, or pick a .safetensors/.pth file")
-        self.epochs = _spin(1, 1000, "Passes over the labelled images (early stopping may end sooner)")
+        self.epochs = _spin(1, 1000, "Passes over the labelled images (early stopping on the "
+                            "validation split may end sooner)")
         self.batch = _spin(1, 4096, "Images per step")
-        self.freeze = _spin(0, 12, "Body stages kept fixed, counted from the input (0 = train all)")
+        self.freeze = _spin(0, 12, "Body stages kept fixed, counted from the input (0 = train all). "
+                            "Early layers transfer best (Yosinski et al., NeurIPS 2014)")
         self.lr = _double(1e-6, 10.0, 6, "Learning rate of the head (and of the body, unless decayed)")
         self.lr_decay = _double(0.0, 1.0, 3, "Layer-wise decay: stage i of n trains at "
                                 "lr × decay^(n−i) (1 = same rate everywhere)")
+        self.start_over = QCheckBox("Start over: a new model from these weights")
+        self.start_over.setToolTip("Otherwise training continues from the current checkpoint, "
+                                   "keeping what it learnt (incremental fine-tuning)")
+        self.start_over.toggled.connect(self._update_model_choice)
+        self.note = QLabel()
+        self.note.setWordWrap(True)
+        self.note.setStyleSheet("color: palette(placeholder-text);")
         form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         for text, widget in (("Method", self.method_box), ("Backbone", self.backbone_box),
-                             ("Weights", self.weights_box), ("Epochs", self.epochs),
-                             ("Batch size", self.batch), ("Frozen stages", self.freeze),
-                             ("Learning rate", self.lr), ("Layer-wise decay", self.lr_decay)):
+                             ("Weights", self.weights_box), ("", self.start_over), ("", self.note),
+                             ("Epochs", self.epochs), ("Batch size", self.batch),
+                             ("Frozen stages", self.freeze), ("Learning rate", self.lr),
+                             ("Layer-wise decay", self.lr_decay)):
             form.addRow(text, widget)
         self.options_box = QGroupBox("Method options")
         self.options_form = QFormLayout(self.options_box)
@@ -107,6 +176,51 @@ class TrainSettings(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(form)
         layout.addWidget(self.options_box)
+        self.backbone_box.currentTextChanged.connect(lambda _: self._update_model_choice())
+        self.weights_box.currentIndexChanged.connect(lambda _: self._update_model_choice())
+
+    # ---- continuing or starting over ------------------------------------------------
+
+    def set_checkpoint(self, record) -> None:
+        """The checkpoint training would continue from (None: the first training)."""
+        self._continues_from = record
+        self.start_over.setVisible(record is not None)
+        if record is None:
+            self.start_over.setChecked(False)
+        self._update_model_choice()
+
+    @property
+    def continues_from(self):
+        return self._continues_from
+
+    def from_scratch(self) -> bool:
+        return self._continues_from is not None and self.start_over.isChecked()
+
+    def problem(self) -> str | None:
+        """Why training cannot start with these settings (a one-line reason), or None."""
+        if self._continues_from is not None and not self.from_scratch():
+            if self.backbone_box.currentText() != self._continues_from.backbone:
+                return (f"The current checkpoint is a {self._continues_from.backbone}: tick Start over "
+                        f"to train a {self.backbone_box.currentText()} instead.")
+            return None
+        weights = self.weights_box.currentData()
+        if weights == "imagenet" and "torchvision" not in sys.modules:
+            return None  # checked when the registries arrive: importing torch here would freeze the window
+        return weights_problem(self.backbone_box.currentText(), None if weights == "file" else weights)
+
+    def _update_model_choice(self) -> None:
+        record = self._continues_from
+        continuing = record is not None and not self.start_over.isChecked()
+        self.weights_box.setEnabled(not continuing)
+        problem = self.problem()
+        if problem:
+            self.note.setText(f"⚠ {problem}")
+        elif continuing:
+            self.note.setText(f"Continues from checkpoint #{record.id} ({record.backbone}): "
+                              "weights apply when starting over.")
+        else:
+            self.note.setText("Trains a new model from these weights.")
+        self.changed.emit()
 
     # ---- registries (arrive from the background) ---------------------------------
 
@@ -170,10 +284,13 @@ class TrainSettings(QWidget):
     # ---- values --------------------------------------------------------------------
 
     def load(self) -> None:
-        saved = {**DEFAULTS, **self.project.get_setting(TRAIN_SETTING, {})}
+        stored = self.project.get_setting(TRAIN_SETTING, {})
+        saved = {**DEFAULTS, **stored}
         latest = self.project.latest_checkpoint()
-        if "backbone" not in self.project.get_setting(TRAIN_SETTING, {}) and latest is not None:
+        if "backbone" not in stored and latest is not None:
             saved["backbone"] = latest.backbone
+        if "weights" not in stored:
+            saved["weights"] = default_weights(saved["backbone"])
         if self.method_box.findText(saved["method"]) < 0:
             self.method_box.addItem(saved["method"])
         self.method_box.setCurrentText(saved["method"])
@@ -186,6 +303,7 @@ class TrainSettings(QWidget):
         self.freeze.setValue(int(saved["freeze"]))
         self.lr.setValue(float(saved["lr"]))
         self.lr_decay.setValue(float(saved["lr_decay"]))
+        self.set_checkpoint(latest)
 
     def values(self) -> dict[str, Any]:
         weights = self.weights_box.currentData()

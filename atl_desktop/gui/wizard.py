@@ -31,7 +31,12 @@ from PySide6.QtWidgets import (
 
 from atl_desktop.data.importers import class_names_in
 from atl_desktop.gui.background import Background
-from atl_desktop.gui.trainsettings import TRAIN_SETTING, WEIGHT_CHOICES
+from atl_desktop.gui.trainsettings import (
+    TRAIN_SETTING,
+    WEIGHT_CHOICES,
+    weights_problem,
+    weights_problem_html,
+)
 from atl_desktop.jobs import relabel
 from atl_desktop.store import Project
 
@@ -74,29 +79,6 @@ def setup_job(project, *, plan: SetupPlan):
     result = yield from relabel(query_job(project, strategy=plan.strategy, batch=plan.batch, model=model),
                                 "choosing the first images to label")
     return reports, result
-
-
-def weights_problem(backbone: str, weights: str | None) -> str | None:
-    """Why these weights cannot be used on this machine (nothing downloads); None if fine."""
-    if not backbone:
-        return "Choose a backbone."
-    if weights is None:
-        return None
-    if weights != "imagenet":
-        return None if Path(weights).is_file() else f"The weights file {weights} does not exist."
-    if backbone == "smallcnn":
-        return "The small CNN has no ImageNet weights: choose random initialisation or a file."
-    from atl_desktop.models.weights import imagenet_weights_file
-
-    try:
-        path, url = imagenet_weights_file(backbone)
-    except ValueError:
-        return f"torchvision has no ImageNet weights for {backbone}: choose random initialisation or a file."
-    if path.is_file():
-        return None
-    return (f"ImageNet weights for {backbone} are not on this machine. Nothing is downloaded: "
-            f"fetch {url} elsewhere and put {path.name} in {path.parent}, or choose random "
-            "initialisation or a local weights file.")
 
 
 def _choices() -> dict:
@@ -247,6 +229,8 @@ class ModelPage(QWizardPage):
         self.batch.setValue(16)
         self.check = QLabel()
         self.check.setWordWrap(True)
+        self.check.setTextFormat(Qt.TextFormat.RichText)
+        self.check.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         form = QFormLayout(self)
         for text, widget in (("Backbone", self.backbone), ("Weights", self.weights),
                              ("Transfer method", self.method), ("Query strategy", self.strategy),
@@ -294,8 +278,10 @@ class ModelPage(QWizardPage):
             self.check_weights()
 
     def check_weights(self) -> str | None:
-        problem = weights_problem(self.backbone.currentText(), self.chosen_weights())
-        self.check.setText(f"⚠ {problem}" if problem else "✓ Everything this model needs is on this machine.")
+        backbone, weights = self.backbone.currentText(), self.chosen_weights()
+        problem = weights_problem(backbone, weights)
+        self.check.setText(weights_problem_html(backbone, weights, problem) if problem
+                           else "✓ Everything this model needs is on this machine.")
         self.completeChanged.emit()
         return problem
 

@@ -41,7 +41,10 @@ def test_a_real_training_job_draws_curves_and_records_a_checkpoint(qtbot, open_w
     assert len(panel.curves.points["accuracy"][1]) == 6
     assert panel.bar.value() == 6 and panel.bar.maximum() == 6
     assert panel.checkpoints.table.rowCount() == 1
-    assert "Finished: checkpoint #1" in panel.log.toPlainText()
+    log = panel.log.toPlainText()
+    assert "Finished: checkpoint #1" in log
+    assert "epoch 1/2: mean loss" in log and "over 3 steps" in log  # one line per epoch
+    assert len(panel.curves.smoothed["loss"]) == 6
     assert panel.start_button.isEnabled() and not panel.stop_button.isEnabled()
 
 
@@ -82,7 +85,8 @@ def test_rollback_to_an_earlier_checkpoint_and_undo(qtbot, open_window, project_
     assert [table.item(r, 0).text() for r in range(2)] == [f"{second} ✓", f"{first}"]
     assert table.item(0, 1).text() == str(first)  # the parent column
     assert table.item(1, 3).text() == "finetune"
-    assert "val acc 0.5" in table.item(1, 6).text()
+    assert table.item(1, 4).text() == "val 50.0%"
+    assert "fine-tuning with finetune" in table.item(1, 4).toolTip()
 
     table.selectRow(1)
     checkpoints.rollback_button.click()
@@ -108,3 +112,58 @@ def test_method_settings_come_from_the_registry_with_their_papers(qtbot, open_wi
     assert set(form.values()["method_options"]) == {name for name, _ in info["options"]}
     if info["paper"]:
         assert info["paper"] in form.method_box.toolTip()
+
+
+def test_start_over_trains_a_new_model_instead_of_continuing(qtbot, open_window, project_path):
+    label_some(project_path)
+    window = open_window(project_path, train_factory=default_train_job)
+    panel = window.training
+    configure(panel, epochs=1)
+    with qtbot.waitSignal(window.runner.finished, timeout=60000):
+        panel.start_button.click()
+    form = panel.settings
+    assert form.continues_from.id == 1 and form.start_over.isVisibleTo(form)
+    assert "Continues from checkpoint #1" in form.note.text()
+    assert not form.weights_box.isEnabled()  # continuing keeps the checkpoint's weights
+
+    form.backbone_box.addItem("resnet18")
+    form.backbone_box.setCurrentText("resnet18")
+    assert not panel.start_button.isEnabled()  # a resnet18 cannot continue a smallcnn
+    assert "tick Start over" in form.note.text() and "tick Start over" in panel.start_button.toolTip()
+    form.backbone_box.setCurrentText("smallcnn")
+    form.start_over.setChecked(True)
+    assert form.weights_box.isEnabled() and panel.start_button.isEnabled()
+    with qtbot.waitSignal(window.runner.finished, timeout=60000):
+        panel.start_button.click()
+    newest = window.ws.project.latest_checkpoint()
+    assert newest.id == 2 and newest.parent_id is None  # started over, not from #1
+    assert "from a new model" in panel.log.toPlainText()
+
+
+def test_phase_steps_run_on_across_phases():
+    from atl_desktop.gui.trainingpanel import PhaseSteps
+    from atl_desktop.jobs import Progress
+
+    steps = PhaseSteps()
+    xs = [steps.x(Progress(d, 3, f"{phase}: epoch 1/1")) for phase, d in
+          (("source pre-training", 1), ("source pre-training", 2), ("source pre-training", 3),
+           ("fine-tuning", 1), ("fine-tuning", 2))]
+    assert xs == [1, 2, 3, 4, 5]
+
+
+def test_epoch_summary_and_smoothing_by_hand():
+    from atl_desktop.gui.curves import Smoother
+    from atl_desktop.gui.trainingpanel import EpochSummary, log_line
+
+    summary = EpochSummary()
+    assert summary.add("epoch 1/2", {"loss": 1.0, "accuracy": 0.5}) is None
+    assert summary.add("epoch 1/2", {"loss": 0.5, "accuracy": 1.0}) is None
+    assert summary.add("epoch 2/2", {"loss": 0.2}) == (
+        "epoch 1/2: mean loss 0.750, training accuracy 75.0% over 2 steps")
+    assert summary.flush() == "epoch 2/2: mean loss 0.200 over 1 steps"
+    assert summary.flush() is None
+    assert log_line("fine-tuning: validating 3/12") == "fine-tuning: validating"
+
+    smoother = Smoother(alpha=0.1)
+    assert smoother.add(1.0) == 1.0  # bias-corrected: the first value is itself
+    assert abs(smoother.add(0.0) - 0.09 / 0.19) < 1e-12  # (0.9*0.1*1 + 0.1*0) / (1 - 0.9**2)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from atl_desktop.gui.trainsettings import TRAIN_SETTING
-from atl_desktop.gui.wizard import NewProjectWizard, weights_problem
+from atl_desktop.gui.trainsettings import TRAIN_SETTING, weights_problem
+from atl_desktop.gui.wizard import NewProjectWizard
 
 
 def make_imagefolder(root, per_class: int = 4):
