@@ -105,8 +105,9 @@ def score_job(
     source: bool = False,
 ) -> Generator[Progress, None, ScoredPool]:
     """Score the target pool (and the source pool, if asked); cached per checkpoint."""
-    from atl_desktop.data.datasets import project_dataset
+    from atl_desktop.data.datasets import AugmentedCopies, project_dataset
     from atl_desktop.models.transforms import input_transform
+    from atl_desktop.store import PatchRef
 
     config = config or ScoringConfig()
     net, key, checkpoint_id = load_model(project, model or ModelChoice())
@@ -119,6 +120,10 @@ def score_job(
             continue
         dataset = project_dataset(project, domain=domain, split="pool", labelled=None,
                                   transform=transform)
+        if config.augment_copies and any(isinstance(p, PatchRef) for p in dataset.paths):
+            # AIFT on slides: a patch's copies are crops jittered around it on the slide.
+            dataset = AugmentedCopies(dataset, config.augment_copies, config.augment_min_scale,
+                                      config.seed)
         job = score_pool(net, dataset, cache, image_ids=dataset.image_ids, config=config)
         tables[domain] = yield from relabel(job, f"scoring {domain} images")
     write_meta(cache, {"checkpoint_id": checkpoint_id, "key": key, "config": config.to_json()})

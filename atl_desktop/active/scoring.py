@@ -304,13 +304,17 @@ def _mc_probs(model: nn.Module, x: torch.Tensor, feats: torch.Tensor, config: Sc
 
 def _forward(model: nn.Module, x: torch.Tensor, config: ScoringConfig,
              generator: torch.Generator) -> dict[str, torch.Tensor]:
+    copies = None
+    if x.dim() == 5:  # (n, 1 + m, C, H, W): the dataset made the copies (AIFT on slides)
+        x, copies = x[:, 0], x[:, 1:]
     feats, logits = model.features_and_logits(x)
     out = {"probs": F.softmax(logits.float(), dim=1), "features": feats.float()}
     if config.augment_copies:
+        views = ([copies[:, k] for k in range(copies.shape[1])] if copies is not None else
+                 (random_patches(x, generator, config.augment_min_scale).to(x.dtype)
+                  for _ in range(config.augment_copies)))
         out["augmented_probs"] = torch.stack(
-            [F.softmax(model.features_and_logits(
-                random_patches(x, generator, config.augment_min_scale).to(x.dtype))[1].float(), dim=1)
-             for _ in range(config.augment_copies)], dim=1)
+            [F.softmax(model.features_and_logits(v)[1].float(), dim=1) for v in views], dim=1)
     if config.mc_samples:
         out["mc_probs"] = _mc_probs(model, x, feats, config, generator)
     return out

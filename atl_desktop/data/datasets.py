@@ -63,6 +63,51 @@ class ImageDataset(Dataset):
         return (self.transform or to_tensor)(img), label
 
 
+class AugmentedCopies(Dataset):
+    """An image dataset whose items also carry m augmented copies: x is (1 + m, C, H, W).
+
+    For AIFT on slides: a patch's copies are crops jittered around its location,
+    read from the slide (`data.slides.read_jittered`); a plain image's copies are
+    random crops inside it (side in [min_scale, 1], mirrored with probability 1/2),
+    as the scoring pass makes them for pools of plain images. Each item draws from
+    its own generator, seeded by (seed, image id), so copies do not depend on the
+    batch order.
+    """
+
+    def __init__(self, dataset: ImageDataset, copies: int, min_scale: float = 0.6, seed: int = 0):
+        self.dataset = dataset
+        self.copies = copies
+        self.min_scale = min_scale
+        self.seed = seed
+        self.image_ids = getattr(dataset, "image_ids", list(range(len(dataset))))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from atl_desktop.data.slides import read_jittered
+
+        path = self.dataset.paths[index]
+        img = load_image(path, max_side=self.dataset.max_side)
+        rng = np.random.default_rng([self.seed, int(self.image_ids[index])])
+        if isinstance(path, PatchRef):
+            copies = [read_jittered(path, rng, self.min_scale) for _ in range(self.copies)]
+        else:
+            copies = [_random_crop(img, rng, self.min_scale) for _ in range(self.copies)]
+        transform = self.dataset.transform or to_tensor
+        x = torch.stack([transform(img)] + [transform(c) for c in copies])
+        label = UNLABELLED if self.dataset.labels is None else self.dataset.labels[index]
+        return x, label
+
+
+def _random_crop(img: Image.Image, rng: np.random.Generator, min_scale: float) -> Image.Image:
+    side = max(1, int(round(min(img.size) * rng.uniform(min_scale, 1.0))))
+    x = int(rng.integers(0, img.width - side + 1))
+    y = int(rng.integers(0, img.height - side + 1))
+    crop = img.crop((x, y, x + side, y + side)).resize(img.size, Image.Resampling.BILINEAR)
+    return crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else crop
+
+
 class ArrayDataset(Dataset):
     """Images from a uint8 array (N, H, W) or (N, H, W, 3); items as in ImageDataset."""
 

@@ -389,3 +389,23 @@ def best_level(info: SlideInfo, downsample: float) -> int:
         if ds <= downsample * (1 + 1e-6):
             chosen = level
     return chosen
+
+
+def read_jittered(ref: PatchRef, rng: np.random.Generator, min_scale: float = 0.6,
+                  shift: float = 0.25) -> Image.Image:
+    """One augmented patch around a patch's location (AIFT, Zhou et al. 2017: a candidate is
+    a location, its patches are crops around it): side u times the patch's, u ~ U(min_scale,
+    2 - min_scale), centre moved by up to `shift` of the side in x and y, mirrored with
+    probability 1/2, read from the slide (so it may take in tissue beyond the patch) and
+    resampled to the patch's output size."""
+    u = rng.uniform(min_scale, 2.0 - min_scale)
+    dx, dy = rng.uniform(-shift, shift, 2) * ref.extent
+    mirror = rng.random() < 0.5
+    extent = ref.extent * u
+    cx, cy = ref.x + ref.extent / 2 + dx, ref.y + ref.extent / 2 + dy
+    reader = SLIDES.reader(ref.slide)
+    level = best_level(reader.info, extent / ref.out_size)
+    n = max(1, int(round(extent / reader.info.levels[level][2])))
+    pixels = resize(reader.read(int(round(cx - extent / 2)), int(round(cy - extent / 2)), level, n, n),
+                    ref.out_size)
+    return Image.fromarray(pixels[:, ::-1] if mirror else pixels)

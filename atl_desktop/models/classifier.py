@@ -11,7 +11,7 @@ named intermediate layers that multi-layer losses and active learning read.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -28,9 +28,15 @@ class InputSpec:
     channels: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    # Stain normalisation applied before everything else (`data.stain.StainConfig` as JSON);
+    # part of the input, so a checkpoint scores images the way it was trained on them.
+    stain: dict | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        if values["stain"] is None:
+            del values["stain"]  # files without it stay as they were
+        return values
 
     @classmethod
     def from_dict(cls, data: dict) -> InputSpec:
@@ -39,6 +45,7 @@ class InputSpec:
             channels=int(data["channels"]),
             mean=tuple(float(v) for v in data["mean"]),
             std=tuple(float(v) for v in data["std"]),
+            stain=data.get("stain") or None,
         )
 
 

@@ -15,9 +15,11 @@ from PIL import Image
 from torch import Tensor
 from torchvision import transforms as T
 
+from atl_desktop.data.stain import RandomHEDJitter, StainConfig, StainNormalise
 from atl_desktop.models.classifier import InputSpec
 
-AUGMENTATIONS = ("none", "natural", "histology")
+AUGMENTATIONS = ("none", "natural", "histology", "hed")
+HED_SIGMA = 0.05  # Tellez et al.'s "HED-light"
 
 
 class RandomRot90:
@@ -48,12 +50,17 @@ def input_transform(
 
     augment (training only): "natural" = random resized crop, horizontal flip
     and mild colour jitter; "histology" = flips, 90-degree rotations and mild
-    colour jitter (stain variation), no cropping; "none" = as at inference.
+    colour jitter (stain variation), no cropping; "hed" = flips, rotations and
+    HED stain augmentation (Tellez et al., sigma 0.05); "none" = as at inference.
+    A stain normalisation in `spec.stain` comes first, in training and inference.
     """
     if augment not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {augment!r}; choose one of {AUGMENTATIONS}")
     size = spec.size
-    steps: list[Callable] = [ToMode(spec.channels)]
+    steps: list[Callable] = []
+    if spec.stain:  # on the RGB image, before anything else
+        steps.append(StainNormalise(StainConfig.from_json(spec.stain)))
+    steps.append(ToMode(spec.channels))
     if train and augment == "natural":
         steps += [
             T.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
@@ -62,13 +69,10 @@ def input_transform(
         ]
     else:
         steps += [T.Resize(size, antialias=True), T.CenterCrop(size)]
-        if train and augment == "histology":
-            steps += [
-                T.RandomHorizontalFlip(),
-                T.RandomVerticalFlip(),
-                RandomRot90(),
-                T.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.04),
-            ]
+        if train and augment in ("histology", "hed"):
+            steps += [T.RandomHorizontalFlip(), T.RandomVerticalFlip(), RandomRot90()]
+            steps.append(RandomHEDJitter(HED_SIGMA) if augment == "hed" else
+                         T.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.04))
     steps += [T.ToTensor(), T.Normalize(spec.mean[: spec.channels], spec.std[: spec.channels])]
     return T.Compose(steps)
 

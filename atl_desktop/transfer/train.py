@@ -528,6 +528,11 @@ def train_project(
         raise ProjectError(str(error)) from None
     start = None if from_scratch else project.latest_checkpoint()
     model = _starting_model(project, config, start, classes)
+    # The project's stain normalisation, if chosen, becomes part of the model's input
+    # (recorded in the checkpoint, so scoring normalises the same way).
+    from atl_desktop.data.stain import STAIN_SETTING
+
+    model.spec = dataclasses.replace(model.spec, stain=project.get_setting(STAIN_SETTING) or None)
     if not 0 <= config.freeze <= len(model.stages):
         raise ProjectError(f"{model.backbone_name} has {len(model.stages)} stages; "
                            f"freeze must be between 0 and {len(model.stages)}.")
