@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "atl_desktop.commands.simulate",
     "atl_desktop.commands.gan",
     "atl_desktop.commands.slides",
+    "atl_desktop.commands.scale",
     "atl_desktop.commands.report",
 )
 

@@ -29,7 +29,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -143,7 +143,10 @@ class _Part:
             self.done.flush()
 
 
-def _create_part(root: Path, ids: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> _Part:
+def _create_part(root: Path, ids: np.ndarray, shapes: dict[str, tuple[int, ...]],
+                 fill: Callable[[_Part], None] | None = None) -> _Part:
+    """A new part of `root`, appearing at once under its final name; `fill`, when given,
+    writes its rows while it is still hidden."""
     root.mkdir(parents=True, exist_ok=True)
     name = uuid.uuid4().hex
     tmp = root / f".tmp-{name}"
@@ -155,6 +158,12 @@ def _create_part(root: Path, ids: np.ndarray, shapes: dict[str, tuple[int, ...]]
                                        shape=(len(ids), *tail))
         mm.flush()
         del mm
+    if fill is not None:
+        hidden = _Part(tmp, writable=True)
+        fill(hidden)
+        hidden.flush()
+        hidden.done.flush()
+        del hidden
     for f in tmp.iterdir():
         _fsync(f)
     final = root / f"part-{name}"
@@ -208,6 +217,46 @@ def load_scores(cache_dir: str | os.PathLike, image_ids: Sequence[int]) -> Score
             out[sel] = parts[k].arrays[name][rows[sel]]
         gathered[name] = out
     return ScoreTable(ids, **{k: gathered.get(k) for k in ARRAYS})
+
+
+def unscored(cache_dir: str | os.PathLike, image_ids: Sequence[int]) -> np.ndarray:
+    """Mask of the `image_ids` whose rows are not finished in the cache."""
+    ids = np.asarray(image_ids, dtype=np.int64)
+    return ~_locate(_parts(Path(cache_dir), writable=False), ids)[2]
+
+
+MERGE_CHUNK_ROWS = 65536  # rows copied at a time when merging shards (bounds memory)
+
+
+def merge_shards(cache_dir: str | os.PathLike, image_ids: Sequence[int],
+                 shard_dirs: Sequence[str | os.PathLike]) -> None:
+    """Gather the rows of `image_ids`, finished in the caches `shard_dirs` (one per
+    rank of a distributed pass), into one new part of `cache_dir`, in that order, so
+    that loading them later is zero-copy. The part appears complete or not at all."""
+    ids = np.asarray(image_ids, dtype=np.int64)
+    if not len(ids):
+        return
+    root = Path(cache_dir)
+    parts = [part for folder in shard_dirs for part in _parts(Path(folder), writable=False)]
+    where, rows, done = _locate(parts, ids)
+    if not done.all():
+        raise MissingScores(f"{int((~done).sum())} of {len(ids)} images are missing from the shards")
+    first = parts[where[0]]
+    if (where == where[0]).all() and np.array_equal(first.ids, ids) and first.done.all():
+        os.replace(first.folder, root / first.folder.name)  # one shard holds it all: adopt it
+        _fsync(root)
+        return
+
+    def fill(part: _Part) -> None:
+        for k in np.unique(where):
+            positions = np.flatnonzero(where == k)
+            for start in range(0, len(positions), MERGE_CHUNK_ROWS):
+                chunk = positions[start:start + MERGE_CHUNK_ROWS]
+                for name, array in part.arrays.items():
+                    array[chunk] = parts[k].arrays[name][rows[chunk]]
+        part.mark_done(np.arange(len(ids)))
+
+    _create_part(root, ids, {name: tuple(a.shape[1:]) for name, a in first.arrays.items()}, fill)
 
 
 def remove_stale_scores(scores_root: str | os.PathLike, keep_keys: Sequence[str]) -> list[Path]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from atl_desktop.active.scoring import ScoringConfig
 from atl_desktop.active.strategies import STRATEGIES
+from atl_desktop.commands.scale import add_launch_options, distributed, run_score
 from atl_desktop.jobs import run_with_tqdm
 from atl_desktop.session import ModelChoice, query_job, score_job
 from atl_desktop.store import Project, ProjectError
@@ -20,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "bottleneck features, cached in NAME.atl.d/scores/<checkpoint sha256>/.")
     score.add_argument("project", type=Path)
     _model_options(score)
+    add_launch_options(score)
     score.set_defaults(func=cmd_score)
 
     query = subparsers.add_parser(
@@ -64,6 +66,12 @@ def _config(args: argparse.Namespace, augment_copies: int, mc_samples: int) -> S
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    if distributed(args):
+        outcome = run_score(args, _choice(args), _config(args, args.augment_copies, args.mc_samples))
+        if outcome.get("kind") == "score":
+            print(f"Scores of {outcome['target']} target and {outcome['source'] or 0} source images "
+                  f"cached by {outcome['processes']} processes in {args.project.name}.d/scores/")
+        return 0
     with Project.open(args.project) as project:
         job = score_job(project, model=_choice(args), config=_config(args, args.augment_copies, args.mc_samples),
                         source=True)

@@ -7,6 +7,7 @@ import json
 import statistics
 from pathlib import Path
 
+from atl_desktop.commands.scale import add_launch_options, distributed, run_train
 from atl_desktop.jobs import run_with_tqdm
 from atl_desktop.store import Project, ProjectError
 
@@ -54,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--num-workers", type=int, default=0)
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_launch_options(train)
     train.set_defaults(func=cmd_train)
 
     evaluate = subparsers.add_parser(
@@ -82,14 +84,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_on_data(args)
     from atl_desktop.transfer.train import train_project
 
+    if distributed(args):
+        outcome = run_train(args, lambda project: _project_config(args, project))
+        if outcome.get("kind") == "train":
+            _print(args, outcome, f"{', '.join(outcome['phases'])} done; checkpoint "
+                   f"{outcome['checkpoints'][-1]}. " + _metric_line(outcome["metrics"]))
+        return 0
     with Project.open(args.project) as project:
-        latest = None if args.from_scratch else project.latest_checkpoint()
-        if args.backbone is None:
-            sides = [max(r.width or 0, r.height or 0) for r in project.images(domain="target")]
-            backbone = latest.backbone if latest else _default_backbone(sides)
-        else:
-            backbone = args.backbone
-        config = _config(args, backbone)
+        config = _project_config(args, project)
         result = run_with_tqdm(train_project(project, config, from_scratch=args.from_scratch),
                                desc="train", quiet=args.quiet)
         _print(args, {"checkpoints": list(result.checkpoint_ids), "phases": list(result.phases),
@@ -97,6 +99,18 @@ def cmd_train(args: argparse.Namespace) -> int:
                f"{', '.join(result.phases)} done; checkpoint {result.checkpoint_id}. "
                + _metric_line(result.metrics))
     return 0
+
+
+def _project_config(args: argparse.Namespace, project: Project):
+    """The TrainConfig of the arguments; the backbone defaults to the latest checkpoint's,
+    else to one suited to the target images' size."""
+    latest = None if args.from_scratch else project.latest_checkpoint()
+    if args.backbone is None:
+        sides = [max(r.width or 0, r.height or 0) for r in project.images(domain="target")]
+        backbone = latest.backbone if latest else _default_backbone(sides)
+    else:
+        backbone = args.backbone
+    return _config(args, backbone)
 
 
 def _train_on_data(args: argparse.Namespace) -> int:

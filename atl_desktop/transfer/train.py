@@ -25,11 +25,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, WeightedRandomSampler
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import (
+    ConcatDataset,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    Subset,
+    WeightedRandomSampler,
+)
 
 from atl_desktop.jobs import Progress
 from atl_desktop.models.classifier import FEATURES, LOGITS, Classifier
+from atl_desktop.scale.context import SINGLE, DistContext
 from atl_desktop.transfer.freeze import freeze_stages, layerwise_param_groups, unfreeze
 from atl_desktop.transfer.methods import Method, RoleOutputs, StepOutputs, make_method
 
@@ -200,21 +209,42 @@ def balanced_weights(labels: Sequence[int]) -> torch.Tensor:
 
 
 def make_loader(
-    dataset: Dataset, config: TrainConfig, seed: int, *, train: bool, balanced: bool, pin: bool
+    dataset: Dataset, config: TrainConfig, seed: int, *, train: bool, balanced: bool, pin: bool,
+    context: DistContext = SINGLE,
 ) -> DataLoader:
+    """Batches of `dataset`; over several ranks, each rank's part of every batch.
+
+    `config.batch_size` is the batch of the whole job: each of W ranks loads
+    batch_size / W items of its DistributedSampler share (or, class-balanced, an
+    independent 1/W of the draws), so a step sees as many images as in one process.
+    """
+    world = context.world_size
     generator = torch.Generator().manual_seed(seed)
-    n = len(dataset)
+    batch_size = config.batch_size // world
     sampler = None
     if train and balanced:
-        sampler = WeightedRandomSampler(balanced_weights(dataset_labels(dataset)), num_samples=n,
+        if world > 1:  # draws with replacement: every rank draws its share independently
+            generator = torch.Generator().manual_seed(derived_seeds(seed, world)[context.rank])
+        sampler = WeightedRandomSampler(balanced_weights(dataset_labels(dataset)),
+                                        num_samples=math.ceil(len(dataset) / world),
                                         replacement=True, generator=generator)
+    elif world > 1:
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=context.rank, shuffle=train,
+                                     seed=seed % 2**63)
+    n = len(sampler) if sampler is not None else len(dataset)
     # A last batch of one breaks batch norm in training mode; drop it then.
-    drop_last = train and n > config.batch_size and n % config.batch_size == 1
+    drop_last = train and n > batch_size and n % batch_size == 1
     return DataLoader(
-        dataset, batch_size=config.batch_size, shuffle=train and sampler is None, sampler=sampler,
+        dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
         generator=generator, num_workers=config.num_workers, pin_memory=pin, drop_last=drop_last,
         persistent_workers=config.num_workers > 0,
     )
+
+
+def _start_pass(loader: DataLoader, number: int) -> None:
+    """A DistributedSampler shuffles by (seed, pass number): tell it which pass this is."""
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(number)
 
 
 class _Cycle:
@@ -222,12 +252,15 @@ class _Cycle:
 
     def __init__(self, loader: DataLoader):
         self.loader = loader
+        self._passes = 0
         self._it = iter(loader)
 
     def __next__(self):
         try:
             return next(self._it)
         except StopIteration:
+            self._passes += 1
+            _start_pass(self.loader, self._passes)
             self._it = iter(self.loader)
             return next(self._it)
 
@@ -253,6 +286,8 @@ class _Loop:
     device: torch.device
     layers: tuple[str, ...]
     total: int
+    context: DistContext = SINGLE
+    ddp: nn.Module | None = None  # the model and the method under DistributedDataParallel
 
     def autocast(self):
         if self.scaler is None:
@@ -264,11 +299,7 @@ class _Loop:
         labels = {r: (None if y is None else y.to(self.device, non_blocking=True))
                   for r, (_, y) in batches.items()}
         with self.autocast():
-            layers = self._forward({r: x for r, x in inputs.items() if r in self.method.forward_roles})
-            per_role = {r: RoleOutputs(layers.get(r, {}), labels[r], inputs[r]) for r in batches}
-            out = StepOutputs(per_role.get("labelled"), per_role.get("source"), per_role.get("target"),
-                              step, self.total)
-            terms = self.method.losses(out)
+            terms, out = (self.losses if self.ddp is None else self.ddp)(inputs, labels, step)
             loss = sum(terms.values())
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -279,7 +310,23 @@ class _Loop:
             loss.backward()
             self.optimizer.step()
         self.method.after_step()
-        return self._metrics(loss, terms, out)
+        return self._mean_over_ranks(self._metrics(loss, terms, out))
+
+    def losses(self, inputs: dict[str, Tensor], labels: dict[str, Tensor | None],
+               step: int) -> tuple[dict[str, Tensor], StepOutputs]:
+        """The forward pass of a step and the method's loss terms."""
+        layers = self._forward({r: x for r, x in inputs.items() if r in self.method.forward_roles})
+        per_role = {r: RoleOutputs(layers.get(r, {}), labels[r], inputs[r]) for r in inputs}
+        out = StepOutputs(per_role.get("labelled"), per_role.get("source"), per_role.get("target"),
+                          step, self.total)
+        return self.method.losses(out), out
+
+    def _mean_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
+        if self.context.world_size == 1:
+            return metrics
+        names = sorted(k for k in metrics if k != "lr")
+        means = self.context.sum([metrics[k] for k in names]) / self.context.world_size
+        return {**metrics, **{k: float(v) for k, v in zip(names, means, strict=True)}}
 
     def _forward(self, inputs: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
         """One forward pass over the concatenated roles; the named layers split by role."""
@@ -308,6 +355,27 @@ class _Loop:
         return metrics
 
 
+class _StepModule(nn.Module):
+    """The model and the method's own modules (a domain discriminator...) as one module
+    whose forward is a training step's losses, so that DistributedDataParallel
+    averages the gradients of all of them."""
+
+    def __init__(self, loop: _Loop):
+        super().__init__()
+        self.model = loop.model
+        self.method = loop.method
+        self._losses = loop.losses
+
+    def forward(self, inputs, labels, step):
+        return self._losses(inputs, labels, step)
+
+
+def _distribute(loop: _Loop) -> nn.Module:
+    devices = [loop.device] if loop.device.type == "cuda" else None
+    # Some methods leave parameters out of some losses (ADDA's head): let DDP look for them.
+    return DistributedDataParallel(_StepModule(loop), device_ids=devices, find_unused_parameters=True)
+
+
 def train(
     model: Classifier,
     train_set: Dataset | None,
@@ -317,6 +385,7 @@ def train(
     source_set: Dataset | None = None,
     target_set: Dataset | None = None,
     method: Method | None = None,
+    context: DistContext = SINGLE,
 ) -> Generator[Progress, None, TrainResult]:
     """Train `model` in place; yields Progress every step, returns a TrainResult.
 
@@ -329,10 +398,18 @@ def train(
     The method may choose the source images first (`select_source`), acts on the model
     before the first step (`setup`), may work after the last one (`finish`, e.g. AdaBN),
     and always gets to undo its changes to the model at the end (`teardown`).
+
+    With a `context` of several ranks (torch.distributed), every rank runs this with
+    the same arguments: each loads its share of every batch (`make_loader`),
+    DistributedDataParallel averages the gradients, validation is shared out, and
+    the ranks end with rank 0's weights.
     """
     main = train_set if train_set is not None else source_set
     if main is None or len(main) == 0:
         raise ValueError("nothing to train on: give a labelled training or source set")
+    if config.batch_size % context.world_size:
+        raise ValueError(f"the batch size ({config.batch_size}) is split over {context.world_size} "
+                         "processes: make it a multiple of that number")
     device = resolve_device(config.device)
     method = method if method is not None else make_method(config.method, config.method_options)
     layers = tuple(dict.fromkeys((*method.layers, FEATURES, LOGITS)))
@@ -350,7 +427,8 @@ def train(
                            ("target", target_set, seeds[2])):
         if ds is not None and len(ds) > 0:
             loaders[role] = make_loader(ds, config, seed, train=True, pin=use_cuda,
-                                        balanced=config.balanced and role != "target")
+                                        balanced=config.balanced and role != "target",
+                                        context=context)
     main_role = "labelled" if "labelled" in loaders else "source"
     total = config.epochs * len(loaders[main_role])
     if config.max_steps is not None:
@@ -362,10 +440,14 @@ def train(
         groups += method.param_groups(config.lr, config.weight_decay)
         optimizer = make_optimizer(config, groups)
         scaler = torch.amp.GradScaler("cuda") if use_cuda and config.amp else None
-        loop = _Loop(model, method, optimizer, scaler, device, layers, total)
+        loop = _Loop(model, method, optimizer, scaler, device, layers, total, context)
+        if context.world_size > 1:
+            loop.ddp = _distribute(loop)
         others = {r: _Cycle(ld) for r, ld in loaders.items() if r != main_role}
+        # Each rank draws its own dropout masks and augmentations.
+        stream_seed = seeds[3] if context.world_size == 1 else derived_seeds(seeds[3], context.world_size)[context.rank]
         result = yield from _epochs(loop, loaders[main_role], main_role, others, config, val_set,
-                                    PrivateRandomStream(seeds[3], device))
+                                    PrivateRandomStream(stream_seed, device))
         yield from _relay(method.finish(model, target_set, config.batch_size, device), result.steps,
                           total, "adapting")
         return dataclasses.replace(result, metrics={**result.metrics, **selected})
@@ -380,10 +462,12 @@ def _epochs(loop: _Loop, main_loader: DataLoader, main_role: str, others: dict[s
     best_key: tuple[float, float] | None = None
     best_state: dict[str, Tensor] | None = None
     best_epoch, stale, stopped_early = None, 0, False
+    seen = 0  # main-role images this rank trained on
     for epoch in range(1, config.epochs + 1):
         model.train()
         loop.method.train()
         losses = []
+        _start_pass(main_loader, epoch)
         batches = iter(main_loader)
         while step < loop.total:
             with rng.active():
@@ -395,13 +479,17 @@ def _epochs(loop: _Loop, main_loader: DataLoader, main_role: str, others: dict[s
                     roles["target"] = (roles["target"][0], None)
                 metrics = loop.step(roles, step)
             step += 1
+            seen += len(batch[0])
             losses.append(metrics["loss"])
             yield Progress(step, loop.total, f"epoch {epoch}/{config.epochs}", metrics)
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else math.nan}
         if val_set is not None and len(val_set) > 0:
+            # Each rank's batch-norm statistics follow its own batches: validate with rank 0's.
+            loop.context.broadcast_state(model, buffers_only=True)
             evaluation = yield from _relay(
                 evaluate(model, val_set, batch_size=config.batch_size, device=loop.device,
-                         num_workers=config.num_workers), step, loop.total, "validating")
+                         num_workers=config.num_workers, context=loop.context), step, loop.total,
+                "validating")
             record.update(val_loss=evaluation.loss, val_accuracy=evaluation.accuracy,
                           val_balanced_accuracy=evaluation.balanced_accuracy)
             key = (evaluation.accuracy, -evaluation.loss)
@@ -419,12 +507,14 @@ def _epochs(loop: _Loop, main_loader: DataLoader, main_role: str, others: dict[s
             break
     if best_state is not None:
         model.load_state_dict(best_state)
+    loop.context.broadcast_state(model, buffers_only=True)  # DDP keeps the parameters equal
     final = dict(history[-1]) if history else {}
     if best_epoch is not None:
         final.update({k: v for k, v in history[best_epoch - 1].items() if k.startswith("val_")})
         final["best_epoch"] = best_epoch
     final.pop("epoch", None)
     final["steps"] = step
+    final["samples_seen"] = int(loop.context.sum([seen])[0])
     return TrainResult(step, len(history), best_epoch, stopped_early, tuple(history), final)
 
 
@@ -457,9 +547,14 @@ def evaluate(
     device: str | torch.device | None = "auto",
     num_workers: int = 0,
     classes: Sequence[str] = (),
+    context: DistContext = SINGLE,
 ) -> Generator[Progress, None, EvalResult]:
-    """Accuracy, per-class recall and confusion matrix on labelled data (labels < 0 are skipped)."""
+    """Accuracy, per-class recall and confusion matrix on labelled data (labels < 0 are skipped).
+
+    Over several ranks each evaluates its block of `dataset` and all get the sums."""
     device = resolve_device(device)
+    if context.world_size > 1:
+        dataset = Subset(dataset, range(len(dataset))[context.shard(len(dataset))])
     was_training = model.training
     model.to(device).eval()
     c = model.num_classes
@@ -480,6 +575,10 @@ def evaluate(
                 yield Progress(i + 1, len(loader), "evaluating")
     finally:
         model.train(was_training)
+    if context.world_size > 1:
+        totals = context.sum([n, loss_sum, *confusion.tolist()])
+        n, loss_sum = int(totals[0]), float(totals[1])
+        confusion = torch.as_tensor(np.rint(totals[2:]), dtype=torch.long)
     matrix = confusion.view(c, c).tolist()
     return EvalResult(n, loss_sum / n if n else math.nan, tuple(tuple(r) for r in matrix), tuple(classes))
 
@@ -512,6 +611,39 @@ def train_project(
     unlabelled target images trains in one phase on all of them.
     """
     from atl_desktop.models.checkpoints import save_checkpoint
+
+    plan = plan_project_training(project, config, from_scratch=from_scratch)
+    model, classes = plan.model, plan.classes
+    parent, ids, metrics = (plan.start.id if plan.start else None), [], {}
+    for name, method_name, sets in plan.phases:
+        phase_method = plan.method(method_name)
+        job = train(model, sets["train"], config, val_set=sets["val"], source_set=sets["source"],
+                    target_set=sets["target"], method=phase_method)
+        result = yield from _prefixed(job, name)
+        recorded, metrics = phase_record(config, name, phase_method, result, sets)
+        parent = save_checkpoint(project, model, classes=classes, parent_id=parent, round=round,
+                                 config=recorded, metrics=metrics, seed=config.seed)
+        ids.append(parent)
+    return ProjectTrainResult(tuple(ids), tuple(name for name, _, _ in plan.phases), metrics)
+
+
+@dataclass
+class TrainingPlan:
+    """What `train_project` trains: the starting model and the phases' data."""
+
+    model: Classifier
+    classes: list[str]
+    start: Any  # the CheckpointRecord continued from, or None
+    phases: list[tuple[str, str, dict]]  # (name, method name, {"train", "source", "target", "val"})
+    config: TrainConfig
+
+    def method(self, name: str) -> Method:
+        """The phase's method, with the config's options when it is the config's method."""
+        return make_method(name, self.config.method_options if name == self.config.method else None)
+
+
+def plan_project_training(project, config: TrainConfig, *, from_scratch: bool = False) -> TrainingPlan:
+    """Check the request and gather the model and data of `train_project` (nothing trained)."""
     from atl_desktop.models.transforms import input_transform
     from atl_desktop.store.errors import ProjectError
     from atl_desktop.transfer.methods import METHODS
@@ -521,7 +653,6 @@ def train_project(
         raise ProjectError("Training needs at least two classes; add classes first.")
     if config.method not in METHODS:
         raise ProjectError(f"Unknown method {config.method!r}; choose one of {', '.join(METHODS)}.")
-    method = METHODS[config.method]
     try:
         make_method(config.method, config.method_options)
     except ValueError as error:
@@ -537,24 +668,19 @@ def train_project(
         raise ProjectError(f"{model.backbone_name} has {len(model.stages)} stages; "
                            f"freeze must be between 0 and {len(model.stages)}.")
     fit = input_transform(model.spec, train=True, augment=config.augment)
-    plain = input_transform(model.spec)
-    phases = _phases(project, method, start is None, fit, plain)
+    phases = _phases(project, METHODS[config.method], start is None, fit, input_transform(model.spec))
     if not phases:
         raise ProjectError("Nothing to train on: label some images first.")
-    parent, ids, metrics = (start.id if start else None), [], {}
-    for name, method_name, sets in phases:
-        phase_method = make_method(method_name, config.method_options if method_name == config.method
-                                   else None)
-        job = train(model, sets["train"], config, val_set=sets["val"], source_set=sets["source"],
-                    target_set=sets["target"], method=phase_method)
-        result = yield from _prefixed(job, name)
-        metrics = {**result.metrics, **{f"n_{k}": len(v) for k, v in sets.items() if v is not None}}
-        recorded = {**config.to_dict(), "method": method_name,
-                    "method_options": phase_method.hyperparameters(), "phase": name}
-        parent = save_checkpoint(project, model, classes=classes, parent_id=parent, round=round,
-                                 config=recorded, metrics=metrics, seed=config.seed)
-        ids.append(parent)
-    return ProjectTrainResult(tuple(ids), tuple(name for name, _, _ in phases), metrics)
+    return TrainingPlan(model, classes, start, phases, config)
+
+
+def phase_record(config: TrainConfig, name: str, method: Method, result: TrainResult,
+                 sets: Mapping[str, Dataset | None]) -> tuple[dict, dict]:
+    """(config, metrics) recorded with a phase's checkpoint."""
+    metrics = {**result.metrics, **{f"n_{k}": len(v) for k, v in sets.items() if v is not None}}
+    recorded = {**config.to_dict(), "method": method.name,
+                "method_options": method.hyperparameters(), "phase": name}
+    return recorded, metrics
 
 
 def _starting_model(project, config: TrainConfig, start, classes: list[str]) -> Classifier:
