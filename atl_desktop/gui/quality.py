@@ -1,6 +1,11 @@
-"""Model quality: test accuracy per round, the stopping signal in words, a reliability
-diagram with ECE (from the rounds' recorded metrics), and per-class recall with a
-confusion matrix for the current checkpoint (an evaluation job on the test split).
+"""Model quality: the learning curve (test accuracy against labelled images per round,
+beside the random-sampling baseline when the project records one), the stopping
+signal in words, and for the current checkpoint a reliability diagram with the
+expected calibration error, per-class recall and the confusion matrix.
+
+The numbers come from what the rounds recorded (`rounds.assess_job` runs at the
+end of each round). A checkpoint no round assessed (after a rollback, say) is
+assessed on demand by the same job, on the job runner.
 """
 
 from __future__ import annotations
@@ -8,14 +13,16 @@ from __future__ import annotations
 from typing import Any
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QBrush, QColor
+from PySide6.QtGui import QBrush, QColor, QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QPushButton,
+    QScrollArea,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -27,14 +34,20 @@ from atl_desktop.gui.workspace import Workspace
 from atl_desktop.store import ProjectError, RoundRecord
 
 JOB = "evaluate"
-NO_ROUNDS = ("No finished rounds yet. Each round (query, label, train) records test accuracy, "
-             "calibration and the stopping signal here.")
+BASELINE_SETTING = "random_baseline"  # = atl_desktop.report.BASELINE_SETTING (written by the demo builder)
+SOURCE_SETTING = "source_model"  # = atl_desktop.report.SOURCE_SETTING
+NO_ROUNDS = ("No finished rounds yet. Each round (query, label, train) records the test accuracy, "
+             "the calibration and the stopping signal shown here.")
+NO_TEST = ("No labelled test images: import some into the test split (File ▸ Import images, "
+           "Split: Test) to measure the model.")
 
 
-def evaluate_job(project, **kwargs):
-    from atl_desktop.transfer.train import evaluate_project
+def evaluate_job(project, *, checkpoint_id: int):
+    """Assess a checkpoint on the test split as a round does; returns {"checkpoint", "test"?}."""
+    from atl_desktop.rounds import assess_job
 
-    return evaluate_project(project, **kwargs)
+    metrics = yield from assess_job(project, checkpoint_id, None)
+    return {"checkpoint": checkpoint_id, "test": metrics.get("test")}
 
 
 def round_summary(record: RoundRecord) -> dict[str, Any]:
@@ -44,21 +57,38 @@ def round_summary(record: RoundRecord) -> dict[str, Any]:
     calibration = test.get("calibration") or {}
     return {"round": record.id, "strategy": record.strategy, "labels": record.metrics.get("labels"),
             "accuracy": test.get("accuracy", record.metrics.get("test_accuracy")), "ece": calibration.get("ece"),
-            "bins": calibration.get("bins"), "kappa": stop.get("kappa"), "stop": stop.get("stop")}
+            "bins": calibration.get("bins"), "kappa": stop.get("kappa"), "agreement": stop.get("agreement"),
+            "stop_n": stop.get("n"), "stop": stop.get("stop"), "checkpoint": record.checkpoint_id,
+            "test": test or None}
 
 
 def stop_words(summaries: list[dict[str, Any]]) -> str:
     """The stopping signal (Bloodgood & Vijay-Shanker 2009) in words."""
-    with_kappa = [s for s in summaries if s["kappa"] is not None]
+    with_kappa = [s for s in summaries if s.get("kappa") is not None]
     if not with_kappa:
-        return ("Stopping signal: not yet known. It compares each round's predictions on a fixed "
-                "set of unlabelled images with the round before; it needs two finished rounds.")
+        return ("Stopping signal: not known yet. It compares each round's predictions on a fixed "
+                "set of unlabelled images with the round before, so it needs two finished rounds.")
     last = with_kappa[-1]
+    changed = ""
+    if last.get("agreement") is not None:
+        n = f" ({last['stop_n']:,} images)" if last.get("stop_n") else ""
+        changed = f"Predictions changed on {1 - last['agreement']:.1%} of the stop set{n} since the last round"
+    else:
+        changed = "Predictions were compared with the last round's on the stop set"
     if last["stop"]:
-        return (f"Stopping signal: predictions have stabilised (agreement κ = {last['kappa']:.3f} "
-                "over the last rounds). More labels are unlikely to change the model much.")
-    return (f"Stopping signal: keep going. The model still changes between rounds "
-            f"(agreement κ = {last['kappa']:.3f}; stop when it stays near 1).")
+        return (f"{changed} (agreement κ = {last['kappa']:.3f}): the model has stabilised, so more "
+                "labels are unlikely to help much.")
+    return (f"{changed} (agreement κ = {last['kappa']:.3f}): the model is still changing; more labels "
+            "should still help. Stop when κ stays near 1 for a few rounds.")
+
+
+def learning_points(summaries, start: dict | None) -> list[tuple[float, float]]:
+    """(labelled images, test accuracy) per round, after the source-only start when known."""
+    points = [(float(s["labels"]), float(s["accuracy"])) for s in summaries
+              if s["labels"] is not None and s["accuracy"] is not None]
+    if start and start.get("accuracy") is not None:
+        points.insert(0, (float(start.get("labels", 0)), float(start["accuracy"])))
+    return points
 
 
 class QualityView(QWidget):
@@ -66,89 +96,200 @@ class QualityView(QWidget):
         super().__init__(parent)
         self.ws = workspace
         self.runner = runner
-        self.result = None
+        self.result = None  # the test metrics shown for the current checkpoint
+        self._evaluated: dict[int, dict | None] = {}  # checkpoint id -> test metrics evaluated here
         self._build()
-        workspace.changed.connect(self.refresh_rounds)
-        runner.finished.connect(lambda name, result: self.show_evaluation(result) if name == JOB else None)
+        workspace.changed.connect(self.refresh)
+        runner.finished.connect(lambda name, result: self._on_evaluated(result) if name == JOB else None)
         runner.failed.connect(lambda name, message, _d: self._eval_note(f"Evaluation failed: {message}")
                               if name == JOB else None)
-        self.refresh_rounds()
+        self.refresh()
 
     def _build(self) -> None:
-        self.rounds_table = _table(("Round", "Strategy", "Labels", "Test accuracy", "ECE", "κ"))
-        self.stop_label = QLabel()
-        self.stop_label.setWordWrap(True)
         self.accuracy_plot, self.reliability_plot = _plots()
-        self.reliability_note = QLabel()
-        self.reliability_note.setWordWrap(True)
-        rounds = QGroupBox("Rounds")
-        grid = QGridLayout(rounds)
-        grid.addWidget(self.rounds_table, 0, 0)
-        grid.addWidget(self.accuracy_plot, 0, 1)
-        grid.addWidget(self.stop_label, 1, 0, 1, 2)
-        reliability = QGroupBox("Calibration (latest round, test split)")
-        rel_layout = QVBoxLayout(reliability)
+        self.stop_label = _note()
+        self.stop_label.setStyleSheet("font-weight: bold;")
+        self.rounds_table = _table(("Round", "Strategy", "Labels", "Test accuracy", "ECE", "Changed"))
+        self.rounds_table.setMaximumHeight(150)
+        curve = QGroupBox("Learning curve: test accuracy against labelled images")
+        curve_layout = QVBoxLayout(curve)
+        curve_layout.addWidget(self.accuracy_plot, 1)
+        curve_layout.addWidget(self.stop_label)
+        curve_layout.addWidget(self.rounds_table)
+
+        self.reliability_note = _note()
+        self.calibration_box = QGroupBox("Calibration")
+        rel_layout = QVBoxLayout(self.calibration_box)
         rel_layout.addWidget(self.reliability_plot, 1)
         rel_layout.addWidget(self.reliability_note)
 
-        self.evaluate_button = QPushButton("Evaluate the current checkpoint")
-        self.evaluate_button.setToolTip("Per-class recall and confusion matrix on the test split")
+        self.evaluate_button = QPushButton("Evaluate now")
+        self.evaluate_button.setToolTip("Assess the current checkpoint on the test split, as a round does")
         self.evaluate_button.clicked.connect(self.start_evaluation)
-        self.eval_note = QLabel("Not evaluated yet.")
-        self.eval_note.setWordWrap(True)
-        self.recall_table = _table(("Class", "Recall", "Images"))
+        self.eval_note = _note("Not evaluated yet.")
+        self.recall_table = _table(("Class", "Recall", "Test images"))
         self.confusion_table = _table(())
-        current = QGroupBox("Current checkpoint")
-        cur_layout = QVBoxLayout(current)
+        self.confusion_table.setToolTip("Rows: the true class. Columns: what the model predicted, "
+                                        "numbered as the rows.")
+        self.confusion_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.confusion_title = QLabel("Confusion matrix (rows: true class · columns: predicted)")
+        self.current_box = QGroupBox("Current checkpoint on the test split")
+        cur_layout = QVBoxLayout(self.current_box)
         top = QHBoxLayout()
-        top.addWidget(self.evaluate_button)
         top.addWidget(self.eval_note, 1)
+        top.addWidget(self.evaluate_button)
         cur_layout.addLayout(top)
         tables = QHBoxLayout()
-        tables.addWidget(self.recall_table, 1)
-        tables.addWidget(self.confusion_table, 2)
+        tables.addWidget(self.recall_table, 2)
+        confusion = QVBoxLayout()
+        confusion.addWidget(self.confusion_title)
+        confusion.addWidget(self.confusion_table, 1)
+        tables.addLayout(confusion, 3)
         cur_layout.addLayout(tables, 1)
 
-        layout = QGridLayout(self)
-        layout.addWidget(rounds, 0, 0)
-        layout.addWidget(reliability, 0, 1)
-        layout.addWidget(current, 1, 0, 1, 2)
-        layout.setColumnStretch(0, 3)
-        layout.setColumnStretch(1, 2)
+        content = QWidget()
+        grid = QGridLayout(content)
+        grid.addWidget(curve, 0, 0)
+        grid.addWidget(self.calibration_box, 0, 1)
+        grid.addWidget(self.current_box, 1, 0, 1, 2)
+        grid.setColumnStretch(0, 3)
+        grid.setColumnStretch(1, 2)
+        grid.setRowStretch(0, 1)
+        grid.setRowStretch(1, 1)
+        content.setMinimumSize(900, 720)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        scroll.setWidget(content)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(scroll)
 
-    # ---- rounds -----------------------------------------------------------------------
+    # ---- everything from the store ------------------------------------------------------
 
-    def refresh_rounds(self) -> None:
+    def refresh(self) -> None:
         try:
-            finished = [r for r in self.ws.project.rounds() if r.finished is not None]
+            project = self.ws.project
+            finished = [r for r in project.rounds() if r.finished is not None]
+            start = project.get_setting(SOURCE_SETTING)
+            baseline = project.get_setting(BASELINE_SETTING)
+            current = project.latest_checkpoint()
         except ProjectError:
-            return
+            return  # the project is closing
         summaries = [round_summary(r) for r in finished]
-        self.rounds_table.setRowCount(len(summaries))
-        for row, s in enumerate(summaries):
-            for column, value in enumerate((s["round"], s["strategy"], s["labels"], s["accuracy"],
-                                            s["ece"], s["kappa"])):
-                self.rounds_table.setItem(row, column, QTableWidgetItem(_fmt(value)))
-        self.stop_label.setText(stop_words(summaries) if summaries else NO_ROUNDS)
-        points = [(s["round"], s["accuracy"]) for s in summaries if s["accuracy"] is not None]
-        if hasattr(self.accuracy_plot, "plot"):
-            self.accuracy_plot.clear()
-            if points:
-                xs, ys = zip(*points, strict=True)
-                self.accuracy_plot.plot(list(xs), list(ys), symbol="o", pen="#0072B2")
-        self._show_reliability(next((s for s in reversed(summaries) if s["bins"]), None))
+        self._show_rounds(summaries)
+        self._show_curve(learning_points(summaries, start), baseline)
+        self._show_current(current, summaries)
 
-    def _show_reliability(self, summary: dict | None) -> None:
-        if summary is None:
-            self.reliability_note.setText("No calibration recorded yet: it needs a finished round "
-                                          "and labelled (or ground-truth) test images.")
+    def _show_rounds(self, summaries) -> None:
+        table = self.rounds_table
+        table.setRowCount(len(summaries))
+        for row, s in enumerate(summaries):
+            changed = None if s["agreement"] is None else f"{1 - s['agreement']:.1%}"
+            for column, value in enumerate((s["round"], s["strategy"], s["labels"], _percent(s["accuracy"]),
+                                            s["ece"], changed)):
+                table.setItem(row, column, QTableWidgetItem(_fmt(value)))
+        table.scrollToBottom()
+        self.stop_label.setText(stop_words(summaries) if summaries else NO_ROUNDS)
+
+    def _show_curve(self, points, baseline: dict | None) -> None:
+        plot = self.accuracy_plot
+        if not hasattr(plot, "plot"):
             return
-        bins = [b for b in summary["bins"] if b.get("count")]
-        self.reliability_note.setText(
-            f"Round {summary['round']}: expected calibration error (ECE) {summary['ece']:.3f} "
-            f"over {sum(b['count'] for b in bins)} test images (Guo et al. 2017). Bars below the "
-            "diagonal: over-confident.")
+        import pyqtgraph as pg
+
+        plot.clear()
+        if points:
+            xs, ys = zip(*points, strict=True)
+            plot.plot(list(xs), list(ys), pen=pg.mkPen("#0072B2", width=2), symbol="o",
+                      symbolBrush="#0072B2", symbolSize=8, name="this project")
+        if baseline and baseline.get("labels") and baseline.get("accuracy"):
+            plot.plot(list(baseline["labels"]), list(baseline["accuracy"]),
+                      pen=pg.mkPen("#888888", width=2, style=Qt.PenStyle.DashLine), symbol="s",
+                      symbolBrush="#888888", symbolSize=7,
+                      name=f"{baseline.get('strategy', 'random')} sampling (baseline)")
+        plot.setYRange(0, 1)
+
+    # ---- the current checkpoint -----------------------------------------------------------
+
+    def _show_current(self, checkpoint, summaries) -> None:
+        if checkpoint is None:
+            self._show_test(None, "No checkpoint yet: train a model first.")
+            self.evaluate_button.setEnabled(False)
+            return
+        self.evaluate_button.setEnabled(True)
+        if checkpoint.id in self._evaluated and self._evaluated[checkpoint.id] is None:
+            self._show_test(None, NO_TEST)
+            return
+        test = self._evaluated.get(checkpoint.id)
+        where = "evaluated here"
+        if test is None:
+            assessed = next((s for s in reversed(summaries) if s["checkpoint"] == checkpoint.id and s["test"]), None)
+            test = assessed["test"] if assessed else None
+            where = f"assessed at the end of round {assessed['round']}" if assessed else ""
+        if test is None:
+            self._show_test(None, f"Checkpoint #{checkpoint.id} has not been assessed on the test split: "
+                                  "press Evaluate now.")
+            return
+        self._show_test(test, f"Checkpoint #{checkpoint.id} ({where}): {test['n']:,} test images, accuracy "
+                              f"{test['accuracy']:.1%}, balanced accuracy {test['balanced_accuracy']:.1%}.")
+
+    def _show_test(self, test: dict | None, note: str) -> None:
+        self.result = test
+        self._eval_note(note)
+        calibration = (test or {}).get("calibration") or {}
+        self._show_reliability(calibration if calibration.get("bins") else None, test)
+        if test is None or not test.get("confusion"):
+            self.recall_table.setRowCount(0)
+            self.confusion_table.setRowCount(0)
+            self.confusion_table.setColumnCount(0)
+            return
+        names = list(test.get("classes") or []) or [str(i) for i in range(len(test["confusion"]))]
+        self._show_recall(names, test)
+        self._show_confusion(names, test["confusion"])
+
+    def _show_recall(self, names, test) -> None:
+        table = self.recall_table
+        table.setRowCount(len(names))
+        for row, (name, recall, counts) in enumerate(zip(names, test["per_class_recall"], test["confusion"],
+                                                         strict=True)):
+            for column, value in enumerate((f"{row + 1}  {name}", _percent(recall), sum(counts))):
+                item = QTableWidgetItem(_fmt(value))
+                if column == 1 and recall is not None:
+                    item.setBackground(QBrush(_shade("#009E73" if recall >= 0.5 else "#D55E00",
+                                                     abs(recall - 0.5) * 1.2)))
+                table.setItem(row, column, item)
+
+    def _show_confusion(self, names, confusion) -> None:
+        table = self.confusion_table
+        table.setRowCount(len(names))
+        table.setColumnCount(len(names))
+        table.setHorizontalHeaderLabels([str(j + 1) for j in range(len(names))])
+        table.setVerticalHeaderLabels([f"{i + 1}  {n}" for i, n in enumerate(names)])
+        table.verticalHeader().show()
+        for i, counts in enumerate(confusion):
+            total = sum(counts) or 1
+            for j, value in enumerate(counts):
+                item = QTableWidgetItem(str(value))
+                item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+                share = value / total
+                if value:
+                    item.setBackground(QBrush(_shade("#009E73" if i == j else "#D55E00", 0.15 + 0.85 * share)))
+                item.setToolTip(f"{value} of {total} {names[i]} images predicted as {names[j]} ({share:.0%})")
+                table.setItem(i, j, item)
+
+    def _show_reliability(self, calibration: dict | None, test: dict | None) -> None:
         plot = self.reliability_plot
+        if calibration is None:
+            self.reliability_note.setText("No calibration yet: it is measured with the test accuracy.")
+            if hasattr(plot, "plot"):
+                plot.clear()
+            return
+        bins = [b for b in calibration["bins"] if b.get("count")]
+        self.reliability_note.setText(
+            f"Expected calibration error (ECE) {calibration['ece']:.3f} over {sum(b['count'] for b in bins):,} "
+            "test images (Guo et al., ICML 2017): the gap between confidence and accuracy, weighted by "
+            "images. Bars below the diagonal: over-confident.")
         if not hasattr(plot, "plot"):
             return
         import pyqtgraph as pg
@@ -158,9 +299,9 @@ class QualityView(QWidget):
         centres = [(b["lower"] + b["upper"]) / 2 for b in bins]
         widths = [(b["upper"] - b["lower"]) * 0.9 for b in bins]
         plot.addItem(pg.BarGraphItem(x=centres, height=[b["accuracy"] for b in bins], width=widths,
-                                     brush="#56B4E9"))
-
-    # ---- the current checkpoint ---------------------------------------------------------
+                                     brush="#56B4E9", pen=pg.mkPen("#2A6F97")))
+        plot.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], pen=None, symbol="o",
+                  symbolSize=5, symbolBrush="#D55E00")
 
     def start_evaluation(self) -> bool:
         checkpoint = self.ws.project.latest_checkpoint()
@@ -172,39 +313,19 @@ class QualityView(QWidget):
         self._eval_note(reason or f"Evaluating checkpoint #{checkpoint.id} on the test split…")
         return reason is None
 
-    def show_evaluation(self, result) -> None:
-        self.result = result
-        self._eval_note(f"{result.n} test images: accuracy {result.accuracy:.1%}, balanced "
-                        f"accuracy {result.balanced_accuracy:.1%}.")
-        names = list(result.classes) or [str(i) for i in range(len(result.confusion))]
-        self.recall_table.setRowCount(len(names))
-        for row, (name, recall, counts) in enumerate(zip(names, result.per_class_recall,
-                                                         result.confusion, strict=True)):
-            for column, value in enumerate((name, recall, sum(counts))):
-                self.recall_table.setItem(row, column, QTableWidgetItem(_fmt(value)))
-        table = self.confusion_table
-        table.setRowCount(len(names))
-        table.setColumnCount(len(names))
-        table.setHorizontalHeaderLabels([f"→ {n}" for n in names])
-        table.setVerticalHeaderLabels(names)
-        table.verticalHeader().show()
-        for i, counts in enumerate(result.confusion):
-            total = sum(counts) or 1
-            for j, value in enumerate(counts):
-                item = QTableWidgetItem(str(value))
-                item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
-                share = value / total
-                colour = QColor("#009E73" if i == j else "#D55E00")
-                colour.setAlphaF(min(1.0, 0.15 + 0.85 * share) if value else 0.0)
-                item.setBackground(QBrush(colour))
-                item.setToolTip(f"{value} {names[i]} images predicted as {names[j]} ({share:.0%})")
-                table.setItem(i, j, item)
+    def _on_evaluated(self, result: dict) -> None:
+        self._evaluated[result["checkpoint"]] = result["test"]  # None: nothing to test on
+        self.refresh()
 
     def _eval_note(self, text: str) -> None:
         self.eval_note.setText(text)
 
     def shutdown(self) -> None:
         pass
+
+
+def _percent(value) -> str | None:
+    return None if value is None else f"{value:.1%}"
 
 
 def _fmt(value) -> str:
@@ -215,6 +336,18 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _shade(colour: str, alpha: float) -> QColor:
+    shade = QColor(colour)
+    shade.setAlphaF(max(0.0, min(1.0, alpha)))
+    return shade
+
+
+def _note(text: str = "") -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    return label
+
+
 def _table(headers) -> QTableWidget:
     table = QTableWidget(0, len(headers))
     if headers:
@@ -222,6 +355,7 @@ def _table(headers) -> QTableWidget:
     table.verticalHeader().hide()
     table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
     table.horizontalHeader().setStretchLastSection(True)
+    table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
     return table
 
 
@@ -229,17 +363,23 @@ def _plots():
     try:
         import pyqtgraph as pg
     except ImportError:
-        return (QLabel("Install pyqtgraph for the accuracy plot."),
+        return (QLabel("Install pyqtgraph for the learning curve."),
                 QLabel("Install pyqtgraph for the reliability diagram."))
-    accuracy = pg.PlotWidget(title="Test accuracy per round")
-    accuracy.setLabel("bottom", "round")
+    text = QWidget().palette().color(QPalette.ColorRole.WindowText).name()
+    accuracy = pg.PlotWidget()
+    accuracy.setLabel("bottom", "labelled target images", color=text)
+    accuracy.setLabel("left", "test accuracy", color=text)
     accuracy.setYRange(0, 1)
-    reliability = pg.PlotWidget(title="Reliability diagram")
-    reliability.setLabel("bottom", "confidence")
-    reliability.setLabel("left", "accuracy")
+    accuracy.addLegend(offset=(-5, -5), labelTextColor=text)
+    reliability = pg.PlotWidget()
+    reliability.setLabel("bottom", "confidence", color=text)
+    reliability.setLabel("left", "accuracy", color=text)
     reliability.setXRange(0, 1)
     reliability.setYRange(0, 1)
     for plot in (accuracy, reliability):
         plot.setBackground(None)
         plot.showGrid(x=True, y=True, alpha=0.2)
+        for axis in ("left", "bottom"):
+            plot.getAxis(axis).setTextPen(text)
+        plot.setMinimumHeight(220)
     return accuracy, reliability

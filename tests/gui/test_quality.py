@@ -1,40 +1,65 @@
-"""Model quality: rounds' recorded accuracy, calibration and stopping signal; an
-evaluation job for the current checkpoint fills recall and the confusion matrix."""
+"""Model quality: the learning curve with the random baseline, the stopping signal in
+words, calibration and confusion from what the rounds recorded, and an evaluation job
+for a checkpoint no round assessed."""
 
 from __future__ import annotations
 
-from atl_desktop.gui.quality import NO_ROUNDS, stop_words
+from atl_desktop.gui.quality import BASELINE_SETTING, NO_ROUNDS, SOURCE_SETTING, stop_words
 from atl_desktop.store import Project
+
+BINS = [{"lower": 0.5, "upper": 0.75, "count": 3, "confidence": 0.6, "accuracy": 1 / 3},
+        {"lower": 0.75, "upper": 1.0, "count": 1, "confidence": 0.9, "accuracy": 1.0}]
 
 
 def test_empty_state_then_recorded_rounds(qtbot, open_window, project_path):
+    from atl_desktop.models import build_model
+    from atl_desktop.models.checkpoints import save_checkpoint
+
     window = open_window(project_path)
     view = window.quality
     assert view.stop_label.text() == NO_ROUNDS
-    assert "No calibration recorded" in view.reliability_note.text()
+    assert "No checkpoint yet" in view.eval_note.text()
+    assert not view.evaluate_button.isEnabled()
 
     project = window.ws.project
-    bins = [{"lower": 0.5, "upper": 0.75, "count": 3, "confidence": 0.6, "accuracy": 1 / 3},
-            {"lower": 0.75, "upper": 1.0, "count": 1, "confidence": 0.9, "accuracy": 1.0}]
-    for accuracy, kappa, stop in ((0.5, None, False), (0.75, 0.995, True)):
+    checkpoint = save_checkpoint(project, build_model("smallcnn", 3, seed=0), classes=project.class_names())
+    confusion = [[2, 0, 0], [1, 0, 0], [0, 0, 1]]
+    test = {"n": 4, "accuracy": 0.75, "balanced_accuracy": 2 / 3, "per_class_recall": [1.0, 0.0, 1.0],
+            "confusion": confusion, "classes": ["tumour", "stroma", "normal"],
+            "calibration": {"ece": 0.2, "bins": BINS}}
+    for labels, accuracy, stop in ((4, 0.5, {"kappa": None, "agreement": None, "n": 50, "stop": False}),
+                                   (8, 0.75, {"kappa": 0.995, "agreement": 0.996, "n": 500, "stop": True})):
         round_id = project.start_round("entropy")
-        project.finish_round(round_id, {"labels": 4, "test": {"accuracy": accuracy,
-                                        "calibration": {"ece": 0.2, "bins": bins}},
-                                        "stop": {"kappa": kappa, "stop": stop}})
+        project.finish_round(round_id, {"labels": labels, "test": {**test, "accuracy": accuracy},
+                                        "stop": stop}, checkpoint_id=checkpoint)
+    project.set_setting(SOURCE_SETTING, {"accuracy": 0.3, "labels": 0})
+    project.set_setting(BASELINE_SETTING, {"strategy": "random", "labels": [0, 4, 8], "accuracy": [0.3, 0.4, 0.5]})
     window.ws.notify()
+
     assert view.rounds_table.rowCount() == 2
-    assert view.rounds_table.item(1, 3).text() == "0.750"
-    assert "stabilised" in view.stop_label.text() and "0.995" in view.stop_label.text()
+    assert [view.rounds_table.item(1, c).text() for c in (2, 3, 5)] == ["8", "75.0%", "0.4%"]
+    assert view.stop_label.text().startswith("Predictions changed on 0.4% of the stop set (500 images)")
+    assert "unlikely to help much" in view.stop_label.text()
+    curves = {item.name(): item.getData() for item in view.accuracy_plot.getPlotItem().listDataItems()}
+    assert [list(v) for v in curves["this project"]] == [[0.0, 4.0, 8.0], [0.3, 0.5, 0.75]]
+    assert [list(v) for v in curves["random sampling (baseline)"]] == [[0, 4, 8], [0.3, 0.4, 0.5]]
+    # The current checkpoint's numbers come from the round that assessed it.
+    assert "assessed at the end of round 2" in view.eval_note.text()
     assert "ECE) 0.200 over 4 test images" in view.reliability_note.text()
+    assert [view.recall_table.item(r, 1).text() for r in range(3)] == ["100.0%", "0.0%", "100.0%"]
+    assert view.confusion_table.item(1, 0).text() == "1"  # a stroma image predicted as tumour
+    assert "1 of 1 stroma images predicted as tumour" in view.confusion_table.item(1, 0).toolTip()
 
 
-def test_stop_words_before_two_rounds():
-    summaries = [{"kappa": None, "stop": False}]
-    assert "not yet known" in stop_words(summaries)
-    assert "keep going" in stop_words([*summaries, {"kappa": 0.7, "stop": False}])
+def test_stop_words_before_two_rounds_and_while_changing():
+    first = {"kappa": None, "agreement": None, "stop": False}
+    assert "not known yet" in stop_words([first])
+    changing = stop_words([first, {"kappa": 0.7, "agreement": 0.88, "stop_n": 200, "stop": False}])
+    assert changing.startswith("Predictions changed on 12.0% of the stop set (200 images)")
+    assert "still changing" in changing
 
 
-def test_evaluating_the_current_checkpoint(qtbot, open_window, project_path):
+def test_evaluating_a_checkpoint_no_round_assessed(qtbot, open_window, project_path):
     from atl_desktop.models import build_model
     from atl_desktop.models.checkpoints import save_checkpoint
 
@@ -48,12 +73,26 @@ def test_evaluating_the_current_checkpoint(qtbot, open_window, project_path):
         save_checkpoint(project, build_model("smallcnn", 3, seed=0), classes=project.class_names())
     window = open_window(project_path)
     view = window.quality
+    assert "has not been assessed" in view.eval_note.text()
     with qtbot.waitSignal(window.runner.finished, timeout=60000):
         assert view.start_evaluation()
     result = view.result
-    assert result.n == 6
+    assert result["n"] == 6
     assert view.recall_table.rowCount() == 3
     assert [view.recall_table.item(r, 2).text() for r in range(3)] == ["2", "2", "2"]
     total = sum(int(view.confusion_table.item(i, j).text()) for i in range(3) for j in range(3))
     assert total == 6
-    assert f"{result.accuracy:.1%}" in view.eval_note.text()
+    assert "evaluated here" in view.eval_note.text() and f"{result['accuracy']:.1%}" in view.eval_note.text()
+    assert "ECE" in view.reliability_note.text()
+
+
+def test_evaluating_without_labelled_test_images_says_what_to_do(qtbot, open_window, project_path):
+    from atl_desktop.models import build_model
+    from atl_desktop.models.checkpoints import save_checkpoint
+
+    with Project.open(project_path) as project:
+        save_checkpoint(project, build_model("smallcnn", 3, seed=0), classes=project.class_names())
+    window = open_window(project_path)
+    with qtbot.waitSignal(window.runner.finished, timeout=60000):
+        assert window.quality.start_evaluation()
+    assert "No labelled test images" in window.quality.eval_note.text()
