@@ -42,6 +42,7 @@ from atl_desktop.gui.projectpanel import ProjectPanel
 from atl_desktop.gui.quality import QualityView
 from atl_desktop.gui.queryview import QueryView
 from atl_desktop.gui.reviewview import ReviewView
+from atl_desktop.gui.slideview import install_slide_view
 from atl_desktop.gui.statusbar import StatusBar
 from atl_desktop.gui.trainingpanel import TrainingPanel
 from atl_desktop.gui.wizard import NewProjectWizard, SetupPlan, setup_job
@@ -172,6 +173,7 @@ class MainWindow(QMainWindow):
         self.setStatusBar(self.status)
         self._build_actions()
         self._connect()
+        install_slide_view(self)  # the Slides tab and View > Show on slide
 
         self.resize(1320, 860)
         if settings is not None:

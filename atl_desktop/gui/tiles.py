@@ -11,6 +11,7 @@ from PySide6.QtGui import QColor, QFont, QFontMetrics, QKeyEvent, QPainter, QPen
 from PySide6.QtWidgets import QAbstractItemView, QListView, QStyle, QStyledItemDelegate
 
 from atl_desktop.gui.models import ImageIdRole, LabelRole, StateRole, class_colour
+from atl_desktop.gui.slidecontext import ContextInsets
 from atl_desktop.gui.workspace import Workspace
 
 PAD = 8
@@ -32,6 +33,9 @@ class TileDelegate(QStyledItemDelegate):
         self._paths: dict[int, object] = {}
         # Thumbnails scaled to their box once: scaling at every paint made a repaint slow.
         self._scaled: OrderedDict[tuple[int, int, int], QPixmap] = OrderedDict()
+        self.insets = ContextInsets(self)  # patches of slides: their surroundings, in a corner
+        if parent is not None:
+            self.insets.ready.connect(lambda _: parent.viewport().update())
 
     def sizeHint(self, option, index) -> QSize:
         line = QFontMetrics(option.font).lineSpacing()
@@ -86,6 +90,8 @@ class TileDelegate(QStyledItemDelegate):
         target = QRect(0, 0, pixmap.width(), pixmap.height())
         target.moveCenter(box.center())
         painter.drawPixmap(target.topLeft(), pixmap)
+        image_id = index.data(ImageIdRole)
+        self.insets.draw(painter, box, image_id, self._paths.get(image_id))
 
     def _pixmap(self, image_id: int, image, box: QSize) -> QPixmap:
         key = (image_id, box.width(), box.height())
