@@ -59,6 +59,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--slide", type=int, action="append", help="slide id (default: all)")
     export.add_argument("--overwrite", action="store_true")
     export.set_defaults(func=cmd_export)
+    stain = verbs.add_parser("stain", help="choose stain normalisation for training and scoring",
+                             description="Fit a stain normalisation to a reference tile (an image id, "
+                             "or an image file) and keep it in the project: the next training uses "
+                             "it and records it in the checkpoint, and scoring with that checkpoint "
+                             "normalises the same way. --method none turns it off.")
+    stain.add_argument("project", type=Path)
+    stain.add_argument("--method", choices=("none", "reinhard", "macenko", "vahadane"), required=True)
+    stain.add_argument("--reference", help="image id or image file of a well-stained tile")
+    stain.add_argument("--preview", type=Path, help="write a PNG: sample patches before (top) and after")
+    stain.add_argument("--samples", type=int, default=6, help="patches in the preview")
+    stain.set_defaults(func=cmd_stain)
     slide.set_defaults(func=lambda args: slide.print_help() or 2)
 
 
@@ -124,3 +135,50 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"Wrote {len(written)} {args.format} file(s) to {args.out} "
           f"({len(patch_ids)} patches, {scored} with predictions).")
     return 0
+
+
+def cmd_stain(args: argparse.Namespace) -> int:
+    from atl_desktop.data.decode import load_image
+    from atl_desktop.data.stain import STAIN_SETTING, StainConfig, fit_stain
+
+    with Project.open(args.project) as project:
+        if args.method == "none":
+            project.set_setting(STAIN_SETTING, None)
+            print("Stain normalisation is off for the next training.")
+            return 0
+        if not args.reference:
+            raise ProjectError("Give --reference: the image id or file of a well-stained tile.")
+        if args.reference.isdigit():
+            reference = load_image(project.image_path(project.image(int(args.reference))))
+            name = f"image {args.reference}"
+        else:
+            reference, name = load_image(args.reference), str(Path(args.reference).absolute())
+        try:
+            config = fit_stain(args.method, reference, name=name)
+        except ValueError as error:
+            raise ProjectError(f"Cannot fit {args.method} to {name}: {error}") from None
+        project.set_setting(STAIN_SETTING, config.to_json())
+        if args.preview:
+            write_preview(project, StainConfig.from_json(config.to_json()), args.preview, args.samples)
+    print(f"{args.method} normalisation fitted to {name}; the next training uses it"
+          + (f"; preview in {args.preview}." if args.preview else "."))
+    return 0
+
+
+def write_preview(project: Project, config, out: Path, samples: int) -> None:
+    """Evenly spaced target pool images, as they are (top row) and normalised (bottom row)."""
+    import numpy as np
+    from PIL import Image
+
+    from atl_desktop.data.decode import load_image
+    from atl_desktop.data.stain import normalise_stain
+
+    ids = project.image_ids(domain="target", split="pool")
+    chosen = [ids[int(k)] for k in np.linspace(0, len(ids) - 1, min(samples, len(ids)))] if ids else []
+    side = 128
+    sheet = Image.new("RGB", (max(1, len(chosen)) * side, 2 * side), "white")
+    for k, image_id in enumerate(chosen):
+        img = load_image(project.image_path(project.image(image_id))).convert("RGB").resize((side, side))
+        sheet.paste(img, (k * side, 0))
+        sheet.paste(Image.fromarray(normalise_stain(img, config)), (k * side, side))
+    sheet.save(out)
