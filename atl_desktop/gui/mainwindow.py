@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from atl_desktop.gui import messages
+from atl_desktop.gui.annotatorview import AnnotatorView
 from atl_desktop.gui.background import Background
 from atl_desktop.gui.datadialogs import (
     ExportDialog,
@@ -158,10 +159,12 @@ class MainWindow(QMainWindow):
         self.pool_browser = PoolBrowser(self.ws, thumbnail_side=side)
         self.training = TrainingPanel(self.ws, self.runner, load_registries=warm)
         self.quality = QualityView(self.ws, self.runner)
+        self.annotators = AnnotatorView(self.ws)
         self.tabs = QTabWidget()
         for widget, title in ((self.query_view, "Label queried images"),
                               (self.review_view, "Review pseudo-labels"), (self.pool_browser, "Pool"),
-                              (self.training, "Training"), (self.quality, "Model quality")):
+                              (self.training, "Training"), (self.quality, "Model quality"),
+                              (self.annotators, "Annotators")):
             self.tabs.addTab(widget, title)
         self.setCentralWidget(self.tabs)
         self.project_dock = self._dock("Project", "project_dock", self.panel,
@@ -290,6 +293,8 @@ class MainWindow(QMainWindow):
         self.runner.cancelled.connect(self._on_job_cancelled)
         self.runner.started.connect(lambda _: self._update_busy())
         self.pool_browser.send_to_query.connect(self.label_chosen)
+        self.annotators.send_to_query.connect(lambda ids: self.label_chosen(ids, "the two annotators disagreed"))
+        self.annotators.show_in_pool.connect(self.show_annotator_in_pool)
         self.pool_browser.open_image.connect(self.open_image)
         self.training.start_requested.connect(self.start_train)
 
@@ -350,11 +355,15 @@ class MainWindow(QMainWindow):
         self.review_view.set_busy(busy)
         self.training.set_busy(busy)
 
-    def label_chosen(self, image_ids: list[int]) -> None:
+    def label_chosen(self, image_ids: list[int], reason: str = "chosen in the pool browser") -> None:
         """Images sent from the pool browser, to label one by one in the query view."""
         if image_ids:
-            self.query_view.show_chosen(image_ids)
+            self.query_view.show_chosen(image_ids, reason)
             self.tabs.setCurrentWidget(self.query_view)
+
+    def show_annotator_in_pool(self, who: str) -> None:
+        self.pool_browser.show_annotator(who)
+        self.tabs.setCurrentWidget(self.pool_browser)
 
     def start_import(self, source: str, options: dict) -> bool:
         return self._start_other("import", import_job, "Importing images", "model",
@@ -520,6 +529,7 @@ class MainWindow(QMainWindow):
         self.pool_browser.shutdown()
         self.training.shutdown()
         self.quality.shutdown()
+        self.annotators.shutdown()
         self._warmer.wait()
         self.status.shutdown()
         self.query_view.shutdown()

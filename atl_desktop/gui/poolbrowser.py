@@ -190,6 +190,12 @@ class PoolBrowser(QWidget):
             self.class_box.addItem(f"{record.name} ({record.key})" if record.key else record.name, record.id)
         _select(self.class_box, current)
 
+    def show_annotator(self, who: str) -> None:
+        """Every image whose current label `who` gave ("human:alice"), to review them."""
+        self.refresh_filters()
+        _select(self.who_box, who)
+        self.apply_filters()
+
     def query(self) -> PoolQuery:
         return PoolQuery(self.domain_box.currentData(), self.split_box.currentData(),
                          self.label_box.currentData() or LABEL_ANY, self.who_box.currentData(),

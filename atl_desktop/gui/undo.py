@@ -15,6 +15,7 @@ from typing import Any
 
 from PySide6.QtGui import QUndoCommand, QUndoStack
 
+from atl_desktop.annotators import REPEAT, REPEAT_UNDONE
 from atl_desktop.store import ClassRecord, LabelEvent, Project, ProjectError
 
 SKIPPED_SETTING = "skipped_images"
@@ -25,17 +26,19 @@ def _latest_event(project: Project, image_id: int) -> LabelEvent | None:
     return history[-1] if history else None
 
 
-def _restore(project: Project, image_id: int, event: LabelEvent | None, annotator: str) -> None:
-    """Make `event` (or "no label") the image's current label again."""
+def _restore(project: Project, image_id: int, event: LabelEvent | None, annotator: str,
+             strategy: str | None = None) -> None:
+    """Make `event` (or "no label") the image's current label again; `strategy`, when
+    given, marks the restoring event instead of the earlier event's own strategy."""
     if event is None or event.class_id is None:
-        project.set_label(image_id, None, annotator=annotator)
+        project.set_label(image_id, None, annotator=annotator, strategy=strategy)
         return
     project.set_label(
         image_id, event.class_id, kind=event.kind, annotator=event.annotator,
         round=event.round_id, confidence=event.confidence,
         suggestion=event.suggestion_class_id,
         suggestion_confidence=event.suggestion_confidence,
-        checkpoint_id=event.checkpoint_id, strategy=event.strategy,
+        checkpoint_id=event.checkpoint_id, strategy=strategy or event.strategy,
     )
 
 
@@ -99,7 +102,9 @@ class SetLabel(StoreCommand):
         self.project.set_label(self.image_id, self.class_id, **self.label_kwargs)
 
     def revert(self) -> None:
-        _restore(self.project, self.image_id, self._before, self.label_kwargs.get("annotator", ""))
+        # An undone consistency answer is marked, so it no longer counts (annotators.consistency).
+        undone = REPEAT_UNDONE if self.label_kwargs.get("strategy") == REPEAT else None
+        _restore(self.project, self.image_id, self._before, self.label_kwargs.get("annotator", ""), undone)
 
 
 class SetSkipped(StoreCommand):
