@@ -11,8 +11,13 @@ Stage 3: the best CEAL configuration again with a domain-adaptation method in
 each round's fine-tune.
 "Best" = the largest area under the mean learning curve (AULC).
 
+Each round fine-tunes the last model for a fixed number of AdamW steps (16 by
+default, lr 5e-4), the same for every configuration: the whole run has to fit
+in an hour on a shared 2-core CPU, one thread (another benchmark runs beside it).
+
 Resumable: every finished (configuration, seed) run is kept in
-benchmarks/results/al_digits_runs/runs/ and reused. Usage:
+benchmarks/results/al_digits_runs/runs/ (with its wall time in timings.json)
+and reused. Usage:
 
     python benchmarks/al_digits.py [--quick] [--configs random,entropy,...] [--seeds 3]
 """
@@ -26,8 +31,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchcommon import machine
 
-from atl_desktop.jobs import run_with_tqdm
+from atl_desktop.jobs import run_job
 from atl_desktop.simulate import Arm, SimData, SimulationConfig, simulate_job, write_outputs
 
 DATA = Path("/work/shared/data")
@@ -72,8 +78,32 @@ def best_method(available: list[str]) -> tuple[str | None, str]:
 
 
 def run(data, arms, config, out: Path, quiet: bool, filters: set[str] | None):
+    """Simulate the arms (finished runs are reused); each new run's wall time goes to
+    out/timings.json (a seed's first new run includes its source pre-training)."""
     chosen = [a for a in arms if filters is None or a.name in filters or a.name == "random"]
-    return run_with_tqdm(simulate_job(data, chosen, config, out), desc="simulate", quiet=quiet)
+    timings_path = out / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    last = time.time()
+
+    def on_progress(p) -> None:
+        nonlocal last
+        if p.message.endswith(" done"):
+            run = p.message[: -len(" done")]
+            if run not in timings:
+                timings[run] = round(time.time() - last, 1)
+                timings_path.parent.mkdir(parents=True, exist_ok=True)
+                timings_path.write_text(json.dumps(timings, indent=1))
+                if not quiet:
+                    print(f"{run}: {timings[run]:.0f} s", flush=True)
+            last = time.time()
+
+    return run_job(simulate_job(data, chosen, config, out), on_progress=on_progress), timings
+
+
+def total_seconds(summary: dict, timings: dict) -> float:
+    """Wall time of every run in the summary, however many invocations it took."""
+    return sum(timings.get(f"{name} seed {seed}", 0.0)
+               for name, arm in summary["arms"].items() for seed in arm["rounds"])
 
 
 def main(argv=None) -> int:
@@ -83,12 +113,15 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--pool-size", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=20, help="epochs per round's fine-tune (at most)")
-    parser.add_argument("--steps", type=int, default=8, help="optimiser steps per round's fine-tune (at most)")
+    parser.add_argument("--steps", type=int, default=16, help="optimiser steps per round's fine-tune (at most)")
+    parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--source-epochs", type=int, default=1)
     parser.add_argument("--stop-set", type=int, default=300)
+    parser.add_argument("--delta0", type=float, default=0.005, help="CEAL entropy threshold at the first round")
+    parser.add_argument("--decay", type=float, default=0.00033, help="CEAL threshold decay per round")
     parser.add_argument("--stages", type=int, default=3, help="run stages 1..N only")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
@@ -102,15 +135,16 @@ def main(argv=None) -> int:
     budget = 60 if args.quick else 500
     config = SimulationConfig(
         budget=budget, batch=20, initial=20, seeds=tuple(range(1 if args.quick else args.seeds)),
-        backbone="smallcnn", epochs=1 if args.quick else args.epochs, max_steps=args.steps,
+        backbone="smallcnn", epochs=1 if args.quick else args.epochs, max_steps=args.steps, lr=args.lr,
         batch_size=args.batch_size, source_epochs=1 if args.quick else args.source_epochs,
-        stop_set=args.stop_set, pool_size=400 if args.quick else args.pool_size, device="cpu")
+        stop_set=args.stop_set, pool_size=400 if args.quick else args.pool_size, device="cpu",
+        pseudo_delta0=args.delta0, pseudo_decay=args.decay)
     data = digits_data()
     filters = None if not args.configs else {c.strip() for c in args.configs.split(",")}
     started = time.time()
 
     stage1 = [Arm(s, s) for s in STAGE1]
-    summary = run(data, stage1, config, out, args.quiet, filters)
+    summary, timings = run(data, stage1, config, out, args.quiet, filters)
     plain = [n for n in rank(summary, list(summary["arms"])) if n != "random"]
     best_two = plain[:2]
     if args.stages < 2:
@@ -118,7 +152,7 @@ def main(argv=None) -> int:
         write_outputs(summary, RESULTS, stem=f"{stem}_stage1", title="USPS, stage 1")
         return 0
     stage2 = [Arm("random+ceal", "random", pseudo=True)] + [Arm(f"{n}+ceal", n, pseudo=True) for n in best_two]
-    summary = run(data, stage1 + stage2, config, out, args.quiet, filters)
+    summary, timings = run(data, stage1 + stage2, config, out, args.quiet, filters)
     ceal = [a.name for a in stage2 if a.name in summary["arms"]]
     arms = stage1 + stage2
     method, why = best_method(list(METHODS))
@@ -126,23 +160,38 @@ def main(argv=None) -> int:
     if method is not None and best_ceal is not None:
         base = next(a for a in stage2 if a.name == best_ceal)
         arms.append(Arm(f"{best_ceal}+{method}", base.strategy, pseudo=True, method=method))
-        summary = run(data, arms, config, out, args.quiet, filters)
+        summary, timings = run(data, arms, config, out, args.quiet, filters)
 
     final = summary["random_final_labels"]
+    seconds = total_seconds(summary, timings)
+    summary.update({
+        "machine": machine(), "threads": args.threads,
+        "epochs_per_round": f"{config.max_steps} AdamW steps of {config.batch_size} images per round "
+                            f"(at most {config.epochs} epochs), lr {config.lr:g}",
+        "wall_seconds": round(seconds, 1),
+        "stage1_ranking": plain, "best_two": best_two, "domain_adaptation": {"method": method, "why": why},
+    })
+    best = max(summary["arms"], key=lambda n: (-(summary["arms"][n][f"labels_to_match_random_{final}"] or 10**9),
+                                               summary["arms"][n]["aulc"] or 0.0))
+    summary["best"] = {"name": best, f"labels_to_match_random_{final}":
+                       summary["arms"][best][f"labels_to_match_random_{final}"]}
     summary["notes"] = [
         f"pool: a random subsample of {config.pool_size} of the 7291 USPS training images (for time); "
         "test: all 2007 USPS test images; source: the 10,000 MNIST test images",
         f"small CNN; {config.source_epochs} source epoch(s) per seed; each round fine-tunes incrementally "
-        f"from the last model for {config.max_steps} AdamW steps (lr 1e-3, batch {config.batch_size}; at most "
-        f"{config.epochs} epochs); no augmentation; stop set of {config.stop_set} pool images; "
-        f"{len(config.seeds)} seed(s); CPU, 2 threads, shared with another benchmark",
+        f"from the last model for {config.max_steps} AdamW steps (lr {config.lr:g}, batch {config.batch_size}; "
+        f"at most {config.epochs} epochs); no augmentation; stop set of {config.stop_set} pool images; "
+        f"{len(config.seeds)} seed(s); CPU, {args.threads} torch thread(s), shared with another benchmark",
+        f"CEAL: entropy threshold delta0 {config.pseudo_delta0:g} nats, decay {config.pseudo_decay:g} per round "
+        "(the paper's values); pseudo-labels join the next fine-tune only",
         "best = largest area under the mean learning curve (AULC); "
         f"stage 1 ranking: {', '.join(plain)}; the two best: {', '.join(best_two)}",
         f"CEAL configurations ranked: {', '.join(rank(summary, ceal)) if ceal else 'none run'}",
         f"domain adaptation in stage 3: {method or 'none'} ({why})",
         f"labels_to_match_random_{final}: fewest labels at which the mean curve reaches random's mean "
         f"accuracy at {final} labels (null: never within the budget)",
-        f"wall time of this invocation: {time.time() - started:.0f} s (finished runs are reused)",
+        f"wall time of all runs: {seconds:.0f} s ({seconds / 60:.1f} min; this invocation "
+        f"{time.time() - started:.0f} s, finished runs being reused)",
     ]
     summary["goal"] = "best configuration needs <= 120 labels to match random at 500"
     paths = write_outputs(summary, RESULTS, stem=stem,
