@@ -327,7 +327,8 @@ def test_label_exports_write_patch_pixels_and_references(tmp_path, slide):
     line = (tmp_path / "labels.csv").read_text().splitlines()[1]
     assert line.startswith(f"{path}#level=0&x={ref.x}&y={ref.y}&size=128,tumour")
     (png,) = (tmp_path / "folders" / "tumour").iterdir()
-    assert np.array_equal(np.asarray(Image.open(png)), levels[0][ref.y: ref.y + 128, ref.x: ref.x + 128])
+    with Image.open(png) as written:
+        assert np.array_equal(np.asarray(written), levels[0][ref.y: ref.y + 128, ref.x: ref.x + 128])
 
 
 def test_stain_command_keeps_the_choice_and_writes_a_preview(tmp_path, slide):
@@ -343,7 +344,8 @@ def test_stain_command_keeps_the_choice_and_writes_a_preview(tmp_path, slide):
     with Project.open(project_file) as project:
         setting = project.get_setting(STAIN_SETTING)
     assert setting["method"] == "reinhard" and setting["reference_image"] == f"image {report.image_ids[0]}"
-    assert Image.open(preview).size == (4 * 128, 2 * 128)
+    with Image.open(preview) as sheet:
+        assert sheet.size == (4 * 128, 2 * 128)
     assert atl(["slide", "stain", str(project_file), "--method", "none"]) == 0
     with Project.open(project_file) as project:
         assert project.get_setting(STAIN_SETTING) is None
