@@ -59,6 +59,8 @@ class Arm:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ProjectError(f"Unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}.")
+        if self.pseudo and "generative" in STRATEGIES[self.strategy].needs:
+            raise ProjectError(f"CEAL pseudo-labels are not combined with {self.strategy} (it scores no pool).")
         object.__setattr__(self, "params", dict(self.params))
 
     def to_json(self) -> dict:
@@ -248,6 +250,8 @@ class _Prepared:
     source: TensorData | None
     source_scored: TensorData | None  # the subsample scored for MMD's source features
     spec: Any
+    raw_pool: np.ndarray | None = None  # the pool's uint8 images (the GAN learns from them)
+    gan: Any = None  # simulate_gan.SimGan, for GAAL and ASAL arms
 
 
 def _prepare(data: SimData, config: SimulationConfig) -> _Prepared:
@@ -266,7 +270,7 @@ def _prepare(data: SimData, config: SimulationConfig) -> _Prepared:
         source = TensorData.from_arrays(data.x_source, data.y_source, spec)
         n = min(config.source_features, len(source))
         scored = source.rows(np.sort(np.random.default_rng(1).choice(len(source), n, replace=False)))
-    return _Prepared(pool, test, val, source, scored, spec)
+    return _Prepared(pool, test, val, source, scored, spec, raw_pool=x_pool)
 
 
 # ---- one run ------------------------------------------------------------------------------
@@ -303,7 +307,7 @@ def _fast_layout(model):
 
 
 def _fine_tune(model, data: _Prepared, labelled: np.ndarray, pseudo: dict[int, int], arm: Arm,
-               config: SimulationConfig, seed: int, round_index: int):
+               config: SimulationConfig, seed: int, round_index: int, synthetic: Sequence[Dataset] = ()):
     """One round's fine-tune, with the data a project round gives the method (see
     transfer.train._phases): labelled target (+ pseudo-labels), and for a method that
     uses unlabelled target images, the source images and the unlabelled pool too."""
@@ -317,6 +321,7 @@ def _fine_tune(model, data: _Prepared, labelled: np.ndarray, pseudo: dict[int, i
     if pseudo:
         rows = sorted(pseudo)
         parts.append(data.pool.rows(rows, [pseudo[r] for r in rows]))
+    parts += list(synthetic)  # GAAL's labelled synthetic images
     train_set = (parts[0] if len(parts) == 1 else ConcatDataset(parts)) if parts else None
     source = target = None
     if method.uses_unlabelled_target:
@@ -362,9 +367,16 @@ def run_arm_job(data: _Prepared, arm: Arm, config: SimulationConfig, seed: int, 
     # A budget that is not a whole number of batches ends with a smaller one.
     max_rounds = config.rounds if config.rounds is not None else -(-(config.budget - len(labelled)) // config.batch)
     total = max_rounds + 1
+    synthetic: list[TensorData] = []  # GAAL: labelled synthetic images, one label each
     for r in range(max_rounds + 1):
         pseudo: dict[int, int] = {}
-        if r > 0:
+        extra: dict = {}
+        if r > 0 and STRATEGIES[arm.strategy].synthetic:
+            made, extra = yield from _synthesise(model, data, arm, config, labelled, synthetic, seed, r)
+            if made is None:
+                break
+            synthetic.append(made)
+        elif r > 0:
             picks, probs = yield from _query(model, data, arm, config, labelled, seed, r, workdir)
             if not len(picks):
                 break
@@ -372,14 +384,17 @@ def run_arm_job(data: _Prepared, arm: Arm, config: SimulationConfig, seed: int, 
             if arm.pseudo:
                 pseudo = _pseudo(probs, labelled, r - 1, config)
         if r > 0 or len(labelled):
-            yield from relabel(_fine_tune(model, data, labelled, pseudo, arm, config, seed, r),
+            yield from relabel(_fine_tune(model, data, labelled, pseudo, arm, config, seed, r, synthetic),
                                f"{arm.name} seed {seed} round {r}: fine-tuning")
         elif data.source is None:
             continue  # cold start with an untrained model: nothing worth measuring yet
         result, stop, previous = yield from _assess(model, data, classes, stop_rows, previous, kappas, config)
         kappas.append(stop["kappa"])
         records.append(_record(r, labelled, pseudo, labels, result, stop))
-        yield Progress(r + 1, total, f"{arm.name} seed {seed}", {"labels": len(labelled),
+        if STRATEGIES[arm.strategy].synthetic:
+            n_synthetic = sum(len(s) for s in synthetic)
+            records[-1].update(labels=int(len(labelled)) + n_synthetic, synthetic=n_synthetic, **extra)
+        yield Progress(r + 1, total, f"{arm.name} seed {seed}", {"labels": records[-1]["labels"],
                                                                 "accuracy": result["accuracy"]})
     return records
 
@@ -409,6 +424,11 @@ def _query(model, data: _Prepared, arm: Arm, config: SimulationConfig, labelled:
         return np.empty(0, np.int64), None
     needs = STRATEGIES[arm.strategy].needs
     rng = np.random.default_rng([seed, r, 2])
+    if "generative" in needs:  # ASAL: no scoring pass, the GAN and the pool's index
+        from atl_desktop.simulate_gan import asal_rows
+
+        yield Progress(0, None, f"{arm.name} seed {seed} round {r}: matching generated images")
+        return asal_rows(data.gan, model, unlabelled, batch, rng, dict(arm.params)).astype(np.int64), None
     base = ScoringConfig(batch_size=config.scoring_batch, device=config.device, seed=_seed(seed, r, 5), amp=False,
                          flush_seconds=60.0)
     cache = workdir / f"scores-{arm.name}-{seed}-{r}"
@@ -437,6 +457,20 @@ def _query(model, data: _Prepared, arm: Arm, config: SimulationConfig, labelled:
         shutil.rmtree(cache, ignore_errors=True)
 
 
+def _synthesise(model, data: _Prepared, arm: Arm, config: SimulationConfig, labelled: np.ndarray,
+                synthetic: list, seed: int, r: int):
+    """GAAL: a batch of synthetic images labelled by the simulation's proxy oracle (see
+    simulate_gan); (TensorData, round info), or (None, {}) once the budget is spent."""
+    from atl_desktop.simulate_gan import gaal_labelled
+
+    used = len(labelled) + sum(len(s) for s in synthetic)
+    batch = min(config.batch, config.budget - used) if config.rounds is None else config.batch
+    if batch <= 0:
+        return None, {}
+    yield Progress(0, None, f"{arm.name} seed {seed} round {r}: synthesising {batch} images")
+    return gaal_labelled(data.gan, model, batch, np.random.default_rng([seed, r, 2]), dict(arm.params), data.spec)
+
+
 def _pseudo(scored, labelled: np.ndarray, round_index: int, config: SimulationConfig) -> dict[int, int]:
     if scored is None:
         return {}
@@ -452,20 +486,29 @@ def default_arms(strategies: Sequence[str], *, pseudo: bool = False, method: str
     """One arm per strategy, random (the baseline) always first and never with pseudo-labels
     unless asked for with the others."""
     names = [BASELINE] + [s for s in dict.fromkeys(strategies) if s != BASELINE]
+    if pseudo:  # GAAL and ASAL score no pool, so CEAL has nothing to go on
+        names = [s for s in names if s not in STRATEGIES or "generative" not in STRATEGIES[s].needs]
     suffix = ("+ceal" if pseudo else "") + ("" if method == "finetune" else f"+{method}")
     return [Arm(s + suffix, s, pseudo=pseudo, method=method) for s in names]
 
 
-def _run_key(data: SimData, arm: Arm, config: SimulationConfig, seed: int) -> str:
+def _run_key(data: SimData, arm: Arm, config: SimulationConfig, seed: int, gan=None) -> str:
     fields = {"version": RUN_VERSION, "data": data.fingerprint(), "arm": arm.to_json(), "seed": seed,
               "config": {k: v for k, v in config.to_json().items() if k not in ("seeds", "device")}}
+    if "generative" in STRATEGIES[arm.strategy].needs:  # GAAL, ASAL: their GAN too
+        fields["gan"] = gan.to_json()
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def simulate_job(data: SimData, arms: Sequence[Arm], config: SimulationConfig,
-                 out_dir: str | Path | None = None) -> Generator[Progress, None, dict]:
+                 out_dir: str | Path | None = None, gan=None) -> Generator[Progress, None, dict]:
     """Run every arm for every seed (random must be one of the arms); returns the summary.
-    With `out_dir`, finished runs are kept in out_dir/runs and reused when run again."""
+    With `out_dir`, finished runs are kept in out_dir/runs and reused when run again.
+    `gan` (simulate_gan.GanSimConfig) sets up GAAL and ASAL arms: the GAN, ASAL's feature
+    space and the stand-in oracle for synthetic images."""
+    from atl_desktop.simulate_gan import GanSimConfig, prepare_job
+
+    gan = gan or GanSimConfig()
     if not any(a.strategy == BASELINE and not a.pseudo and a.method == "finetune" for a in arms):
         arms = [Arm(BASELINE, BASELINE), *arms]
     names = [a.name for a in arms]
@@ -480,17 +523,24 @@ def simulate_job(data: SimData, arms: Sequence[Arm], config: SimulationConfig,
         for seed in config.seeds:
             start = None
             for arm in arms:
-                key = _run_key(data, arm, config, seed)
+                key = _run_key(data, arm, config, seed, gan)
                 saved = _load_run(run_dir, arm, seed, key)
                 if saved is None:
                     if start is None:
                         start = yield from _cached_initial_model(prepared, config, seed, data, out_dir)
+                    if "generative" in STRATEGIES[arm.strategy].needs and prepared.gan is None:
+                        prepared.gan = yield from prepare_job(
+                            prepared, config, gan, data.fingerprint(), list(data.classes), out_dir,
+                            oracle=any(STRATEGIES[a.strategy].synthetic for a in arms))
                     saved = yield from run_arm_job(prepared, arm, config, seed, start, data.classes, Path(tmp))
                     _save_run(run_dir, arm, seed, key, saved)
                 runs[arm.name][seed] = saved
                 done += 1
                 yield Progress(done, todo, f"{arm.name} seed {seed} done")
-    return summarise(runs, arms, config, data)
+    summary = summarise(runs, arms, config, data)
+    if any("generative" in STRATEGIES[a.strategy].needs for a in arms):
+        summary["gan"] = {"config": gan.to_json(), **(prepared.gan.info if prepared.gan is not None else {})}
+    return summary
 
 
 def _cached_initial_model(prepared: _Prepared, config: SimulationConfig, seed: int, data: SimData,

@@ -33,6 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--source-epochs", type=int, default=5)
     parser.add_argument("--pool-size", type=int, help="random subsample of the pool, for speed")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--gan-steps", type=int, default=2000, help="gaal/asal: GAN training steps")
+    parser.add_argument("--gan-space", default="pca", choices=("pca", "discriminator", "autoencoder"),
+                        help="asal: the feature space in which pool images are matched")
+    parser.add_argument("--synthetic-oracle", default="classifier", choices=("classifier", "nearest"),
+                        help="gaal: who labels synthetic images in a simulation (see README)")
     parser.add_argument("--out", type=Path, required=True, help="folder for simulation.json/.csv/.png")
     parser.add_argument("--quiet", action="store_true")
     parser.set_defaults(func=cmd_simulate)
@@ -47,6 +52,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         simulate_job,
         write_outputs,
     )
+    from atl_desktop.simulate_gan import GanSimConfig
     from atl_desktop.transfer.methods import METHODS
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -62,7 +68,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         seeds=tuple(range(args.seeds)), backbone=args.backbone, epochs=args.epochs,
         source_epochs=args.source_epochs, pool_size=args.pool_size, device=args.device)
     data = load_simulation_data(args.target, args.source, image_size=args.image_size)
-    summary = run_with_tqdm(simulate_job(data, arms, config, args.out), desc="simulate", quiet=args.quiet)
+    gan = GanSimConfig(steps=args.gan_steps, space=args.gan_space, oracle=args.synthetic_oracle)
+    summary = run_with_tqdm(simulate_job(data, arms, config, args.out, gan=gan), desc="simulate", quiet=args.quiet)
     paths = write_outputs(summary, args.out, title=f"{args.target.name}: test accuracy against labels")
     print(f"Random reaches {summary['random_final_accuracy']:.4f} with {summary['random_final_labels']} labels.")
     for name, arm in summary["arms"].items():
