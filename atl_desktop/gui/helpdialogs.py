@@ -121,7 +121,7 @@ class PreferencesDialog(QDialog):
         self.thumbnail.setRange(48, 256)
         self.thumbnail.setSuffix(" px")
         self.thumbnail.setValue(settings.value("thumbnail_side", 96, type=int))
-        self.thumbnail.setToolTip("Tile size in the pool browser (applies to newly opened windows)")
+        self.thumbnail.setToolTip("Tile size in the pool browser")
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda"])
         self.device.setCurrentText(settings.value("device", "auto", type=str))

@@ -474,6 +474,7 @@ class MainWindow(QMainWindow):
         if dialog.exec():
             dialog.save()
             self.query_view.strategy_box.setCurrentText(dialog.strategy.currentText())
+            self.pool_browser.set_thumbnail_side(dialog.thumbnail.value())
 
     def show_shortcuts(self) -> ShortcutSheet:
         sheet = ShortcutSheet(self)

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QListView,
     QPushButton,
+    QStackedWidget,
     QStyle,
     QStyledItemDelegate,
     QVBoxLayout,
@@ -143,6 +144,8 @@ class PoolBrowser(QWidget):
 
         self.grid = PoolGrid()
         self.grid.setModel(self.model)
+        # Decodes queued for tiles scrolled past would hold up the ones now in view.
+        self.grid.verticalScrollBar().valueChanged.connect(lambda _: self.thumbs.drop_queued())
         self.grid.setItemDelegate(PoolTileDelegate(self.thumbs, self.grid))
         self.grid.key_handler = self._on_key
         self.grid.doubleClicked.connect(lambda index: self.open_image.emit(index.data(ImageIdRole)))
@@ -162,9 +165,17 @@ class PoolBrowser(QWidget):
             actions.addWidget(widget)
         actions.addStretch(1)
 
+        self.empty = QLabel()
+        self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty.setWordWrap(True)
+        self.empty.setStyleSheet("font-size: 13pt; color: palette(placeholder-text);")
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.grid)
+        self.stack.addWidget(self.empty)
+
         layout = QVBoxLayout(self)
         layout.addLayout(bar)
-        layout.addWidget(self.grid, 1)
+        layout.addWidget(self.stack, 1)
         layout.addLayout(actions)
         self._update_buttons()
 
@@ -198,7 +209,7 @@ class PoolBrowser(QWidget):
 
     def query(self) -> PoolQuery:
         return PoolQuery(self.domain_box.currentData(), self.split_box.currentData(),
-                         self.label_box.currentData() or LABEL_ANY, self.who_box.currentData(),
+                         _data_or(self.label_box, LABEL_ANY), self.who_box.currentData(),
                          self.sort_box.currentData())
 
     # ---- showing ---------------------------------------------------------------
@@ -230,6 +241,19 @@ class PoolBrowser(QWidget):
     def _update_count(self) -> None:
         total = self.model.total()
         self.count_label.setText(f"{total:,} images" if total else "No images match these filters")
+        if total:
+            self.stack.setCurrentWidget(self.grid)
+            return
+        anything = self.query() != PoolQuery(sort=self.query().sort)
+        self.empty.setText("No image matches these filters. Choose “Any …” in the boxes above to see more."
+                           if anything else "The project has no images yet: File ▸ Import images adds some.")
+        self.stack.setCurrentWidget(self.empty)
+
+    def set_thumbnail_side(self, side: int) -> None:
+        """Preferences ▸ Thumbnail size, applied at once."""
+        self.thumbs.resize(side)
+        self.grid.doItemsLayout()
+        self.grid.viewport().update()
 
     def _on_store_changed(self) -> None:
         self._stale = True
@@ -242,6 +266,7 @@ class PoolBrowser(QWidget):
             try:
                 self.refresh_filters()
                 self.model.reload()
+                self._update_count()
             except ProjectError:
                 return
 
@@ -303,6 +328,11 @@ def _combo(items: list[tuple[str, object]]) -> QComboBox:
     for text, value in items:
         box.addItem(text, value)
     return box
+
+
+def _data_or(box: QComboBox, default):
+    value = box.currentData()
+    return default if value is None else value
 
 
 def _select(box: QComboBox, value) -> None:

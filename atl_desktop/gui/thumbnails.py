@@ -119,6 +119,20 @@ class ThumbnailCache(QObject):
     def forget(self, image_id: int) -> None:
         self._images.pop(image_id, None)
 
+    def cached(self) -> int:
+        return len(self._images)
+
+    def drop_queued(self) -> None:
+        """Forget decodes not started yet (tiles scrolled past); views ask again when they paint."""
+        self._pool.clear()
+        self._pending.clear()
+
+    def resize(self, side: int) -> None:
+        """Thumbnails of another size from now on; the cached ones are dropped."""
+        self.drop_queued()
+        self.side = side
+        self._images.clear()
+
     def wait_idle(self, timeout_ms: int = 30_000) -> bool:
         return self._pool.waitForDone(timeout_ms)
 

@@ -45,8 +45,14 @@ def test_a_100000_image_pool_shows_its_first_page_at_once(qtbot, open_window, pr
     assert model.total() == BIG + 8
     assert browser.count_label.text() == f"{BIG + 8:,} images"
     window.tabs.setCurrentWidget(browser)
+    qtbot.waitUntil(lambda: browser.thumbs.cached() > 0, timeout=5000)
+    browser.thumbs.wait_idle()
+    qtbot.wait(50)
+    # Only the tiles in view were decoded, off the GUI thread: far fewer than one page.
+    assert 0 < browser.thumbs.cached() < PAGE // 2
     browser.grid.scrollToBottom()  # the view asks for the next page when it gets near the end
     qtbot.waitUntil(lambda: model.rowCount() >= 2 * PAGE, timeout=5000)
+    assert model.rowCount() < 10 * PAGE  # still nowhere near 100,000 rows
 
     _choose(browser.who_box, "human:carol")
     _choose(browser.split_box, "test")
@@ -62,6 +68,12 @@ def test_a_100000_image_pool_shows_its_first_page_at_once(qtbot, open_window, pr
     browser.apply_filters()
     assert model.total() == BIG + 8 - BIG // 10
     assert all(model.row_data(r).label_id is None for r in range(model.rowCount()))
+    assert browser.stack.currentWidget() is browser.grid
+
+    _choose(browser.domain_box, "source")  # there are no source images
+    browser.apply_filters()
+    assert model.rowCount() == 0 and browser.stack.currentWidget() is browser.empty
+    assert "No image matches these filters" in browser.empty.text()
 
 
 def test_labelling_a_selection_is_one_undoable_step(qtbot, open_window, project_path):
@@ -124,3 +136,14 @@ def _select_rows(browser, rows) -> None:
     selection.clearSelection()
     for row in rows:
         selection.select(browser.model.index(row), QItemSelectionModel.SelectionFlag.Select)
+
+
+def test_thumbnail_size_applies_at_once(qtbot, open_window, project_path):
+    window = open_window(project_path)
+    browser = window.pool_browser
+    window.tabs.setCurrentWidget(browser)
+    qtbot.waitUntil(lambda: browser.thumbs.cached() > 0, timeout=5000)
+    before = browser.grid.visualRect(browser.model.index(0)).width()
+    browser.set_thumbnail_side(160)
+    assert browser.thumbs.side == 160 and browser.thumbs.cached() == 0
+    qtbot.waitUntil(lambda: browser.grid.visualRect(browser.model.index(0)).width() > before, timeout=2000)
