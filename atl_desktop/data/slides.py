@@ -115,16 +115,16 @@ class TiffSlideReader(SlideReader):
 
         try:
             self._slide = tiffslide.TiffSlide(str(path))
+            props = self._slide.properties
+            self._info = SlideInfo(
+                *self._slide.dimensions,
+                tuple((w, h, float(d)) for (w, h), d in
+                      zip(self._slide.level_dimensions, self._slide.level_downsamples, strict=True)),
+                _positive(props.get("tiffslide.mpp-x")), _positive(props.get("tiffslide.objective-power")),
+                self.backend,
+            )
         except Exception as error:  # tifffile raises many kinds for damaged files
-            raise SlideError(f"{path}: not a slide tiffslide can read ({error}).") from None
-        props = self._slide.properties
-        self._info = SlideInfo(
-            *self._slide.dimensions,
-            tuple((w, h, float(d)) for (w, h), d in
-                  zip(self._slide.level_dimensions, self._slide.level_downsamples, strict=True)),
-            _positive(props.get("tiffslide.mpp-x")), _positive(props.get("tiffslide.objective-power")),
-            self.backend,
-        )
+            raise SlideError(f"{path}: not a slide tiffslide can read ({error or type(error).__name__}).") from None
 
     @property
     def info(self) -> SlideInfo:

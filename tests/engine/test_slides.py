@@ -349,3 +349,13 @@ def test_stain_command_keeps_the_choice_and_writes_a_preview(tmp_path, slide):
     assert atl(["slide", "stain", str(project_file), "--method", "none"]) == 0
     with Project.open(project_file) as project:
         assert project.get_setting(STAIN_SETTING) is None
+
+
+def test_damaged_slide_gets_a_one_line_message(tmp_path, slide):
+    path, _ = slide
+    damaged = tmp_path / "damaged.tif"
+    damaged.write_bytes(b"II*\x00\x08\x00\x00\x00" + bytes(range(256)) * 4)  # a header, then junk
+    with Project.create(tmp_path / "p.atl") as project:
+        with pytest.raises(SlideError, match="damaged.tif: not a slide tiffslide can read"):
+            _add(project, damaged)
+        assert project.slides() == []
