@@ -1,7 +1,10 @@
-"""A light or dark palette that follows the system's colour scheme (Qt 6.5+).
+"""A light or dark palette that follows the system's colour scheme (Qt 6.5+), and
+high-DPI scaling that stays sharp.
 
 Fusion is used everywhere so the palette applies the same on every platform;
-the tiles and curves read palette roles, so they follow too.
+the tiles and curves read palette roles, so they follow too. Qt 6 scales by the
+screen's device pixel ratio itself; fractional ratios (125 %, 150 %) are passed
+through rather than rounded, so text and thumbnails are drawn at the real size.
 """
 
 from __future__ import annotations
@@ -18,6 +21,12 @@ DARK = {
     QPalette.ColorRole.ToolTipText: "#E6E6E6", QPalette.ColorRole.PlaceholderText: "#9A9A9A",
     QPalette.ColorRole.Mid: "#555555", QPalette.ColorRole.Link: "#6FA8FF",
 }
+
+
+def prepare_high_dpi() -> None:
+    """Before the QApplication exists: keep fractional scale factors as they are."""
+    if QGuiApplication.instance() is None:
+        QGuiApplication.setHighDpiScaleFactorRoundingPolicy(Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
 
 
 def is_dark() -> bool:

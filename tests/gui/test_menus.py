@@ -20,6 +20,12 @@ def test_f1_opens_the_shortcut_sheet_without_blocking(qtbot, open_window, projec
     sheet = window.shortcut_sheet
     assert sheet.isVisible() and not sheet.isModal()
     sheet.close()
+    window.shortcut_sheet = None
+    window.activateWindow()
+    qtbot.waitUntil(window.isActiveWindow, timeout=2000)
+    qtbot.keyClick(window.query_view.grid, "?")
+    assert window.shortcut_sheet is not None and window.shortcut_sheet.isVisible()
+    window.shortcut_sheet.close()
 
 
 def test_about_names_versions_and_data_credits(qtbot):
