@@ -21,6 +21,7 @@ import csv
 import io
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from atl_desktop.data.decode import (
     DEFAULT_MAX_SIDE,
     IMAGE_SUFFIXES,
     ImageDecodeError,
+    caught_warnings,
     check_bytes,
     read_file_stat,
 )
@@ -64,8 +66,8 @@ class ImportOptions:
     labels: str = "labels"  # "labels": label events; "truth": hidden ground truth; "none"
     copy: bool = False  # copy files into the project's media folder
     max_side: int = DEFAULT_MAX_SIDE
-    batch_size: int = 1000  # images per transaction, at most
-    commit_seconds: float = 1.0  # commit at least this often
+    batch_size: int = 10000  # images per transaction, at most (bounds what a batch holds in memory)
+    commit_seconds: float = 1.0  # commit at least this often (bounds what a cancel discards)
 
     def __post_init__(self) -> None:
         if self.format is not None and self.format not in FORMATS:
@@ -446,27 +448,47 @@ def _create_classes(
 def _run(
     project: Project, items: list[_Item], options: ImportOptions, writer: _Writer, report: ImportReport
 ) -> Iterator[Progress]:
-    """Check items and commit them in batches: `batch_size` items, or what `commit_seconds`
-    allowed, whichever comes first (each commit is an fsync; few of them keep small files
-    fast, and the time bound keeps a cancel from losing much work on large ones)."""
+    """Check items and commit them in batches: what `commit_seconds` allowed, or `batch_size`
+    items, whichever comes first. Each commit is an fsync (milliseconds), so the time bound
+    usually ends a batch: it keeps commits rare for small files and a cancel cheap for large
+    ones; the count only bounds memory. Every yield is a cancel point between transactions."""
     total = len(items)
     locator = _Locator(project)
-    last = last_commit = time.monotonic()
+    pending = iter(items)
     batch: list[_Ready] = []
-    for done, item in enumerate(items, start=1):
-        try:
-            batch.append(_prepare(project, item, options, locator))
-        except ImageDecodeError as error:
-            report.skipped.append((item.name, _reason(error, item.name)))
+    done = 0
+    last_commit = time.monotonic()
+    while done < total:
+        deadline = min(time.monotonic() + _PROGRESS_EVERY_S, last_commit + options.commit_seconds)
+        done += _check_until(deadline, pending, batch, project, options, locator, report)
         now = time.monotonic()
         if len(batch) >= options.batch_size or now - last_commit >= options.commit_seconds or done == total:
             writer.write(batch)
             batch = []
-            last = last_commit = time.monotonic()
+            last_commit = time.monotonic()
             yield Progress(done, total, "importing", {**_metrics(report), "committed": done})
-        elif now - last >= _PROGRESS_EVERY_S:  # a cancel point: nothing half-written
-            last = now
+        else:  # a cancel point: nothing half-written
             yield Progress(done, total, "importing", _metrics(report))
+
+
+def _check_until(
+    deadline: float, pending: Iterator[_Item], batch: list[_Ready], project: Project,
+    options: ImportOptions, locator: _Locator, report: ImportReport,
+) -> int:
+    """Read and check items from `pending` into `batch` (bad ones into the report) until the
+    deadline or a full batch; returns how many were taken. One `caught_warnings` serves the
+    whole stretch (a few microseconds less per file), which never spans a yield."""
+    taken = 0
+    with caught_warnings() as caught:
+        for item in pending:
+            taken += 1
+            try:
+                batch.append(_prepare(project, item, options, locator, caught))
+            except ImageDecodeError as error:
+                report.skipped.append((item.name, _reason(error, item.name)))
+            if len(batch) >= options.batch_size or time.monotonic() >= deadline:
+                break
+    return taken
 
 
 def _metrics(report: ImportReport) -> dict[str, float]:
@@ -478,47 +500,48 @@ def _reason(error: ImageDecodeError, name: str) -> str:
     return message[len(name) + 2 :] if message.startswith(f"{name}: ") else message
 
 
-def _prepare(project: Project, item: _Item, options: ImportOptions, locator: _Locator) -> _Ready:
+def _prepare(
+    project: Project, item: _Item, options: ImportOptions, locator: _Locator,
+    caught: list[warnings.WarningMessage],
+) -> _Ready:
     """Read, hash and check one item (outside any transaction)."""
     if item.array is not None:
         return _prepare_array(project, item, options)
     data, st = read_file_stat(item.path)
     sha = sha256_bytes(data)
-    info = check_bytes(data, name=item.name, max_side=options.max_side)
+    info = check_bytes(data, name=item.name, max_side=options.max_side, caught=caught)
     width, height = info.oriented_size
-    if options.copy:
+    location, absolute = locator.locate(item.path, item.link)
+    stored = "ref"
+    if options.copy:  # the bytes go into the project's media folder instead
         suffix = os.path.splitext(item.path)[1].lower() or ".img"
         location, stored = _media(project, data, sha, suffix), "media"
-    else:
-        location, stored = locator.location(item.path, item.link), "ref"
     image = NewImage(
-        sha, location, stored, locator.absolute(item.path), st.st_size, st.st_mtime,
+        sha, location, stored, absolute, st.st_size, st.st_mtime,
         width, height, info.mode, info.bit_depth, options.domain, item.split,
     )
     return _Ready(item, image)
 
 
 class _Locator:
-    """`project.relative_location` for many files, resolving each folder only once."""
+    """Where files are, relative to the project and absolute, working out each folder only once."""
 
     def __init__(self, project: Project):
         self.project = project
         self.cwd = os.getcwd()
-        self.folders: dict[str, str] = {}
+        self.folders: dict[str, tuple[str, str]] = {}  # folder -> (relative prefix, absolute prefix)
 
-    def location(self, path: str, link: bool) -> str:
-        if link:
-            return self.project.relative_location(path)
+    def locate(self, path: str, link: bool) -> tuple[str, str]:
+        """`project.relative_location(path)`, and `Path(path).absolute()` (as named: links kept)."""
         folder, name = os.path.split(path)
-        prefix = self.folders.get(folder)
-        if prefix is None:
-            prefix = self.project.relative_location(folder or ".")
-            prefix = self.folders[folder] = "" if prefix == "." else prefix + "/"
-        return prefix + name
-
-    def absolute(self, path: str) -> str:
-        """`Path(path).absolute()` as text: the file as the user named it, not resolved."""
-        return os.path.join(self.cwd, path)
+        prefixes = self.folders.get(folder)
+        if prefixes is None:
+            relative = self.project.relative_location(folder or ".")
+            relative = "" if relative == "." else relative + "/"
+            prefixes = self.folders[folder] = relative, os.path.join(self.cwd, folder, "")
+        relative, absolute = prefixes
+        location = self.project.relative_location(path) if link else relative + name
+        return location, absolute + name
 
 
 def _prepare_array(project: Project, item: _Item, options: ImportOptions) -> _Ready:

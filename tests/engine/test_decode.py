@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import io
 import os
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
-from atl_desktop.data.decode import ImageDecodeError, decode_bytes, load_image, probe, read_file
+from atl_desktop.data.decode import (
+    ImageDecodeError,
+    caught_warnings,
+    check_bytes,
+    decode_bytes,
+    load_image,
+    probe,
+    read_file,
+)
 
 
 def _save(img: Image.Image, path: Path, **kwargs) -> Path:
@@ -26,6 +36,12 @@ def _noise_rgb(shape=(64, 48, 3), seed=0) -> Image.Image:
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _png_bytes(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -313,6 +329,28 @@ def test_read_file_reads_to_the_end_of_a_file_that_grew_after_fstat(tmp_path, mo
 
     monkeypatch.setattr(os, "fstat", stale_fstat)
     assert read_file(path) == data
+
+
+def test_warnings_of_many_checks_under_one_catch_stay_with_their_file(monkeypatch):
+    real_load = ImageFile.ImageFile.load
+
+    def load(self):  # Pillow finding something odd in 3-pixel-wide files only
+        if self.width == 3:
+            warnings.warn("odd chunk in this file", UserWarning, stacklevel=2)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    good, odd = _png_bytes(4, 2), _png_bytes(3, 2)
+    with pytest.raises(ImageDecodeError, match="odd.png: odd chunk"):
+        check_bytes(odd, name="odd.png")  # its own catch
+    with pytest.warns(UserWarning, match="not from a decode"):
+        with caught_warnings() as caught:
+            assert check_bytes(good, caught=caught).width == 4
+            with pytest.raises(ImageDecodeError, match="odd.png: odd chunk"):
+                check_bytes(odd, name="odd.png", caught=caught)
+            assert check_bytes(good, caught=caught).width == 4  # the warning went with its file
+            warnings.warn("not from a decode", UserWarning, stacklevel=1)  # passed on when the catch ends
+            assert [str(w.message) for w in caught] == ["not from a decode"]
 
 
 def test_probe_reads_the_header_only(tmp_path):

@@ -82,7 +82,8 @@ def test_folder_recursive_with_bad_files(project, tmp_path):
     assert "5 new images" in report.summary() and "cut.png" in report.summary()
 
 
-def test_folder_walk_order_links_and_the_projects_own_folder(tmp_path):
+def test_folder_walk_order_links_and_the_projects_own_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the source is named relative to the working folder
     root = tmp_path / "study"
     _write_images(root / "b", [1])
     _write_images(root / "a" / "deeper", [2])
@@ -93,7 +94,7 @@ def test_folder_walk_order_links_and_the_projects_own_folder(tmp_path):
     (root / "linked_folder").symlink_to(tmp_path / "outside", target_is_directory=True)
     with Project.create(root / "p.atl") as project:
         _write_images(project.data_dir / "media", [7])  # the project's own files are not imported
-        report = run_job(import_source(project, root))
+        report = run_job(import_source(project, "study"))
         assert report.skipped == []
         records = [project.image(i) for i in report.image_ids]
         # a folder's files (sorted) before its subfolders (sorted), as os.walk lists them
@@ -102,6 +103,7 @@ def test_folder_walk_order_links_and_the_projects_own_folder(tmp_path):
         ]
         # a linked file is referred to where it is, and remembered under the name it was given
         assert records[1].original_path == str(root / "linked.png")
+        assert records[3].original_path == str(root / "a" / "deeper" / "img_002.png")
         assert project.image_path(records[1]).resolve() == (tmp_path / "outside" / "img_005.png").resolve()
 
 
