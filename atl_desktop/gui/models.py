@@ -60,6 +60,7 @@ class QueryTile:
     score: float
     reason: str
     top: tuple[Prediction, ...] = field(default_factory=tuple)
+    synthetic: bool = False  # made by a GAN (GAAL): shown with a badge
 
 
 def class_colour(record: ClassRecord | None) -> QColor:

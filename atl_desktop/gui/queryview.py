@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QKeyEvent
+from PySide6.QtCore import QPoint, QRect, Qt, QTimer, Signal
+from PySide6.QtGui import QColor, QKeyEvent, QPainter, QPen
 from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
 
 from atl_desktop.gui.background import Background
 from atl_desktop.gui.models import Prediction, QueryBatchModel, QueryTile, TileRole
-from atl_desktop.gui.tiles import TileDelegate, TileGrid
+from atl_desktop.gui.tiles import PAD, TileDelegate, TileGrid
 from atl_desktop.gui.undo import SetLabel, SetSkipped, skipped_images
 from atl_desktop.gui.workspace import Workspace
 from atl_desktop.store import Project, ProjectError
@@ -70,7 +70,7 @@ def tiles_from_items(project: Project, items: list[dict], round_id: int | None) 
             name = names[position] if 0 <= position < len(names) else f"class {position}"
             top.append(Prediction(by_name.get(name), name, float(probability)))
         tiles.append(QueryTile(int(item["image_id"]), float(item.get("score", 0.0)),
-                               str(item.get("reason", "")), tuple(top)))
+                               str(item.get("reason", "")), tuple(top), bool(item.get("synthetic", False))))
     return tiles
 
 
@@ -78,9 +78,39 @@ def result_to_items(result: Any) -> list[dict]:
     """A session QueryResult as JSON-ready dicts (what LAST_QUERY stores)."""
     return [
         {"image_id": int(i.image_id), "score": float(i.score), "reason": str(i.reason),
-         "top": [[int(pos), float(p)] for pos, p in i.top]}
+         "top": [[int(pos), float(p)] for pos, p in i.top], "synthetic": bool(getattr(i, "synthetic", False))}
         for i in result.items
     ]
+
+
+SYNTHETIC_BADGE = "SYNTHETIC (GAN)"
+SYNTHETIC_COLOUR = QColor("#7B1FA2")  # purple: no class colour and no state uses it
+
+
+class QueryTileDelegate(TileDelegate):
+    """A tile, and for an image made by the GAN a dashed purple frame with a badge, so that
+    nobody mistakes it for a real image."""
+
+    def paint(self, painter: QPainter, option, index) -> None:
+        super().paint(painter, option, index)
+        tile = index.data(TileRole)
+        if tile is None or not tile.synthetic:
+            return
+        card = option.rect.adjusted(3, 3, -3, -3)
+        box = QRect(card.left() + PAD - 3, card.top() + PAD - 3, self.side, self.side)
+        painter.save()
+        painter.setPen(QPen(SYNTHETIC_COLOUR, 3, Qt.PenStyle.DashLine))
+        painter.setBrush(Qt.BrushStyle.NoBrush)
+        painter.drawRect(box.adjusted(1, 1, -1, -1))
+        metrics = painter.fontMetrics()
+        badge = QRect(0, 0, metrics.horizontalAdvance(SYNTHETIC_BADGE) + 12, metrics.height() + 4)
+        badge.moveBottomRight(box.bottomRight() - QPoint(4, 4))
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(SYNTHETIC_COLOUR)
+        painter.drawRoundedRect(badge, 4, 4)
+        painter.setPen(QColor("white"))
+        painter.drawText(badge, Qt.AlignmentFlag.AlignCenter, SYNTHETIC_BADGE)
+        painter.restore()
 
 
 class QueryView(QWidget):
@@ -133,7 +163,7 @@ class QueryView(QWidget):
 
         self.grid = TileGrid()
         self.grid.setModel(self.model)
-        self.grid.setItemDelegate(TileDelegate(self.ws, self._describe, self.grid))
+        self.grid.setItemDelegate(QueryTileDelegate(self.ws, self._describe, self.grid))
         self.grid.key_handler = self._on_key
         self.grid.doubleClicked.connect(lambda index: self.open_image.emit(index.data(TileRole).image_id))
         self.empty = QLabel(EMPTY_TEXT)
@@ -224,6 +254,8 @@ class QueryView(QWidget):
         parts = [f"Round {self.round_id}" if self.round_id is not None else "Last batch"]
         if self.strategy:
             parts.append(self.strategy)
+        if any(t.synthetic for t in tiles):
+            parts.append("synthetic images made by the GAN (GAAL)")
         parts.append(f"{len(tiles)} images: {labelled} labelled, {skips} skipped, "
                      f"{len(tiles) - labelled - skips} to go")
         self.summary.setText(" · ".join(parts))
