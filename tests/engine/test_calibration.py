@@ -80,3 +80,29 @@ def test_stabilised_needs_three_rounds_with_high_mean_kappa():
     assert not stabilised([0.99, 0.98, 0.999])  # mean 0.9897
     assert not stabilised([0.999, 0.999])  # too few rounds yet
     assert not stabilised([0.999, None, 0.999])
+
+
+def test_stop_signal_compares_successive_rounds_on_the_stop_set():
+    from atl_desktop.rounds import stop_signal
+
+    first = stop_signal(None, np.array([0, 1, 1, 1]), [])
+    assert first == {"kappa": None, "agreement": None, "n": 4, "stop": False}
+    # the kappa worked by hand above: agreement 3/4, kappa 0.5
+    second = stop_signal(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), [None])
+    assert second["kappa"] == pytest.approx(0.5) and second["agreement"] == 0.75 and not second["stop"]
+    # identical predictions after two stable rounds: mean kappa (0.995 + 0.99 + 1) / 3 >= 0.99
+    third = stop_signal(np.array([2, 0, 1]), np.array([2, 0, 1]), [None, 0.995, 0.99])
+    assert third["kappa"] == 1.0 and third["stop"]
+    assert not stop_signal(np.array([2, 0, 1]), np.array([2, 0, 1]), [None, 0.5, 0.99])["stop"]
+
+
+def test_round_evaluation_adds_calibration_and_skips_unknown_labels():
+    from atl_desktop.rounds import evaluation_metrics
+
+    probs = np.vstack([PROBS, [[0.5, 0.5]]])
+    metrics = evaluation_metrics(probs, [*LABELS, -1], ["a", "b"])
+    assert metrics["n"] == 4 and metrics["accuracy"] == 0.75  # the fifth row has no label
+    # loss: mean of -log p(true class) = -log(0.9 * 0.15 * 0.7 * 0.55) / 4
+    assert metrics["loss"] == pytest.approx(-np.log(0.9 * 0.15 * 0.7 * 0.55) / 4)
+    assert metrics["calibration"]["ece"] == pytest.approx(expected_calibration_error(PROBS, LABELS))
+    assert metrics["confusion"] == [[2, 0], [1, 1]] and metrics["balanced_accuracy"] == 0.75
