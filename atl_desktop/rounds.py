@@ -89,6 +89,9 @@ def label_from_truth(project: Project, round_id: int, *, annotator: str = ORACLE
     labelled = project.current_labels()
     chosen = chosen_images(project, round_id)
     missing = [i for i in chosen if i not in truth]
+    if any(project.image(i).synthetic for i in missing):
+        raise ProjectError(f"Round {round_id} asks about images the GAN made (GAAL); they have no ground truth. "
+                           "Label them yourself (the window, or `atl label`), then train without --oracle.")
     if missing:
         raise ProjectError(f"{len(missing)} chosen images have no ground truth; the oracle cannot label them.")
     strategy = next(r.strategy for r in project.rounds() if r.id == round_id)
@@ -288,7 +291,8 @@ def stop_set_ids(project: Project, *, size: int = STOP_SET_SIZE, seed: int = 0) 
     if saved is not None:
         return [int(i) for i in saved["image_ids"]]
     labelled = project.current_labels(domain="target", split="pool")
-    pool = np.asarray([i for i in project.image_ids("target", "pool") if i not in labelled], dtype=np.int64)
+    pool = np.asarray([i for i in project.image_ids("target", "pool", synthetic=False) if i not in labelled],
+                      dtype=np.int64)
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(pool, size=min(size, len(pool)), replace=False)) if len(pool) else pool
     ids = [int(i) for i in chosen]

@@ -12,6 +12,7 @@ from atl_desktop.active.gan import tensor_to_images
 from atl_desktop.cli import main as atl
 from atl_desktop.generative import GAN_SETTING, default_gan_config, gan_train_job, load_gan
 from atl_desktop.jobs import run_job
+from atl_desktop.rounds import STOP_SET
 from atl_desktop.session import TRAIN_SETTING, finish_round_job, query_job, unlabelled_pool
 from atl_desktop.store import Project, ProjectError
 from tests.conftest import TESTDATA
@@ -70,11 +71,15 @@ def test_gaal_round_stores_synthetic_images_that_are_labelled_and_trained_on(pro
         assert rnd.strategy == "gaal" and rnd.params["chosen"] == ids and rnd.params["synthetic"]
         unlabelled, _ = unlabelled_pool(p)
         assert not set(ids) & set(unlabelled.tolist()) and len(unlabelled) == 120
+        with pytest.raises(ProjectError, match="images the GAN made"):  # no ground truth for them
+            run_job(finish_round_job(p, oracle=True))
         for k, image_id in enumerate(ids):  # the expert's labels
             p.set_label(image_id, p.classes()[k].id, round=rnd.id, strategy="gaal")
         summary = run_job(finish_round_job(p))
         assert summary.metrics["labels"] == 4 and summary.metrics["train"]["n_train"] == 4
         assert summary.metrics["test"]["n"] == 40
+        stop_set = p.get_setting(STOP_SET)["image_ids"]
+        assert len(stop_set) == 120 and not set(stop_set) & set(ids)  # real images only
     with Project.open(project_path, readonly=True) as p:  # everything survives reopening
         gan, _ = load_gan(p)
         for image_id in ids:
