@@ -134,8 +134,9 @@ def macenko_stains(rgb: np.ndarray, beta: float = 0.15, alpha: float = 1.0) -> n
 
 
 def concentrations(od: np.ndarray, stains: np.ndarray) -> np.ndarray:
-    """(n, 2) least-squares stain concentrations of OD rows."""
-    return np.linalg.lstsq(stains, od.T, rcond=None)[0].T
+    """(n, 2) least-squares stain concentrations of OD rows (through the 2 x 3 pseudo-inverse:
+    one small matrix product instead of a solve per pixel)."""
+    return od @ np.linalg.pinv(stains).T
 
 
 def fit_macenko(rgb: np.ndarray) -> dict[str, list]:
