@@ -64,9 +64,16 @@ def tiles_as_class_folders(project, folder: Path, per_class: int = 6) -> Path:
 
 
 def shoot_pool(window, out: Path) -> None:
+    """The unlabelled target pool, most uncertain first, three tiles selected."""
+    from atl_desktop.gui.poolmodel import LABEL_NONE
+
     browser = window.pool_browser
     window.tabs.setCurrentWidget(browser)
-    until(lambda: browser.model.rowCount() > 0)
+    for box, value in ((browser.domain_box, "target"), (browser.label_box, LABEL_NONE),
+                       (browser.sort_box, "score")):
+        box.setCurrentIndex(box.findData(value))
+    browser.apply_filters()
+    until(lambda: browser.model.query.sort == "score" and browser.model.rowCount() > 0)
     selection = browser.grid.selectionModel()
     for row in (3, 4, 12):
         selection.select(browser.model.index(row), QItemSelectionModel.SelectionFlag.Select)

@@ -70,7 +70,7 @@ class AnnotatorView(QWidget):
     def _build(self) -> None:
         self.people = QTableWidget(0, 5)
         self.people.setHorizontalHeaderLabels(("Annotator", "Current labels", "Labelled in all",
-                                               "Repeat checks", "Same answer again"))
+                                               "Shown again", "Consistency"))
         self.people.verticalHeader().hide()
         self.people.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.people.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -90,6 +90,8 @@ class AnnotatorView(QWidget):
 
         self.first_box, self.second_box = QComboBox(), QComboBox()
         for box in (self.first_box, self.second_box):
+            box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+            box.setMinimumContentsLength(16)
             box.activated.connect(lambda _=None: self.show_pair())
         self.pair_note = QLabel(SINGLE)
         self.pair_note.setWordWrap(True)
@@ -109,6 +111,7 @@ class AnnotatorView(QWidget):
         pair_layout.addLayout(choose)
         pair_layout.addWidget(self.pair_note)
         pair_layout.addWidget(self.confusion, 1)
+        pair_layout.addStretch(0)
 
         self.repeat_count = QSpinBox()
         self.repeat_count.setRange(1, 200)
@@ -126,6 +129,7 @@ class AnnotatorView(QWidget):
         start.addWidget(self.repeat_button)
         start.addStretch(1)
         repeat_layout.addLayout(start)
+        repeat_layout.addStretch(1)
 
         top = QHBoxLayout()
         top.addWidget(people_box, 3)
@@ -167,15 +171,17 @@ class AnnotatorView(QWidget):
         self.summary = result
         self._show_people(result)
         names = sorted(result.given)
+        # The pair with most images in common, else the first two annotators.
+        default = ((result.agreements[0].first, result.agreements[0].second) if result.agreements
+                   else tuple(names[:2]))
         for box, fallback in ((self.first_box, 0), (self.second_box, 1)):
             chosen = box.currentText()
             box.clear()
             box.addItems(names)
             if chosen in names:
                 box.setCurrentText(chosen)
-            elif result.agreements:  # the pair with most images in common
-                pair = result.agreements[0]
-                box.setCurrentText((pair.first, pair.second)[fallback])
+            elif fallback < len(default):
+                box.setCurrentText(default[fallback])
         self.show_pair()
         self._update_repeat_note()
 
@@ -208,7 +214,8 @@ class AnnotatorView(QWidget):
         if first == second:
             self.pair_note.setText("Choose two different annotators.")
         elif pair is None:
-            self.pair_note.setText(f"{first} and {second} have no image in common.")
+            self.pair_note.setText(f"{first} and {second} have no image in common, so their agreement "
+                                   "cannot be measured. It needs images that both labelled.")
         else:
             self.pair_note.setText(
                 f"{pair.n:,} images labelled by both. They agree on {pair.n - len(pair.disagreements):,} "
@@ -219,6 +226,7 @@ class AnnotatorView(QWidget):
 
     def _fill_confusion(self, pair) -> None:
         table = self.confusion
+        table.setVisible(pair is not None)
         if pair is None:
             table.setRowCount(0)
             table.setColumnCount(0)

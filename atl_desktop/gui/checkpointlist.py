@@ -32,7 +32,7 @@ METRICS_COLUMN = HEADERS.index("Metrics")
 
 
 def metrics_text(metrics: dict, test_accuracy: float | None = None) -> str:
-    """The few numbers that matter, shortest first: test and validation accuracy, loss, labels."""
+    """The few numbers that matter: test and validation accuracy, then the training loss."""
     parts = []
     if test_accuracy is not None:
         parts.append(f"test {test_accuracy:.1%}")
@@ -40,8 +40,6 @@ def metrics_text(metrics: dict, test_accuracy: float | None = None) -> str:
         if isinstance(metrics.get(key), int | float):
             value = float(metrics[key])
             parts.append(f"{name} {value:.1%}" if key.endswith("accuracy") else f"{name} {value:.3g}")
-    if isinstance(metrics.get("n_train"), int):
-        parts.append(f"{metrics['n_train']} images")
     return ", ".join(parts) or "—"
 
 

@@ -52,7 +52,7 @@ from atl_desktop.store import Project, ProjectError
 
 JOB_TITLES = {"query": "Scoring the pool", "train": "Training", "pseudo": "Proposing pseudo-labels",
               "import": "Importing images", "export": "Exporting labels",
-              "setup": "Setting up the project", "evaluate": "Evaluating"}
+              "setup": "Setting up the project", "evaluate": "Evaluating", "score": "Scoring the pool"}
 RECENT_LIMIT = 8
 
 
@@ -93,6 +93,13 @@ def default_pseudo_label_job(project, device: str | None = None, **kwargs):
     if device is not None:
         kwargs["scoring"] = ScoringConfig(device=device)
     return pseudo_label_job(project, **kwargs)
+
+
+def default_score_job(project):
+    """Score the target pool with the current checkpoint (for the pool browser's sorting)."""
+    from atl_desktop.session import score_job
+
+    yield from score_job(project)
 
 
 def warm_engine() -> bool:
@@ -293,6 +300,8 @@ class MainWindow(QMainWindow):
         self.runner.cancelled.connect(self._on_job_cancelled)
         self.runner.started.connect(lambda _: self._update_busy())
         self.pool_browser.send_to_query.connect(self.label_chosen)
+        self.pool_browser.score_requested.connect(
+            lambda: self._start_other("score", default_score_job, JOB_TITLES["score"], "model"))
         self.annotators.send_to_query.connect(lambda ids: self.label_chosen(ids, "the two annotators disagreed"))
         self.annotators.show_in_pool.connect(self.show_annotator_in_pool)
         self.pool_browser.open_image.connect(self.open_image)
@@ -393,6 +402,8 @@ class MainWindow(QMainWindow):
 
     def _on_job_finished(self, name: str, result: Any) -> None:
         self._update_busy()
+        if name == "score":
+            self.pool_browser.apply_filters()  # sort by the new scores
         if name in ("import", "setup"):
             reports = [result] if name == "import" else result[0]
             if any(r.skipped for r in reports):

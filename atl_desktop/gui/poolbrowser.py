@@ -8,8 +8,9 @@ clear their labels, or send them to the query view to label one by one.
 
 from __future__ import annotations
 
+import numpy as np
 from PySide6.QtCore import QRect, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QKeyEvent, QPainter, QPen
+from PySide6.QtGui import QKeyEvent, QPainter, QPen
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -66,8 +67,8 @@ class PoolTileDelegate(QStyledItemDelegate):
             painter.fillRect(rect, option.palette.highlight())
         box = QRect(rect.left() + 3, rect.top() + 3, side, side)
         image = self.thumbs.get(row.image_id, row.path) if row is not None else None
-        if image is None or image.isNull():
-            painter.fillRect(box, QColor("#DDDDDD"))
+        if image is None or image.isNull():  # still decoding (or unreadable)
+            painter.fillRect(box, option.palette.window().color().darker(112))
         else:
             size = image.size().scaled(box.size(), Qt.AspectRatioMode.KeepAspectRatio)
             target = QRect(0, 0, size.width(), size.height())
@@ -109,6 +110,7 @@ class PoolGrid(QListView):
 class PoolBrowser(QWidget):
     send_to_query = Signal(list)  # image ids
     open_image = Signal(int)
+    score_requested = Signal()  # sorting by score needs the pool scored with the current checkpoint
 
     def __init__(self, workspace: Workspace, thumbnail_side: int = DEFAULT_SIDE, parent=None):
         super().__init__(parent)
@@ -136,11 +138,17 @@ class PoolBrowser(QWidget):
         self.sort_box.setToolTip("Uncertainty and confidence come from the last scoring of the "
                                  "current checkpoint (Query next batch scores the pool)")
         self.count_label = QLabel()
+        self.score_button = QPushButton("Score the pool now")
+        self.score_button.setToolTip("Run the current checkpoint over the unlabelled pool (a job; "
+                                     "Query next batch does it too)")
+        self.score_button.clicked.connect(self.score_requested)
+        self.score_button.hide()
         bar = QHBoxLayout()
         for widget in (self.domain_box, self.split_box, self.label_box, self.who_box, self.sort_box):
             widget.activated.connect(lambda _=None: self.apply_filters())
             bar.addWidget(widget)
         bar.addWidget(self.count_label, 1)
+        bar.addWidget(self.score_button)
 
         self.grid = PoolGrid()
         self.grid.setModel(self.model)
@@ -152,16 +160,16 @@ class PoolBrowser(QWidget):
         self.grid.selectionModel().selectionChanged.connect(lambda *_: self._update_buttons())
 
         self.class_box = QComboBox()
-        self.label_button = QPushButton("Label selected")
+        self.label_button = QPushButton("Label")
         self.label_button.clicked.connect(lambda: self.label_selected(self.class_box.currentData()))
-        self.clear_button = QPushButton("Clear labels")
+        self.clear_button = QPushButton("Clear their labels")
         self.clear_button.clicked.connect(lambda: self.label_selected(None))
         self.query_button = QPushButton("Send to query view")
         self.query_button.setToolTip("Label the selected images one by one in the query view")
         self.query_button.clicked.connect(lambda: self.send_to_query.emit(self.selected_ids()))
         actions = QHBoxLayout()
-        for widget in (QLabel("Selected:"), self.class_box, self.label_button, self.clear_button,
-                       self.query_button):
+        for widget in (QLabel("Label the selected images as"), self.class_box, self.label_button,
+                       self.clear_button, self.query_button):
             actions.addWidget(widget)
         actions.addStretch(1)
 
@@ -217,6 +225,7 @@ class PoolBrowser(QWidget):
     def apply_filters(self) -> None:
         query = self.query()
         self._request += 1
+        self.score_button.hide()
         if query.sort == "added":
             self.model.set_query(query)
             self._update_count()
@@ -235,8 +244,10 @@ class PoolBrowser(QWidget):
             return
         self.model.set_query(query, result)
         self._update_count()
-        if result[1].size and all(v != v for v in result[1][:1]):  # NaN: nothing scored
-            self.count_label.setText(self.count_label.text() + " — no scores yet: query a batch first")
+        unscored = bool(result[1].size) and bool(np.isnan(result[1][0]))  # NaN first: nothing scored
+        self.score_button.setVisible(unscored)
+        if unscored:
+            self.count_label.setText(self.count_label.text() + " — the current model has not scored them yet")
 
     def _update_count(self) -> None:
         total = self.model.total()
@@ -289,7 +300,7 @@ class PoolBrowser(QWidget):
         n = len(self.grid.selectionModel().selectedIndexes()) if self.grid.selectionModel() else 0
         for button in (self.label_button, self.clear_button, self.query_button):
             button.setEnabled(n > 0)
-        self.label_button.setText(f"Label {n} selected" if n else "Label selected")
+        self.label_button.setText(f"Label {n} {'image' if n == 1 else 'images'}" if n else "Label")
 
     def label_selected(self, class_id: int | None) -> bool:
         """Label (or, with None, unlabel) every selected image in one undoable step."""

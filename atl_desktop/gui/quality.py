@@ -16,13 +16,12 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QBrush, QColor, QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
-    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QPushButton,
-    QScrollArea,
+    QSplitter,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -110,7 +109,7 @@ class QualityView(QWidget):
         self.stop_label = _note()
         self.stop_label.setStyleSheet("font-weight: bold;")
         self.rounds_table = _table(("Round", "Strategy", "Labels", "Test accuracy", "ECE", "Changed"))
-        self.rounds_table.setMaximumHeight(150)
+        self.rounds_table.setMaximumHeight(120)
         curve = QGroupBox("Learning curve: test accuracy against labelled images")
         curve_layout = QVBoxLayout(curve)
         curve_layout.addWidget(self.accuracy_plot, 1)
@@ -147,23 +146,18 @@ class QualityView(QWidget):
         tables.addLayout(confusion, 3)
         cur_layout.addLayout(tables, 1)
 
-        content = QWidget()
-        grid = QGridLayout(content)
-        grid.addWidget(curve, 0, 0)
-        grid.addWidget(self.calibration_box, 0, 1)
-        grid.addWidget(self.current_box, 1, 0, 1, 2)
-        grid.setColumnStretch(0, 3)
-        grid.setColumnStretch(1, 2)
-        grid.setRowStretch(0, 1)
-        grid.setRowStretch(1, 1)
-        content.setMinimumSize(900, 720)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        scroll.setWidget(content)
+        top = QSplitter()
+        top.addWidget(curve)
+        top.addWidget(self.calibration_box)
+        top.setStretchFactor(0, 3)
+        top.setStretchFactor(1, 2)
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.setChildrenCollapsible(False)
+        split.addWidget(top)
+        split.addWidget(self.current_box)
+        split.setSizes([400, 360])
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(scroll)
+        layout.addWidget(split)
 
     # ---- everything from the store ------------------------------------------------------
 
@@ -353,9 +347,12 @@ def _table(headers) -> QTableWidget:
     if headers:
         table.setHorizontalHeaderLabels(list(headers))
     table.verticalHeader().hide()
+    table.verticalHeader().setDefaultSectionSize(table.fontMetrics().height() + 8)  # compact rows
+    table.horizontalHeader().setMinimumSectionSize(26)
     table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
     table.horizontalHeader().setStretchLastSection(True)
     table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+    table.setMinimumWidth(120)
     return table
 
 
@@ -381,5 +378,5 @@ def _plots():
         plot.showGrid(x=True, y=True, alpha=0.2)
         for axis in ("left", "bottom"):
             plot.getAxis(axis).setTextPen(text)
-        plot.setMinimumHeight(220)
+        plot.setMinimumHeight(160)
     return accuracy, reliability

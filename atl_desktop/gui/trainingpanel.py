@@ -76,10 +76,10 @@ class EpochSummary:
     def flush(self) -> str | None:
         if not self.losses:
             return None
-        line = f"{self.message}: mean loss {sum(self.losses) / len(self.losses):.3f}"
+        line = f"{self.message}: loss {sum(self.losses) / len(self.losses):.3f}"
         if self.accuracies:
-            line += f", training accuracy {sum(self.accuracies) / len(self.accuracies):.1%}"
-        line += f" over {len(self.losses)} steps"
+            line += f", accuracy {sum(self.accuracies) / len(self.accuracies):.1%}"
+        line += f" ({len(self.losses)} {'step' if len(self.losses) == 1 else 'steps'})"
         self.message, self.losses, self.accuracies = "", [], []
         return line
 

@@ -147,3 +147,26 @@ def test_thumbnail_size_applies_at_once(qtbot, open_window, project_path):
     browser.set_thumbnail_side(160)
     assert browser.thumbs.side == 160 and browser.thumbs.cached() == 0
     qtbot.waitUntil(lambda: browser.grid.visualRect(browser.model.index(0)).width() > before, timeout=2000)
+
+
+def test_sorting_before_scoring_offers_to_score_the_pool(qtbot, open_window, project_path):
+    from atl_desktop.models import build_model
+    from atl_desktop.models.checkpoints import save_checkpoint
+
+    with Project.open(project_path) as project:
+        save_checkpoint(project, build_model("smallcnn", 3, seed=1), classes=project.class_names())
+    window = open_window(project_path)
+    browser = window.pool_browser
+    window.tabs.setCurrentWidget(browser)
+    _choose(browser.sort_box, "score")
+    browser.apply_filters()
+    qtbot.waitUntil(lambda: browser.model.query.sort == "score", timeout=20000)
+    assert browser.score_button.isVisible() and "not scored them yet" in browser.count_label.text()
+    assert browser.model.row_data(0).score is None
+    with qtbot.waitSignal(window.runner.finished, timeout=60000):
+        browser.score_button.click()
+    qtbot.waitUntil(lambda: browser.model.row_data(0) is not None and browser.model.row_data(0).score is not None,
+                    timeout=20000)
+    assert not browser.score_button.isVisible()
+    scores = [browser.model.row_data(r).score for r in range(browser.model.rowCount())]
+    assert scores == sorted(scores, reverse=True)

@@ -43,7 +43,7 @@ def test_a_real_training_job_draws_curves_and_records_a_checkpoint(qtbot, open_w
     assert panel.checkpoints.table.rowCount() == 1
     log = panel.log.toPlainText()
     assert "Finished: checkpoint #1" in log
-    assert "epoch 1/2: mean loss" in log and "over 3 steps" in log  # one line per epoch
+    assert "epoch 1/2: loss" in log and "(3 steps)" in log  # one line per epoch
     assert len(panel.curves.smoothed["loss"]) == 6
     assert panel.start_button.isEnabled() and not panel.stop_button.isEnabled()
 
@@ -158,9 +158,8 @@ def test_epoch_summary_and_smoothing_by_hand():
     summary = EpochSummary()
     assert summary.add("epoch 1/2", {"loss": 1.0, "accuracy": 0.5}) is None
     assert summary.add("epoch 1/2", {"loss": 0.5, "accuracy": 1.0}) is None
-    assert summary.add("epoch 2/2", {"loss": 0.2}) == (
-        "epoch 1/2: mean loss 0.750, training accuracy 75.0% over 2 steps")
-    assert summary.flush() == "epoch 2/2: mean loss 0.200 over 1 steps"
+    assert summary.add("epoch 2/2", {"loss": 0.2}) == "epoch 1/2: loss 0.750, accuracy 75.0% (2 steps)"
+    assert summary.flush() == "epoch 2/2: loss 0.200 (1 step)"
     assert summary.flush() is None
     assert log_line("fine-tuning: validating 3/12") == "fine-tuning: validating"
 
