@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
     QLabel,
+    QPushButton,
     QSlider,
     QToolTip,
     QVBoxLayout,
@@ -242,6 +243,9 @@ class SlideView(QWidget):
         self.opacity.setValue(55)
         self.opacity.setMaximumWidth(140)
         self.opacity.setToolTip("How strongly the overlay covers the slide")
+        self.stain_button = QPushButton("Stain normalisation…")
+        self.stain_button.setToolTip("Normalise stains to the marked patch, for training and scoring")
+        self.stain_button.clicked.connect(self.ask_stain)
         self.status = QLabel()
         self.status.setWordWrap(True)
         self.canvas = SlideCanvas()
@@ -250,6 +254,7 @@ class SlideView(QWidget):
                        QLabel("Opacity"), self.opacity):
             bar.addWidget(widget)
         bar.addStretch(1)
+        bar.addWidget(self.stain_button)
         layout = QVBoxLayout(self)
         layout.addLayout(bar)
         layout.addWidget(self.status)
@@ -350,6 +355,20 @@ class SlideView(QWidget):
         ids = [p.image_id for p in data.patches]
         self.canvas.highlight = ids.index(image_id) if image_id in ids else None
         self.canvas.update()
+
+    def ask_stain(self):
+        """The stain dialog, with the marked patch as the reference and a few others to preview."""
+        from atl_desktop.gui.staindialog import StainDialog
+
+        data = self.canvas.data
+        patches = data.patches if data is not None else ()
+        reference = patches[self.canvas.highlight].image_id if (
+            self.canvas.highlight is not None and self.canvas.highlight < len(patches)) else None
+        picks = np.linspace(0, len(patches) - 1, min(4, len(patches))).astype(int) if patches else []
+        dialog = StainDialog(self.ws, reference, [patches[k].image_id for k in picks], self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.show()
+        return dialog
 
     def _set_overlay(self, name: str) -> None:
         self.canvas.overlay = name

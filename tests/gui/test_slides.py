@@ -90,3 +90,23 @@ def test_click_a_patch_to_label_it_then_back_to_the_slide(qtbot, open_window, sl
     assert window.tabs.currentWidget() is view
     assert view.canvas.highlight == target
     assert view.canvas.labels[image_id] == QColor("#0072B2")
+
+
+def test_stain_dialog_previews_and_keeps_the_choice(qtbot, open_window, slide_project):
+    from atl_desktop.data.stain import STAIN_SETTING
+
+    path, ids = slide_project
+    window = open_window(path)
+    view = _loaded(qtbot, window)
+    view.canvas.highlight = 0
+    dialog = view.ask_stain()
+    dialog.method.setCurrentText("reinhard")
+    dialog.preview()
+    qtbot.waitUntil(lambda: dialog.use_button.isEnabled(), timeout=10000)
+    assert dialog.previews.count() == 8  # four patches, before and after
+    dialog.use()
+    setting = window.ws.project.get_setting(STAIN_SETTING)
+    assert setting["method"] == "reinhard" and setting["reference_image"] == f"image {ids[0]}"
+    dialog.turn_off()
+    assert window.ws.project.get_setting(STAIN_SETTING) is None
+    dialog.accept()
