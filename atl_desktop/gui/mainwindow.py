@@ -79,10 +79,15 @@ def default_query_job(project, device: str | None = None, **kwargs):
 
 
 def default_train_job(project, device: str | None = None, **kwargs):
-    from atl_desktop.session import project_train_config, train_job
+    from atl_desktop.session import TRAIN_SETTING, project_train_config, train_job
 
     if device is not None:
         kwargs["config"] = project_train_config(project, device=device)
+    processes = int(project.get_setting(TRAIN_SETTING, {}).get("processes", 1))
+    if processes > 1:  # torch.distributed: torchrun's ranks report through the same job
+        from atl_desktop.scale.launch import local_train_job
+
+        return local_train_job(project, processes=processes, **kwargs)
     return train_job(project, **kwargs)
 
 

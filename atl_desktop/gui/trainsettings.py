@@ -34,7 +34,7 @@ from atl_desktop.store import Project, ProjectError
 
 TRAIN_SETTING = "train_config"  # = atl_desktop.session.TRAIN_SETTING (not imported: torch)
 DEFAULTS = {"backbone": "resnet18", "weights": "imagenet", "method": "finetune", "epochs": 10,
-            "batch_size": 32, "lr": 1e-3, "freeze": 0, "lr_decay": 1.0}
+            "batch_size": 32, "lr": 1e-3, "freeze": 0, "lr_decay": 1.0, "processes": 1}
 WEIGHT_CHOICES = (("ImageNet (from the local torch cache)", "imagenet"),
                   ("None: random initialisation", None))
 
@@ -150,6 +150,9 @@ class TrainSettings(QWidget):
         self.epochs = _spin(1, 1000, "Passes over the labelled images (early stopping on the "
                             "validation split may end sooner)")
         self.batch = _spin(1, 4096, "Images per step")
+        self.processes = _spin(1, 64, "Train over this many processes on this computer with "
+                               "torch.distributed: one per GPU, or CPU cores (gloo). Each step's "
+                               "batch is split among them, so the batch size must divide evenly")
         self.freeze = _spin(0, 12, "Body stages kept fixed, counted from the input (0 = train all). "
                             "Early layers transfer best (Yosinski et al., NeurIPS 2014)")
         self.lr = _double(1e-6, 10.0, 6, "Learning rate of the head (and of the body, unless decayed)")
@@ -167,6 +170,7 @@ class TrainSettings(QWidget):
         for text, widget in (("Method", self.method_box), ("Backbone", self.backbone_box),
                              ("Weights", self.weights_box), ("", self.start_over), ("", self.note),
                              ("Epochs", self.epochs), ("Batch size", self.batch),
+                             ("Processes", self.processes),
                              ("Frozen stages", self.freeze), ("Learning rate", self.lr),
                              ("Layer-wise decay", self.lr_decay)):
             form.addRow(text, widget)
@@ -300,6 +304,7 @@ class TrainSettings(QWidget):
         self.set_weights(saved["weights"])
         self.epochs.setValue(int(saved["epochs"]))
         self.batch.setValue(int(saved["batch_size"]))
+        self.processes.setValue(int(saved["processes"]))
         self.freeze.setValue(int(saved["freeze"]))
         self.lr.setValue(float(saved["lr"]))
         self.lr_decay.setValue(float(saved["lr_decay"]))
@@ -311,7 +316,7 @@ class TrainSettings(QWidget):
             "method": self.method_box.currentText(), "backbone": self.backbone_box.currentText(),
             "weights": None if weights == "file" else weights, "epochs": self.epochs.value(),
             "batch_size": self.batch.value(), "freeze": self.freeze.value(), "lr": self.lr.value(),
-            "lr_decay": self.lr_decay.value(),
+            "lr_decay": self.lr_decay.value(), "processes": self.processes.value(),
             "method_options": {name: _option_value(w) for name, w in self._option_widgets.items()},
         }
 

@@ -1,0 +1,34 @@
+"""The window's training job over 2 local processes (torch.distributed, gloo on CPU): the
+job runner shows the ranks' progress and the window's own handle records the checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+
+from atl_desktop.gui.jobrunner import JobRunner
+from atl_desktop.gui.mainwindow import default_train_job
+from atl_desktop.store import Project
+from tests.gui.conftest import make_project
+
+pytestmark = pytest.mark.slow  # torchrun starts two Python processes
+
+
+def test_two_process_training_through_the_job_runner(qtbot, tmp_path):
+    path = make_project(tmp_path, n_images=8)
+    with Project.open(path) as project:  # the window's handle: it holds the writer lock
+        classes = [c.id for c in project.classes()]
+        for k, image_id in enumerate(project.image_ids()):
+            project.set_label(image_id, classes[k % 3])
+        project.set_setting("train_config", {"backbone": "smallcnn", "weights": None, "epochs": 1,
+                                             "batch_size": 4, "patience": 0, "processes": 2})
+        runner = JobRunner()
+        messages = []
+        runner.steps.connect(lambda name, batch: messages.extend(p.message for p in batch))
+        with qtbot.waitSignal(runner.finished, timeout=240_000) as finished:
+            assert runner.start("train", default_train_job, project, device="cpu") is None
+        checkpoint = project.checkpoint(finished.args[1])
+        assert runner.wait_all(10_000)
+    assert any(m.startswith("starting 2 processes") for m in messages)
+    assert "fine-tuning: epoch 1/1" in messages  # rank 0's progress, relayed from torchrun
+    assert checkpoint.config["processes"] == 2
+    assert checkpoint.metrics["samples_seen"] == 8 and checkpoint.metrics["steps"] == 2
