@@ -53,6 +53,8 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augment-copies", type=int, default=0, help="augmented patches per image (AIFT)")
     parser.add_argument("--mc-samples", type=int, default=0, help="MC-dropout samples (BALD)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-workers", type=int, default=0,
+                        help="processes decoding images for each scoring process (0: in it)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -62,7 +64,8 @@ def _choice(args: argparse.Namespace) -> ModelChoice:
 
 def _config(args: argparse.Namespace, augment_copies: int, mc_samples: int) -> ScoringConfig:
     return ScoringConfig(batch_size=args.batch_size, device=args.device, seed=args.seed,
-                         augment_copies=augment_copies, mc_samples=mc_samples)
+                         augment_copies=augment_copies, mc_samples=mc_samples,
+                         num_workers=args.num_workers)
 
 
 def cmd_score(args: argparse.Namespace) -> int:
