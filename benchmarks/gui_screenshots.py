@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from PySide6.QtCore import QEventLoop, QItemSelectionModel, QTimer
 from PySide6.QtWidgets import QApplication
 
@@ -74,6 +75,9 @@ def shoot_pool(window, out: Path) -> None:
         box.setCurrentIndex(box.findData(value))
     browser.apply_filters()
     until(lambda: browser.model.query.sort == "score" and browser.model.rowCount() > 0)
+    if browser.score_button.isVisible():  # the bundled demo ships without score caches
+        browser.score_button.click()
+        until(lambda: browser.model.row_data(0) is not None and browser.model.row_data(0).score is not None)
     selection = browser.grid.selectionModel()
     for row in (3, 4, 12):
         selection.select(browser.model.index(row), QItemSelectionModel.SelectionFlag.Select)
@@ -104,11 +108,27 @@ def shoot_quality(window, out: Path) -> None:
     window.grab().save(str(out / "model_quality.png"))
 
 
+SECOND_READER = "second reader (simulated)"
+
+
+def add_second_reader(project, n: int = 30, error_rate: float = 0.2, seed: int = 7) -> None:
+    """A simulated second annotator on n of the expert's images: the hidden ground truth,
+    with a share of answers replaced by a random class (the demo has one expert only)."""
+    rng = np.random.default_rng(seed)
+    truth = project.truth()
+    expert = [e.image_id for e in project.label_history() if e.kind == "human" and e.image_id in truth]
+    classes = [c.id for c in project.classes()]
+    for image_id in rng.permutation(sorted(set(expert)))[:n]:
+        answer = truth[int(image_id)] if rng.random() > error_rate else int(rng.choice(classes))
+        project.set_label(int(image_id), answer, annotator=SECOND_READER)
+
+
 def shoot_annotators(window, out: Path) -> None:
-    view = getattr(window, "annotators", None)
-    if view is None:
-        return
+    view = window.annotators
+    add_second_reader(window.ws.project)
+    window.ws.notify()
     window.tabs.setCurrentWidget(view)
+    until(lambda: view.summary is not None and len(view.summary.given) > 2)
     wait(800)
     window.grab().save(str(out / "annotators.png"))
 

@@ -221,7 +221,7 @@ class AnnotatorView(QWidget):
                 f"{pair.n:,} images labelled by both. They agree on {pair.n - len(pair.disagreements):,} "
                 f"({pair.observed:.1%}); Cohen's κ = {pair.kappa:.2f}, {kappa_words(pair.kappa)} agreement "
                 "beyond chance (Landis & Koch 1977). Rows: "
-                f"{first}'s label; columns: {second}'s.")
+                f"{first}'s label; columns: {second}'s, numbered as the rows.")
         self._fill_confusion(pair)
 
     def _fill_confusion(self, pair) -> None:
@@ -232,11 +232,16 @@ class AnnotatorView(QWidget):
             table.setColumnCount(0)
             return
         book = self.ws.book()
-        names = [book.by_id(c).name if book.by_id(c) else f"class {c}" for c in pair.class_ids]
+        records = [book.by_id(c) for c in pair.class_ids]
+        names = [r.name if r else f"class {c}" for r, c in zip(records, pair.class_ids, strict=True)]
+        # Columns are numbered by the class's key (or its row), so long names fit.
+        marks = [r.key if r and r.key else str(k + 1) for k, r in enumerate(records)]
         table.setRowCount(len(names))
         table.setColumnCount(len(names))
-        table.setHorizontalHeaderLabels(names)
-        table.setVerticalHeaderLabels(names)
+        table.setHorizontalHeaderLabels(marks)
+        table.setVerticalHeaderLabels([f"{m}  {n}" for m, n in zip(marks, names, strict=True)])
+        for column, name in enumerate(names):
+            table.horizontalHeaderItem(column).setToolTip(name)
         for i, row in enumerate(pair.confusion):
             for j, value in enumerate(row):
                 item = QTableWidgetItem(str(value))

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QListView,
     QPushButton,
+    QSizePolicy,
     QStackedWidget,
     QStyle,
     QStyledItemDelegate,
@@ -132,12 +133,14 @@ class PoolBrowser(QWidget):
         self.domain_box = _combo([("Any domain", None), ("Target", "target"), ("Source", "source")])
         self.split_box = _combo([("Any split", None), ("Pool", "pool"), ("Validation", "val"),
                                  ("Test", "test")])
-        self.label_box = QComboBox()
-        self.who_box = QComboBox()
+        self.label_box = _combo(elide=12)
+        self.who_box = _combo(elide=12)
         self.sort_box = _combo(list(SORT_CHOICES))
         self.sort_box.setToolTip("Uncertainty and confidence come from the last scoring of the "
                                  "current checkpoint (Query next batch scores the pool)")
         self.count_label = QLabel()
+        # Its text grows ("… not scored yet"); it must never widen the window.
+        self.count_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.score_button = QPushButton("Score the pool now")
         self.score_button.setToolTip("Run the current checkpoint over the unlabelled pool (a job; "
                                      "Query next batch does it too)")
@@ -159,7 +162,7 @@ class PoolBrowser(QWidget):
         self.grid.doubleClicked.connect(lambda index: self.open_image.emit(index.data(ImageIdRole)))
         self.grid.selectionModel().selectionChanged.connect(lambda *_: self._update_buttons())
 
-        self.class_box = QComboBox()
+        self.class_box = _combo(elide=14)
         self.label_button = QPushButton("Label")
         self.label_button.clicked.connect(lambda: self.label_selected(self.class_box.currentData()))
         self.clear_button = QPushButton("Clear their labels")
@@ -334,8 +337,13 @@ class PoolBrowser(QWidget):
         return False
 
 
-def _combo(items: list[tuple[str, object]]) -> QComboBox:
+def _combo(items: list[tuple[str, object]] = (), elide: int | None = None) -> QComboBox:
+    """A combo box; with `elide`, about that many characters wide whatever its items (long
+    class and annotator names), so the bars fit a narrow window."""
     box = QComboBox()
+    if elide is not None:
+        box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        box.setMinimumContentsLength(elide)
     for text, value in items:
         box.addItem(text, value)
     return box

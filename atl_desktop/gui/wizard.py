@@ -231,15 +231,20 @@ class ModelPage(QWizardPage):
         self.check.setWordWrap(True)
         self.check.setTextFormat(Qt.TextFormat.RichText)
         self.check.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        form = QFormLayout(self)
+        form = QFormLayout()
         for text, widget in (("Backbone", self.backbone), ("Weights", self.weights),
                              ("Transfer method", self.method), ("Query strategy", self.strategy),
-                             ("First batch", self.batch), ("", self.check)):
+                             ("First batch", self.batch)):
             form.addRow(text, widget)
         self.next_steps = QLabel("Create project writes the project, imports the images, then "
                                  "scores them and shows the first batch to label.")
         self.next_steps.setWordWrap(True)
-        form.addRow("", self.next_steps)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addSpacing(12)
+        layout.addWidget(self.check)
+        layout.addStretch(1)
+        layout.addWidget(self.next_steps)
         self.backbone.currentTextChanged.connect(lambda _: self.check_weights())
         self.weights.currentIndexChanged.connect(lambda _: self.check_weights())
         for box in (self.method, self.strategy):
