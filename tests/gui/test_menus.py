@@ -63,3 +63,24 @@ def test_preferences_are_saved(qtbot, settings):
 def test_dark_palette_is_dark():
     assert QApplication.instance() is not None
     assert palette_for(True).window().color().lightness() < 80
+
+
+def test_the_device_preference_reaches_the_jobs(qtbot, open_window, project_path, settings):
+    from atl_desktop.jobs import Progress
+
+    received = []
+
+    def recording_job(project, **kwargs):
+        received.append(kwargs)
+        yield Progress(1, 1, "done")
+        return 0
+
+    settings.setValue("device", "cpu")
+    window = open_window(project_path, train_factory=recording_job)
+    with qtbot.waitSignal(window.runner.finished, timeout=10000):
+        assert window.start_train(from_scratch=True)
+    assert received == [{"device": "cpu", "from_scratch": True}]
+    settings.setValue("device", "auto")  # auto: the engine picks, nothing is passed
+    with qtbot.waitSignal(window.runner.finished, timeout=10000):
+        assert window.start_train()
+    assert received[1] == {}
