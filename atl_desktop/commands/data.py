@@ -14,7 +14,10 @@ from atl_desktop.data.export import (
 )
 from atl_desktop.data.importers import FORMATS, LABEL_MODES, ImportOptions, import_source
 from atl_desktop.jobs import run_with_tqdm
-from atl_desktop.store import DOMAINS, SPLITS, Project
+from atl_desktop.store import DOMAINS, SPLITS, Project, ProjectError
+
+# Vendor whole-slide formats: never one image, always `atl slide add`.
+WHOLE_SLIDE_SUFFIXES = frozenset({".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide"})
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,6 +55,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         format=args.format, domain=args.domain, split=args.split, labels=args.labels,
         copy=args.copy, max_side=args.max_side,
     )
+    if args.source.suffix.lower() in WHOLE_SLIDE_SUFFIXES:
+        raise ProjectError(f"{args.source.name} is a whole slide: add it as patches with "
+                           f"`atl slide add {args.project} {args.source} --tile 224`.")
     with Project.open(args.project) as project:
         report = run_with_tqdm(import_source(project, args.source, options), desc="import", quiet=args.quiet)
     print(report.summary())

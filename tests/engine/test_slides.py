@@ -359,3 +359,10 @@ def test_damaged_slide_gets_a_one_line_message(tmp_path, slide):
         with pytest.raises(SlideError, match="damaged.tif: not a slide tiffslide can read"):
             _add(project, damaged)
         assert project.slides() == []
+
+
+def test_import_points_whole_slides_to_slide_add(tmp_path, capsys):
+    Project.create(tmp_path / "p.atl").close()
+    (tmp_path / "x.svs").write_bytes(b"II*\x00")
+    assert atl(["import", str(tmp_path / "p.atl"), str(tmp_path / "x.svs")]) == 1
+    assert "atl slide add" in capsys.readouterr().err
