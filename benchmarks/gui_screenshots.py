@@ -177,12 +177,12 @@ def main(argv=None) -> int:
         until(lambda: window.engine_ready)
         if "pool" in wanted:
             shoot_pool(window, args.out)
-        if "quality" in wanted:
-            shoot_quality(window, args.out)
-        if "annotators" in wanted:
-            shoot_annotators(window, args.out)
         if "training" in wanted:
             shoot_training(window, args.out)
+        if "quality" in wanted:
+            shoot_quality(window, args.out)
+        if "annotators" in wanted:  # last: it adds a simulated second reader's labels
+            shoot_annotators(window, args.out)
         if "wizard" in wanted:
             shoot_wizard(window, Path(tmp), args.out)
         window.close()
