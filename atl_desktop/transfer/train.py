@@ -372,8 +372,8 @@ class _StepModule(nn.Module):
 
 def _distribute(loop: _Loop) -> nn.Module:
     devices = [loop.device] if loop.device.type == "cuda" else None
-    # Some methods leave parameters out of some losses (ADDA's head): let DDP look for them.
-    return DistributedDataParallel(_StepModule(loop), device_ids=devices, find_unused_parameters=True)
+    # The same roles and losses every step; some methods leave parameters out (ADDA's head).
+    return DistributedDataParallel(_StepModule(loop), device_ids=devices, static_graph=True)
 
 
 def train(
