@@ -190,6 +190,11 @@ def remove_shards(spec: Mapping) -> None:
     scores = data_dir_for(Path(spec["project"])) / "scores"
     for folder in scores.glob(f"*/*/{SHARDS_PREFIX}{spec['run_id']}-*"):
         shutil.rmtree(folder, ignore_errors=True)
+        for parent in (folder.parent, folder.parent.parent):  # made for the shards alone
+            try:
+                parent.rmdir()
+            except OSError:
+                break  # not empty: it holds earlier scores
 
 
 # ---- failure messages ----------------------------------------------------------------------

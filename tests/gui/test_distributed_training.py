@@ -1,5 +1,6 @@
 """The window's training job over 2 local processes (torch.distributed, gloo on CPU): the
-job runner shows the ranks' progress and the window's own handle records the checkpoint."""
+job runner shows the ranks' progress, the window's own handle records the checkpoint, and
+the open round is finished as after one-process training."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ from tests.gui.conftest import make_project
 pytestmark = pytest.mark.slow  # torchrun starts two Python processes
 
 
-def test_two_process_training_through_the_job_runner(qtbot, tmp_path):
+def test_two_process_training_through_the_job_runner_finishes_the_round(qtbot, tmp_path):
     path = make_project(tmp_path, n_images=8)
     with Project.open(path) as project:  # the window's handle: it holds the writer lock
         classes = [c.id for c in project.classes()]
-        for k, image_id in enumerate(project.image_ids()):
+        *labelled, unsure = project.image_ids()
+        for k, image_id in enumerate(labelled):
             project.set_label(image_id, classes[k % 3])
+        round_id = project.start_round("entropy", {"batch": 1})
+        project.add_pseudo_labels([(unsure, classes[0], 0.97, 0.1)], round=round_id)  # CEAL
         project.set_setting("train_config", {"backbone": "smallcnn", "weights": None, "epochs": 1,
                                              "batch_size": 4, "patience": 0, "processes": 2})
         runner = JobRunner()
@@ -27,8 +31,12 @@ def test_two_process_training_through_the_job_runner(qtbot, tmp_path):
         with qtbot.waitSignal(runner.finished, timeout=240_000) as finished:
             assert runner.start("train", default_train_job, project, device="cpu") is None
         checkpoint = project.checkpoint(finished.args[1])
+        finished_round = project.rounds()[-1]
         assert runner.wait_all(10_000)
     assert any(m.startswith("starting 2 processes") for m in messages)
     assert "fine-tuning: epoch 1/1" in messages  # rank 0's progress, relayed from torchrun
-    assert checkpoint.config["processes"] == 2
+    assert checkpoint.config["processes"] == 2 and checkpoint.round_id == round_id
+    # 7 labels and the pending pseudo-label, split over 2 processes of 2 images per step.
+    assert checkpoint.metrics["n_pseudo"] == 1 and checkpoint.metrics["n_train"] == 8
     assert checkpoint.metrics["samples_seen"] == 8 and checkpoint.metrics["steps"] == 2
+    assert finished_round.finished is not None and finished_round.checkpoint_id == checkpoint.id
