@@ -33,7 +33,7 @@ from atl_desktop.data.slides import SlideInfo, SlideReader, best_level, fingerpr
 from atl_desktop.jobs import Progress
 from atl_desktop.store import DOMAINS, SPLITS, Project, ProjectError
 
-_READ_TILE = 2048  # level pixels per side of one read while making the tissue image
+_READ_TILE = 1024  # level pixels per side of one read while making the tissue image
 
 
 @dataclass(frozen=True)
@@ -208,10 +208,10 @@ def _block_mean(tile: np.ndarray, k: int) -> np.ndarray:
         return tile
     h, w = tile.shape[:2]
     bh, bw = math.ceil(h / k), math.ceil(w / k)
-    sums = np.zeros((bh, bw, 3), np.float64)
-    counts = np.zeros((bh, bw, 1), np.float64)
-    rows = np.add.reduceat(tile.astype(np.float64), np.arange(0, h, k), axis=0)
-    sums[:] = np.add.reduceat(rows, np.arange(0, w, k), axis=1)
+    counts = np.zeros((bh, bw, 1), np.float32)
+    # float32 sums are exact here: at most k * k * 255 per block, far below 2**24.
+    rows = np.add.reduceat(tile, np.arange(0, h, k), axis=0, dtype=np.float32)
+    sums = np.add.reduceat(rows, np.arange(0, w, k), axis=1, dtype=np.float32)
     ny = np.minimum(k, h - np.arange(0, h, k))
     nx = np.minimum(k, w - np.arange(0, w, k))
     counts[..., 0] = ny[:, None] * nx[None, :]

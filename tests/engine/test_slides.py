@@ -86,6 +86,17 @@ def test_tissue_fractions_weight_partial_cells_by_area():
     assert f[3, 3] == pytest.approx(0.25 / 4)
 
 
+def test_block_mean_averages_whole_and_cut_blocks():
+    from atl_desktop.data.tiling import _block_mean
+
+    tile = np.arange(5 * 3 * 3, dtype=np.uint8).reshape(5, 3, 3)
+    out = _block_mean(tile, 2)  # blocks of rows (0-1, 2-3, 4) and columns (0-1, 2)
+    assert out.shape == (3, 2, 3)
+    assert out[0, 0].tolist() == np.rint(tile[0:2, 0:2].reshape(-1, 3).mean(0)).tolist()
+    assert out[2, 1].tolist() == tile[4, 2].tolist()  # a cut block of one pixel is that pixel
+    assert out[1, 1].tolist() == np.rint(tile[2:4, 2].mean(0)).tolist()
+
+
 def test_grid_counts_and_resolution():
     info = SlideInfo(1024, 768, ((1024, 768, 1.0), (512, 384, 2.0), (256, 192, 4.0)), 0.5, 20.0, "test")
     grid = make_grid(info, TilingParams(patch=128))
