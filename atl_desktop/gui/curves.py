@@ -65,12 +65,25 @@ class TrainingCurves(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.stack)
+        self._plots_built = False
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        self._ensure_plots()
+
+    def _ensure_plots(self) -> None:
+        """Build the plots when first needed: importing pyqtgraph takes seconds, which the
+        window's start-up should not wait for (the engine warm-up imports it meanwhile)."""
+        if self._plots_built:
+            return
+        self._plots_built = True
         try:
             import pyqtgraph as pg
         except ImportError:
             self.empty.setText("Install pyqtgraph to see live curves (pip install pyqtgraph).")
             return
         self._build_plots(pg)
+        self._redraw()
 
     def _build_plots(self, pg) -> None:
         pg.setConfigOptions(antialias=True)
@@ -114,6 +127,7 @@ class TrainingCurves(QWidget):
 
     def add(self, step: int, metrics) -> None:
         """Record a Progress's metrics; the plot follows within REDRAW_MS."""
+        self._ensure_plots()
         for metric in SERIES:
             if metric in metrics:
                 xs, ys = self.points[metric]

@@ -126,6 +126,10 @@ def warm_engine() -> bool:
     optimiser = torch.optim.AdamW([weight])
     (weight * weight).sum().backward()
     optimiser.step()
+    try:  # the curves' library: seconds to import, so not on the GUI thread either
+        import pyqtgraph  # noqa: F401
+    except ImportError:
+        pass  # the curves say how to install it
     return True
 
 

@@ -67,7 +67,8 @@ class PoolTileDelegate(QStyledItemDelegate):
         if option.state & QStyle.StateFlag.State_Selected:
             painter.fillRect(rect, option.palette.highlight())
         box = QRect(rect.left() + 3, rect.top() + 3, side, side)
-        image = self.thumbs.get(row.image_id, row.path) if row is not None else None
+        model = index.model()
+        image = self.thumbs.get(row.image_id, lambda: model.path_of(row)) if row is not None else None
         if image is None or image.isNull():  # still decoding (or unreadable)
             painter.fillRect(box, option.palette.window().color().darker(112))
         else:

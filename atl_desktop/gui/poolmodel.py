@@ -68,7 +68,6 @@ class PoolRow:
     who: str | None
     score: float | None = None  # entropy under the current checkpoint (nats)
     confidence: float | None = None  # its top class probability
-    path: Path | None = None  # where the pixels are, resolved once
 
     @property
     def image_id(self) -> int:
@@ -178,6 +177,7 @@ class PoolModel(QAbstractListModel):
         self._rows: list[PoolRow] = []
         self._order: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # for score sorts
         self._exhausted = False
+        self._paths: dict[int, object] = {}
         self.book = None  # a ClassBook, for label colours
 
     def close(self) -> None:
@@ -219,7 +219,15 @@ class PoolModel(QAbstractListModel):
                 self._exhausted = True
         if len(rows) < PAGE:
             self._exhausted = True
-        return [replace(r, path=self.project.image_path(r.record)) for r in rows]
+        return rows
+
+    def path_of(self, row: PoolRow):
+        """Where a row's pixels are; resolved when a tile is first drawn (it checks the
+        file), not for every row of a page."""
+        path = self._paths.get(row.image_id)
+        if path is None:
+            path = self._paths[row.image_id] = self.project.image_path(row.record)
+        return path
 
     def rowCount(self, parent=QModelIndex()) -> int:  # noqa: B008 - Qt's signature
         return 0 if parent.isValid() else len(self._rows)

@@ -104,22 +104,32 @@ class QualityView(QWidget):
                               if name == JOB else None)
         self.refresh()
 
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if self._holders is not None:  # built on first show: importing pyqtgraph takes seconds
+            self.accuracy_plot, self.reliability_plot = _plots()
+            for holder, plot in zip(self._holders, (self.accuracy_plot, self.reliability_plot), strict=True):
+                holder.layout().addWidget(plot)
+            self._holders = None
+            self.refresh()
+
     def _build(self) -> None:
-        self.accuracy_plot, self.reliability_plot = _plots()
+        self.accuracy_plot = self.reliability_plot = None  # pyqtgraph plots, once shown
+        self._holders = (_holder(), _holder())
         self.stop_label = _note()
         self.stop_label.setStyleSheet("font-weight: bold;")
         self.rounds_table = _table(("Round", "Strategy", "Labels", "Test accuracy", "ECE", "Changed"))
         self.rounds_table.setMaximumHeight(120)
         curve = QGroupBox("Learning curve: test accuracy against labelled images")
         curve_layout = QVBoxLayout(curve)
-        curve_layout.addWidget(self.accuracy_plot, 1)
+        curve_layout.addWidget(self._holders[0], 1)
         curve_layout.addWidget(self.stop_label)
         curve_layout.addWidget(self.rounds_table)
 
         self.reliability_note = _note()
         self.calibration_box = QGroupBox("Calibration")
         rel_layout = QVBoxLayout(self.calibration_box)
-        rel_layout.addWidget(self.reliability_plot, 1)
+        rel_layout.addWidget(self._holders[1], 1)
         rel_layout.addWidget(self.reliability_note)
 
         self.evaluate_button = QPushButton("Evaluate now")
@@ -188,7 +198,7 @@ class QualityView(QWidget):
 
     def _show_curve(self, points, baseline: dict | None) -> None:
         plot = self.accuracy_plot
-        if not hasattr(plot, "plot"):
+        if plot is None or not hasattr(plot, "plot"):
             return
         import pyqtgraph as pg
 
@@ -276,7 +286,7 @@ class QualityView(QWidget):
         plot = self.reliability_plot
         if calibration is None:
             self.reliability_note.setText("No calibration yet: it is measured with the test accuracy.")
-            if hasattr(plot, "plot"):
+            if plot is not None and hasattr(plot, "plot"):
                 plot.clear()
             return
         bins = [b for b in calibration["bins"] if b.get("count")]
@@ -284,7 +294,7 @@ class QualityView(QWidget):
             f"Expected calibration error (ECE) {calibration['ece']:.3f} over {sum(b['count'] for b in bins):,} "
             "test images (Guo et al., ICML 2017): the gap between confidence and accuracy, weighted by "
             "images. Bars below the diagonal: over-confident.")
-        if not hasattr(plot, "plot"):
+        if plot is None or not hasattr(plot, "plot"):
             return
         import pyqtgraph as pg
 
@@ -334,6 +344,14 @@ def _shade(colour: str, alpha: float) -> QColor:
     shade = QColor(colour)
     shade.setAlphaF(max(0.0, min(1.0, alpha)))
     return shade
+
+
+def _holder() -> QWidget:
+    holder = QWidget()
+    layout = QVBoxLayout(holder)
+    layout.setContentsMargins(0, 0, 0, 0)
+    holder.setMinimumHeight(160)
+    return holder
 
 
 def _note(text: str = "") -> QLabel:

@@ -74,6 +74,14 @@ def tiles_from_items(project: Project, items: list[dict], round_id: int | None) 
     return tiles
 
 
+def _exists(project: Project, image_id: int) -> bool:
+    try:
+        project.image(image_id)
+    except ProjectError:
+        return False
+    return True
+
+
 def result_to_items(result: Any) -> list[dict]:
     """A session QueryResult as JSON-ready dicts (what LAST_QUERY stores)."""
     return [
@@ -229,7 +237,7 @@ class QueryView(QWidget):
         self.checkpoint_id = record.checkpoint_id if record is not None else None
         if self.checkpoint_id is None and (latest := project.latest_checkpoint()) is not None:
             self.checkpoint_id = latest.id
-        known = set(project.image_ids())
+        known = {i for i in {int(item["image_id"]) for item in items} if _exists(project, i)}  # not all ids
         tiles = [t for t in tiles_from_items(project, items, round_id) if t.image_id in known]
         self.model.set_batch(tiles)
         self.stack.setCurrentWidget(self.grid if tiles else self.empty)

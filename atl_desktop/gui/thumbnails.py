@@ -97,8 +97,9 @@ class ThumbnailCache(QObject):
         self._signals = _Signals()
         self._signals.done.connect(self._store)
 
-    def get(self, image_id: int, path: Path) -> QImage | None:
-        """The cached thumbnail, or None (a decode is then queued; `ready` follows)."""
+    def get(self, image_id: int, path) -> QImage | None:
+        """The cached thumbnail, or None (a decode is then queued; `ready` follows).
+        `path` may be a callable giving the path, called only when a decode is queued."""
         image = self._images.get(image_id)
         if image is not None:
             self._images.move_to_end(image_id)
@@ -106,7 +107,7 @@ class ThumbnailCache(QObject):
         if image_id in self._pending:
             return None
         self._pending.add(image_id)
-        self._pool.start(DecodeTask(image_id, path, self.side, self._signals))
+        self._pool.start(DecodeTask(image_id, path() if callable(path) else path, self.side, self._signals))
         return None
 
     def _store(self, image_id: int, image: QImage) -> None:

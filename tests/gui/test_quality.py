@@ -17,6 +17,9 @@ def test_empty_state_then_recorded_rounds(qtbot, open_window, project_path):
 
     window = open_window(project_path)
     view = window.quality
+    assert view.accuracy_plot is None  # pyqtgraph plots are built when the tab is first shown
+    window.tabs.setCurrentWidget(view)
+    assert view.accuracy_plot is not None
     assert view.stop_label.text() == NO_ROUNDS
     assert "No checkpoint yet" in view.eval_note.text()
     assert not view.evaluate_button.isEnabled()
