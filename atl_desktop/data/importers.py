@@ -235,7 +235,7 @@ def _plan_folder(project: Project, source: Path, options: ImportOptions) -> _Pla
     if source.is_file():
         return _Plan([_Item(str(source), split, None, path=str(source), link=source.is_symlink())], [], [])
     files, skipped = _walk_images(source, project)
-    return _Plan([_Item(p, split, None, path=p, link=link) for p, link in files], [], skipped)
+    return _Plan([_Item(p, split, None, p, link) for p, link in files], [], skipped)
 
 
 def _plan_imagefolder(project: Project, source: Path, options: ImportOptions) -> _Plan:
@@ -252,7 +252,7 @@ def _plan_imagefolder(project: Project, source: Path, options: ImportOptions) ->
         skipped += bad
         if files:
             classes.append(entry.name)
-            items += [_Item(p, split, entry.name, path=p, link=link) for p, link in files]
+            items += [_Item(p, split, entry.name, p, link) for p, link in files]
     return _Plan(items, classes, skipped)
 
 
@@ -323,7 +323,10 @@ def _scan(folder: Path) -> list[os.DirEntry]:
 
 
 def _is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+    """`os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES`, several times faster (for folders
+    of 100,000 files): a suffix needs a dot after something other than leading dots."""
+    stem, _, suffix = name.rpartition(".")
+    return bool(stem.lstrip(".")) and f".{suffix.lower()}" in IMAGE_SUFFIXES
 
 
 def _holds_images(folder: Path) -> bool:
@@ -580,22 +583,21 @@ class _Writer:
         self._truth: set[int] | None = None  # images with truth, read on first need
 
     def write(self, batch: Sequence[_Ready]) -> None:
-        added, duplicates, labelled, ids, conflicts = 0, 0, 0, [], []
+        labelled, conflicts = 0, []
         with self.project.transaction():
             results = self.project.add_images([ready.image for ready in batch])
-            for ready, (image_id, is_new) in zip(batch, results, strict=True):
-                added += is_new
-                duplicates += not is_new
-                ids.append(image_id)
-                outcome = self._label(image_id, is_new, ready.item)
-                labelled += outcome is True
-                if isinstance(outcome, str):
-                    conflicts.append((ready.item.name, outcome))
+            if self.class_ids:  # there are labels (or truth) to record
+                for ready, (image_id, is_new) in zip(batch, results, strict=True):
+                    outcome = self._label(image_id, is_new, ready.item)
+                    labelled += outcome is True
+                    if isinstance(outcome, str):
+                        conflicts.append((ready.item.name, outcome))
         # The report changes only once the transaction is committed.
+        added = sum(is_new for _, is_new in results)
         self.report.added += added
-        self.report.duplicates += duplicates
+        self.report.duplicates += len(results) - added
         self.report.labelled += labelled
-        self.report.image_ids += ids
+        self.report.image_ids += [image_id for image_id, _ in results]
         self.report.conflicts += conflicts
 
     def _label(self, image_id: int, is_new: bool, item: _Item) -> bool | str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -9,7 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from atl_desktop.data.importers import ImportOptions, SourceError, detect_format, import_source
+from atl_desktop.data.importers import (
+    IMAGE_SUFFIXES,
+    ImportOptions,
+    SourceError,
+    _is_image_name,
+    detect_format,
+    import_source,
+)
 from atl_desktop.jobs import Progress, run_job
 from atl_desktop.store import Project
 
@@ -325,3 +333,12 @@ def test_format_must_fit_the_source(project, tmp_path):
         run_job(import_source(project, tmp_path / "dir", ImportOptions(format="npz")))
     with pytest.raises(SourceError, match="needs a folder"):
         run_job(import_source(project, TESTDATA / "mnist_600.npz", ImportOptions(format="imagefolder")))
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a.png", "A.PNG", "a.b.jpg", "a..png", "x.Tif", ".png", "..png", ".hidden.jpeg", "png", "a.", ".",
+     "", "noext", "a.png.txt", "x.tar.gz"],
+)
+def test_image_names_are_told_by_their_suffix_as_splitext_would(name):
+    assert _is_image_name(name) == (os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES)
