@@ -165,6 +165,10 @@ class Method(nn.Module):
             return []
         return [{"params": params, "lr": lr, "weight_decay": weight_decay, "name": f"method.{self.name}"}]
 
+    def optimizer_settings(self, optimizer: str) -> dict[str, Any]:
+        """Settings every optimiser group takes for this method (e.g. Adam's betas)."""
+        return {}
+
     def after_step(self) -> None:
         """Called after every optimiser step (schedules)."""
 
@@ -377,19 +381,28 @@ class DomainConfusion(Method):
 @dataclass(frozen=True)
 class ADDAOptions:
     hidden: int = 500
+    layer: str = LOGITS  # what the discriminator sees: "logits" (authors' code) or "features"
+    adam_beta1: float = 0.5  # the paper's Adam momentum for encoder and discriminator
     discriminator_lr: float = 1.0  # the discriminator's learning rate, relative to the encoder's
 
 
 class ADDA(Method):
     """Tzeng et al. 2017. Starts from a model trained on the source domain (train with
     source_only first; `train_project` does). That model stays fixed as the source
-    encoder and classifier; the model being trained becomes the target encoder,
-    initialised from it, and learns to fool a discriminator (the GAN loss with
-    inverted labels) on target images only. The discriminator and the target encoder
-    are updated in the same step, each by its own loss."""
+    mapping; the model being trained becomes the target mapping, initialised from it,
+    and learns to fool a discriminator (the GAN loss with inverted labels) on target
+    images only. The discriminator and the target mapping are updated in the same step,
+    each by its own loss.
+
+    layer "logits": the discriminator compares the networks' outputs and the whole
+    target network adapts, as in the authors' released code (erictzeng/adda, LeNet's
+    fc4). layer "features": it compares the features and the source classifier stays
+    fixed, as the paper's text describes. Adam runs with beta1 = 0.5 as in the paper
+    (and DCGAN): with the usual 0.9 the adversarial game oscillates and the target
+    mapping collapses to one class (measured on MNIST->USPS, see README)."""
 
     name = "adda"
-    description = "Adversarial adaptation of a separate target encoder; source model fixed."
+    description = "Adversarial adaptation of a separate target mapping; source model fixed."
     paper = "Tzeng et al. 2017"
     Options = ADDAOptions
     uses_target_labels = False
@@ -397,11 +410,22 @@ class ADDA(Method):
     needs_source_model: ClassVar[bool] = True
     forward_roles = ("target",)
 
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        if self.options.layer not in (LOGITS, FEATURES):
+            raise ValueError(f"adda: layer must be {LOGITS!r} or {FEATURES!r}")
+        if not 0 <= self.options.adam_beta1 < 1:
+            raise ValueError("adda: adam_beta1 must be in [0, 1)")
+
     def setup(self, model: Classifier, total_steps: int) -> None:
         device = next(model.parameters()).device
         self.source_model = copy.deepcopy(model).eval().requires_grad_(False)
-        model.head.requires_grad_(False)  # the classifier stays the source one
-        discriminator = DomainDiscriminator(model.feature_dim, self.options.hidden).to(device)
+        if self.options.layer == FEATURES:
+            model.head.requires_grad_(False)  # the classifier stays the source one
+            width = model.feature_dim
+        else:
+            width = model.num_classes
+        discriminator = DomainDiscriminator(width, self.options.hidden).to(device)
         self.discriminator_loss = DiscriminatorLoss(discriminator)
         self.inverted = InvertedLabelLoss(discriminator)
 
@@ -410,8 +434,11 @@ class ADDA(Method):
         return [{"params": params, "lr": lr * self.options.discriminator_lr, "weight_decay": weight_decay,
                  "name": "method.adda.discriminator"}]
 
+    def optimizer_settings(self, optimizer: str) -> dict[str, Any]:
+        return {"betas": (self.options.adam_beta1, 0.999)} if optimizer == "adamw" else {}
+
     def train(self, mode: bool = True) -> ADDA:
-        # The source model's statistics stay fixed, but it drops out as the target encoder
+        # The source model's statistics stay fixed, but it drops out as the target mapping
         # does, or the discriminator could tell the domains apart by the dropout alone.
         super().train(mode)
         if hasattr(self, "source_model"):
@@ -424,9 +451,12 @@ class ADDA(Method):
     def losses(self, out: StepOutputs) -> dict[str, Tensor]:
         s, t = _aligned(out)
         with torch.no_grad():
-            f_s = self.source_model.features(s.inputs)
-        return {"discriminator": self.discriminator_loss(f_s, t.features),
-                "inverted": self.inverted(t.features)}
+            f_s, logits_s = self.source_model.features_and_logits(s.inputs)
+        if self.options.layer == LOGITS:
+            f_s, f_t = logits_s, t.logits
+        else:
+            f_t = t.features
+        return {"discriminator": self.discriminator_loss(f_s, f_t), "inverted": self.inverted(f_t)}
 
     def teardown(self, model: Classifier) -> None:
         if hasattr(self, "source_model"):
@@ -504,6 +534,7 @@ class SelectiveOptions:
     neighbours: int = 5  # source images borrowed per target image
     bins: int = 16
     filters: str = "gabor"
+    distance: str = "kl"  # between filter-response histograms: "kl" (the paper's) or "l1"
 
 
 class SelectiveJointFineTuning(Method):
@@ -518,10 +549,17 @@ class SelectiveJointFineTuning(Method):
     Options = SelectiveOptions
     joint_source = True
 
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        o = self.options
+        if o.filters not in selective.FILTER_BANKS or o.distance not in selective.DISTANCES:
+            raise ValueError(f"selective: filters must be one of {selective.FILTER_BANKS} and distance "
+                             f"one of {selective.DISTANCES}")
+
     def select_source(self, source: Dataset, targets: Sequence[Dataset]) -> Dataset:
         o = self.options
         return selective.nearest_source_subset(source, targets, neighbours=o.neighbours, bins=o.bins,
-                                               filters=o.filters)
+                                               filters=o.filters, distance=o.distance)
 
 
 METHODS: dict[str, type[Method]] = {

@@ -19,6 +19,8 @@ from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 FILTER_BANKS = ("gabor",)
+DISTANCES = ("kl", "l1")
+SMOOTHING = 1e-3  # added to every bin before the KL divergence
 
 
 def gabor_bank(size: int = 7, orientations: int = 4, wavelengths: Sequence[float] = (3.0, 6.0),
@@ -75,19 +77,38 @@ def quantile_edges(dataset: Dataset, bank: Tensor, bins: int, sample: int = 256)
     return torch.quantile(responses[:, :: max(1, responses.shape[1] // 100_000)], q, dim=1).T.contiguous()
 
 
-def nearest_source_indices(source: Tensor, target: Tensor, neighbours: int, chunk: int = 512) -> Tensor:
-    """Sorted unique indices of the `neighbours` nearest source rows (L1) of every target row."""
+def histogram_distances(target: Tensor, source: Tensor, bins: int, distance: str = "kl") -> Tensor:
+    """(T, S) distances between descriptors made of per-filter histograms of `bins` bins.
+
+    kl: sum over filters of KL(target || source) = sum_b p_b log(p_b / q_b), after adding
+    SMOOTHING to every bin and renormalising; l1: sum_b |p_b - q_b|.
+    """
+    if distance == "l1":
+        return torch.cdist(target, source, p=1)
+    if distance != "kl":
+        raise ValueError(f"distance must be one of {DISTANCES}")
+    p = (target + SMOOTHING) / (1 + bins * SMOOTHING)
+    log_q = ((source + SMOOTHING) / (1 + bins * SMOOTHING)).log()
+    return (p * p.log()).sum(1, keepdim=True) - p @ log_q.T
+
+
+def nearest_source_indices(source: Tensor, target: Tensor, neighbours: int, bins: int,
+                           distance: str = "kl", chunk: int = 512) -> Tensor:
+    """Sorted unique indices of the `neighbours` nearest source rows of every target row."""
     k = min(neighbours, len(source))
-    picked = [torch.cdist(target[i:i + chunk], source, p=1).topk(k, largest=False).indices.flatten()
+    picked = [histogram_distances(target[i:i + chunk], source, bins, distance)
+              .topk(k, largest=False).indices.flatten()
               for i in range(0, len(target), chunk)]
     return torch.unique(torch.cat(picked))
 
 
 def nearest_source_subset(source: Dataset, targets: Sequence[Dataset], *, neighbours: int = 5,
-                          bins: int = 16, filters: str = "gabor") -> Dataset:
+                          bins: int = 16, filters: str = "gabor", distance: str = "kl") -> Dataset:
     """The source images nearest in filter-bank response to the target images."""
     if filters not in FILTER_BANKS:
         raise ValueError(f"filters must be one of {FILTER_BANKS}")
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {DISTANCES}")
     if neighbours < 1 or bins < 2:
         raise ValueError("neighbours must be at least 1 and bins at least 2")
     targets = [t for t in targets if t is not None and len(t)]
@@ -97,5 +118,5 @@ def nearest_source_subset(source: Dataset, targets: Sequence[Dataset], *, neighb
     bank = gabor_bank()
     edges = quantile_edges(target, bank, bins)
     chosen = nearest_source_indices(_descriptors(source, bank, edges), _descriptors(target, bank, edges),
-                                    neighbours)
+                                    neighbours, bins, distance)
     return Subset(source, chosen.tolist())

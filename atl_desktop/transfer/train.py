@@ -438,6 +438,7 @@ def train(
         method.setup(model, total)
         groups = layerwise_param_groups(model, config.lr, config.lr_decay, config.weight_decay)
         groups += method.param_groups(config.lr, config.weight_decay)
+        groups = [{**g, **method.optimizer_settings(config.optimizer)} for g in groups]
         optimizer = make_optimizer(config, groups)
         scaler = torch.amp.GradScaler("cuda") if use_cuda and config.amp else None
         loop = _Loop(model, method, optimizer, scaler, device, layers, total, context)

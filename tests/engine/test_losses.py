@@ -248,3 +248,7 @@ def test_soft_labels_by_hand():
     # A target image of class 0 with logits (0, 0): -sum l_i log 1/2 = ln 2.
     loss = SoftLabelLoss(temperature=2.0)(torch.zeros(1, 2), torch.tensor([0]), soft)
     assert loss.item() == pytest.approx(math.log(2))
+    # With logits (2, 0), at T = 2: p = softmax((1, 0)); loss = -l_0 ln(e/(e+1)) - l_1 ln(1/(e+1)).
+    loss = SoftLabelLoss(temperature=2.0)(torch.tensor([[2.0, 0.0]]), torch.tensor([0]), soft)
+    l0, l1 = soft[0].tolist()
+    assert loss.item() == pytest.approx(-l0 * math.log(e / (e + 1)) - l1 * math.log(1 / (e + 1)))

@@ -414,12 +414,13 @@ def test_cli_trains_and_evaluates_a_project(digits_project, capsys):
 
 def test_adda_pre_trains_a_source_model_then_adapts_and_records_its_options(digits_project):
     project = digits_project
-    config = small_config(method="adda", method_options={"hidden": 64}, max_steps=2)
+    config = small_config(method="adda", method_options={"hidden": 64, "layer": "features"}, max_steps=2)
     result = run_job(train_project(project, config))
     assert result.phases == ("source pre-training", "adaptation")
     first, second = (project.checkpoint(i) for i in result.checkpoint_ids)
     assert first.config["method"] == "source_only" and second.config["method"] == "adda"
-    assert second.config["method_options"] == {"hidden": 64, "discriminator_lr": 1.0}
+    assert second.config["method_options"] == {"hidden": 64, "layer": "features", "adam_beta1": 0.5,
+                                               "discriminator_lr": 1.0}
     assert second.metrics["n_target"] == 200 and "n_train" not in second.metrics
     # The classifier stays the source model's; the encoder is adapted.
     source_model, _ = load_checkpoint(project, first.id)
@@ -438,7 +439,8 @@ def test_default_options_are_recorded_and_selective_fine_tunes_jointly(digits_pr
     result = run_job(train_project(project, config))
     assert result.phases == ("source pre-training", "fine-tuning")
     record = project.checkpoint(result.checkpoint_id)
-    assert record.config["method_options"] == {"neighbours": 5, "bins": 16, "filters": "gabor"}
+    assert record.config["method_options"] == {"neighbours": 5, "bins": 16, "filters": "gabor",
+                                               "distance": "kl"}
     assert record.metrics["n_train"] == 40 and record.metrics["n_source"] == 600
     # Up to 5 nearest source images for each of the 40 labelled target images.
     assert 5 <= record.metrics["n_source_selected"] <= 5 * 40
