@@ -401,12 +401,13 @@ class Project(SlideStore):
         added = time.time()
         results = []
         with self.transaction() as db:
+            cursor = db.cursor()  # one for all rows: `db.execute` would make one per row
             for image in images:
                 _check_new_image(image)
                 if image.file_size is None:
                     file_size, mtime = self._stat(image.location, image.stored)
                     image = image._replace(file_size=file_size, mtime=mtime)
-                cursor = db.execute(_INSERT_IMAGE, (*image, added))
+                cursor.execute(_INSERT_IMAGE, (*image, added))
                 if cursor.rowcount:  # 0 when the content was there already
                     results.append((cursor.lastrowid, True))
                 else:
