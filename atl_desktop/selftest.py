@@ -1,8 +1,9 @@
 """`atl-desktop --self-test`: a headless smoke check of an installation.
 
 Opens a fresh copy of the demo project in a temporary folder, scores a batch,
-trains one step, writes and reloads a checkpoint, and reports the device.
-Each check prints one line; any failure makes the exit status non-zero.
+trains one step, writes and reloads a checkpoint, builds a torchvision backbone
+(random weights) and runs it, and reports the device. Each check prints one
+line; any failure makes the exit status non-zero.
 """
 
 from __future__ import annotations
@@ -20,6 +21,20 @@ def _device() -> str:
     if torch.cuda.is_available():
         return f"CUDA ({torch.cuda.get_device_name(0)})"
     return "CPU"
+
+
+def _torchvision_backbone() -> str:
+    """A ResNet-18 from torchvision's architectures (random weights: nothing is downloaded)."""
+    import torch
+
+    from atl_desktop.models.registry import build_model
+
+    model = build_model("resnet18", 3, input_size=64, seed=0).eval()
+    with torch.inference_mode():
+        logits = model(torch.zeros(2, 3, 64, 64))
+    if tuple(logits.shape) != (2, 3) or not torch.isfinite(logits).all():
+        raise RuntimeError(f"resnet18 gave logits of shape {tuple(logits.shape)}")
+    return "resnet18 built and run on 2 images"
 
 
 def run_self_test(print_line: Callable[[str], None] = print) -> int:
@@ -53,7 +68,8 @@ def run_self_test(print_line: Callable[[str], None] = print) -> int:
             return f"checkpoint {record.id} ({record.backbone}, {record.sha256[:12]}) reloaded"
 
         checks = [("device", _device), ("open demo", open_demo), ("score", score),
-                  ("train one step, write and reload a checkpoint", train_and_reload)]
+                  ("train one step, write and reload a checkpoint", train_and_reload),
+                  ("torchvision backbone", _torchvision_backbone)]
         for name, check in checks:
             start = time.perf_counter()
             try:

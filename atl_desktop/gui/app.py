@@ -35,7 +35,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def choose_project(args: argparse.Namespace, settings) -> str | None:
-    """The project to open: the argument, else the last one, else one picked in a dialog."""
+    """The project to open: the argument, else the last one, else your copy of the demo."""
     if args.project:
         return args.project
     if not args.demo and not args.reset_demo:
@@ -47,11 +47,20 @@ def choose_project(args: argparse.Namespace, settings) -> str | None:
     return str(install_demo(args.demo or DEFAULT_DEMO, reset=args.reset_demo))
 
 
-def ask_annotator(settings) -> str:
-    """Who labels: remembered; asked once; the login name if the question is dismissed."""
+def is_demo(path: str | Path) -> bool:
+    from atl_desktop.demo import user_demo_dir
+
+    return Path(path).resolve().parent == user_demo_dir().resolve()
+
+
+def ask_annotator(settings, *, ask: bool = True) -> str:
+    """Who labels: remembered; asked once; the login name if the question is dismissed.
+    On a demo nothing is asked (the window opens at once); the login name is used."""
     name = settings.value("annotator", "", type=str)
     if name:
         return name
+    if not ask:
+        return getpass.getuser()
     from PySide6.QtWidgets import QInputDialog
 
     name, ok = QInputDialog.getText(None, "Who is labelling?",
@@ -60,6 +69,21 @@ def ask_annotator(settings) -> str:
     name = name.strip() if ok and name.strip() else getpass.getuser()
     settings.setValue("annotator", name)
     return name
+
+
+def app_icon():
+    from PySide6.QtGui import QIcon
+
+    from atl_desktop.demo import resources_dir
+    from atl_desktop.store import ProjectError
+
+    icon = QIcon()
+    try:
+        for png in sorted((resources_dir() / "icons").glob("atl-desktop-*.png")):
+            icon.addFile(str(png))
+    except ProjectError:  # a broken install: no icon, but the window still opens
+        pass
+    return icon
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     project = open_project_or_explain(path)
     if project is None:
         return 1
-    window = MainWindow(project, annotator=ask_annotator(settings), settings=settings,
+    app.setWindowIcon(app_icon())
+    window = MainWindow(project, annotator=ask_annotator(settings, ask=not is_demo(path)), settings=settings,
                         log_file=log_file())
     window.show()
     return app.exec()
