@@ -15,8 +15,10 @@ every other adaptation method starts from that model and adapts for a fixed numb
 with source and target batches; target_supervised (the ceiling) trains on the labelled
 target train images. Hyper-parameters are the papers' (see PROTOCOL), the same for all seeds.
 
-Writes benchmarks/results/transfer_digits.json after every run, so a long run can be
-resumed (finished runs are skipped) and pieces merged (--tasks, --methods).
+Resumable: every finished (task, method, seed) run is recorded at once in
+benchmarks/results/transfer_digits_runs/runs.json (with the settings it ran under; runs under
+other settings are not reused) and benchmarks/results/transfer_digits.json is rewritten from
+them, so a cut-off run loses at most the run in progress. Source models are cached too.
 
 Run: python benchmarks/transfer_digits.py [--quick] [--tasks "M->U,U->M pad"] [--methods dann,adda]
 """
@@ -25,10 +27,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
-import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -45,16 +48,21 @@ from atl_desktop.transfer.adabn import reestimate_batch_norm
 from atl_desktop.transfer.methods import make_method
 from atl_desktop.transfer.train import TrainConfig, evaluate, train
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchcommon import RESULTS as RESULTS_DIR  # noqa: E402
+from benchcommon import machine  # noqa: E402
+
 DATA = Path(os.environ.get("ATL_DATA", "/work/shared/data"))
-RESULTS = ROOT / "benchmarks" / "results" / "transfer_digits.json"
+RESULTS = RESULTS_DIR / "transfer_digits.json"
+RUNS = RESULTS_DIR / "transfer_digits_runs" / "runs.json"  # per-run records (not committed)
 CACHE = Path(os.environ.get("ATL_BENCH_CACHE", "/tmp/atl_transfer_digits"))
 TASKS = ("M->U", "U->M", "M->U pad", "U->M pad")
+RUN_ORDER = ("M->U", "M->U pad", "U->M", "U->M pad")
 METHOD_ORDER = ("source_only", "ddc", "dan", "jan", "dann", "confusion", "adda", "adabn",
                 "autodial", "target_supervised")
 ADAPTED = ("ddc", "dan", "jan", "dann", "confusion", "adda", "autodial")
 SEEDS = (0, 1, 2)
-SOURCE_EPOCHS = 2
+SOURCE_EPOCHS = 6  # source_only and target_supervised
 ADAPT_STEPS = 300
 BATCH = 64
 LR = 1e-3
@@ -65,46 +73,41 @@ OPTIONS = {
     "jan": {"trade_off": 1.0},
     "dann": {"trade_off": 1.0, "gamma": 10.0},
     "confusion": {"confusion_weight": 0.01, "soft_label_weight": 0.1, "temperature": 2.0},
-    "adda": {},
+    "adda": {},  # discriminator 500-500-1 on the logits, Adam beta1 0.5
     "autodial": {"entropy_weight": 0.1},
 }
-# ADDA: the paper's Adam 2e-4 collapsed the target encoder here (40 % on M->U seed 0; with the
-# discriminator at 0.1x, 18 %); 5e-5 was chosen by looking at M->U seed 0's target test accuracy.
-METHOD_LR = {"adda": 5e-5}
+METHOD_LR = {"adda": 2e-4}  # the ADDA paper's Adam learning rate
+THREADS = 1
 PROTOCOL = (
-    "Small CNN (LeNet-style, BN, 1 input channel, 256-d features), AdamW lr 1e-3 (ADDA 5e-5), "
-    "weight decay 5e-4, batch 64 source + 64 target, fp32 CPU. source_only: {se} epochs over the "
-    "source train split (90 % of the source images; the other 10 % is a labelled source validation "
-    "split, reported as source_val). Adaptation methods start from the seed's source_only model and "
-    "train {st} more steps with source CE + their loss (ADDA: target encoder only); adabn "
-    "re-estimates BN statistics on the unlabelled target train images. target_supervised: "
-    "{se} epochs on the labelled target train images. Hyper-parameters are the papers' values, the "
-    "same for all seeds and tasks, not tuned on any target labels: DDC lambda 0.25, one Gaussian "
-    "kernel (sigma^2 = mean squared distance), biased MMD on the features; DAN lambda 1, 5 kernels "
-    "(sigma^2 = 2^-3..2^1 x mean squared distance), unbiased MK-MMD on features and logits; JAN "
-    "lambda 1, joint MMD of features (same 5 kernels) and softmax (1 kernel); DANN lambda 1, "
-    "reversal coefficient 2/(1+exp(-10p))-1, discriminator 500-500-1; confusion (Tzeng 2015) "
-    "lambda 0.01, soft labels nu 0.1 at T 2 (inactive without labelled target images); ADDA "
-    "discriminator 500-500-1, lr 5e-5 for encoder and discriminator: the one choice made on target "
-    "test labels (the paper's 2e-4 collapsed the target encoder to 40 % on M->U seed 0, and 2e-4 "
-    "with the discriminator at 0.1x to 18 %; 5e-5 gave 75 % there, then fixed for all runs); AutoDIAL entropy weight 0.1, alpha initialised at 1. "
-    "U->M: the 10k MNIST images split by numpy permutation (seed 2024): first 5,000 unlabelled "
-    "target train, last 5,000 target test. 'seconds' is the mean wall time of one seed's run "
-    "(adaptation methods: adaptation only, not the shared source training). Accuracies in %."
+    "Small CNN (LeNet-style, BN, 1 input channel, 256-d features), AdamW lr 1e-3 (ADDA: Adam "
+    "2e-4, beta1 0.5, as in its paper), weight decay 5e-4, batch 64 source + 64 target, fp32 CPU, "
+    "{threads} thread. source_only: {se} epochs over the source train split (90 % of the source "
+    "images; the other 10 % is a labelled source validation split). Adaptation methods start from "
+    "the seed's source_only model and train {st} more steps with source CE + their loss (ADDA: the "
+    "target network only, from the GAN loss with inverted labels); adabn re-estimates BN "
+    "statistics on the unlabelled target train images. target_supervised: {se} epochs on the "
+    "labelled target train images. Hyper-parameters are the papers' values, the same for all "
+    "seeds and tasks, not tuned on target labels: DDC lambda 0.25, one Gaussian kernel (sigma^2 = "
+    "mean squared distance), biased MMD on the features; DAN lambda 1, 5 kernels (sigma^2 = "
+    "2^-3..2^1 x mean squared distance), unbiased MK-MMD on features and logits; JAN lambda 1, "
+    "joint MMD of features (same 5 kernels) and softmax (1 kernel); DANN lambda 1, reversal "
+    "coefficient 2/(1+exp(-10p))-1, discriminator 500-500-1; confusion (Tzeng 2015) lambda 0.01, "
+    "soft labels nu 0.1 at T 2 (inactive without labelled target images); ADDA discriminator "
+    "500-500-1 on the logits; AutoDIAL entropy weight 0.1, alpha initialised at 1. U->M: the 10k "
+    "MNIST images split by numpy permutation (seed 2024): first 5,000 unlabelled target train, "
+    "last 5,000 target test. 'seconds' is the mean wall time of one seed's run (adaptation "
+    "methods: adaptation only, not the shared source training). Accuracies in %."
 )
 
 
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores (shared), "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads), CPU")
+def settings() -> dict:
+    """What a run's result depends on; runs recorded under other settings are not reused."""
+    return {"source_epochs": SOURCE_EPOCHS, "adapt_steps": ADAPT_STEPS, "batch": BATCH, "lr": LR,
+            "options": OPTIONS, "method_lr": METHOD_LR, "threads": THREADS}
+
+
+def settings_key() -> str:
+    return hashlib.sha256(json.dumps(settings(), sort_keys=True).encode()).hexdigest()[:10]
 
 
 # ---- data --------------------------------------------------------------------------------
@@ -169,7 +172,8 @@ def accuracy(model: Classifier, dataset: TensorDataset) -> float:
 
 def source_model(task: str, seed: int, src: TensorDataset, quick: bool) -> tuple[Classifier, float]:
     """The seed's source-only model, cached on disk so runs can resume; (model, seconds)."""
-    path = CACHE / f"{task.replace('->', '2').replace(' ', '_')}_{seed}{'_quick' if quick else ''}.safetensors"
+    name = f"{task.replace('->', '2').replace(' ', '_')}_{seed}_{settings_key()}{'_quick' if quick else ''}"
+    path = CACHE / f"{name}.safetensors"
     model = new_model(seed)
     if path.exists():
         model.load_state_dict(load_file(path))
@@ -216,36 +220,48 @@ def run_one(task: str, method: str, seed: int, data, quick: bool) -> tuple[float
 # ---- results ---------------------------------------------------------------------------------
 
 
-def load_results() -> dict:
-    if RESULTS.exists():
-        return json.loads(RESULTS.read_text())
+def load_runs() -> dict:
+    """{task: {method: {seed: record}}} of the runs finished under the current settings."""
+    if RUNS.exists():
+        stored = json.loads(RUNS.read_text())
+        if stored.get("settings") == json.loads(json.dumps(settings())):
+            return stored["runs"]
+        print(f"{RUNS} holds runs under other settings: starting afresh", flush=True)
     return {}
 
 
-def record(results: dict, task: str, method: str, seed: int, acc: float, seconds: float,
-           extra: dict) -> None:
-    entry = results.setdefault(task, {}).setdefault(method, {"runs": {}})
-    entry["runs"][str(seed)] = {"acc": round(acc, 2), "seconds": round(seconds, 1), **
-                                {k: round(v, 2) for k, v in extra.items()}}
-    runs = [entry["runs"][k] for k in sorted(entry["runs"])]
-    accs = [r["acc"] for r in runs]
-    entry["acc"] = accs
-    entry["mean"] = round(statistics.mean(accs), 2)
-    entry["std"] = round(statistics.stdev(accs), 2) if len(accs) > 1 else 0.0
-    entry["seconds"] = round(statistics.mean(r["seconds"] for r in runs), 1)
-    if all("source_val" in r for r in runs):
-        entry["source_val"] = round(statistics.mean(r["source_val"] for r in runs), 2)
-    results[task][method] = {k: entry[k] for k in ("acc", "mean", "std", "seconds", "source_val", "runs")
-                             if k in entry}
+def _write_atomically(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
 
 
-def write(results: dict) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    ordered = {t: {m: results[t][m] for m in METHOD_ORDER if m in results[t]} for t in TASKS if t in results}
-    ordered.update({k: v for k, v in results.items() if k not in TASKS})
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(json.dumps(ordered, indent=1))
-    tmp.replace(RESULTS)
+def summary(runs: dict, machine_text: str) -> dict:
+    """The issue's format: {task: {method: {acc: [per seed], mean, std, seconds}}, machine}."""
+    out: dict = {}
+    for task in TASKS:
+        for method in METHOD_ORDER:
+            done = runs.get(task, {}).get(method, {})
+            if not done:
+                continue
+            records = [done[k] for k in sorted(done, key=int)]
+            accs = [r["acc"] for r in records]
+            out.setdefault(task, {})[method] = {
+                "acc": accs, "mean": round(statistics.mean(accs), 2),
+                "std": round(statistics.stdev(accs), 2) if len(accs) > 1 else 0.0,
+                "seconds": round(statistics.mean(r["seconds"] for r in records), 1)}
+    out["machine"] = machine_text
+    return out
+
+
+def save(runs: dict, machine_text: str) -> None:
+    _write_atomically(RUNS, {"settings": settings(), "protocol": protocol_text(), "runs": runs})
+    _write_atomically(RESULTS, summary(runs, machine_text))
+
+
+def protocol_text() -> str:
+    return PROTOCOL.format(se=SOURCE_EPOCHS, st=ADAPT_STEPS, threads=THREADS)
 
 
 def table(results: dict) -> str:
@@ -263,37 +279,37 @@ def table(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: a few steps, one seed, no JSON")
-    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--tasks", default=",".join(RUN_ORDER))
     parser.add_argument("--methods", default=",".join(METHOD_ORDER))
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
-    parser.add_argument("--redo", action="store_true", help="rerun runs already in the JSON")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--redo", action="store_true", help="rerun runs already recorded")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(THREADS)  # the machine is shared: one core for this benchmark
     tasks = [t.strip() for t in args.tasks.split(",")]
     methods = [m.strip() for m in args.methods.split(",")]
+    unknown = sorted(set(tasks) - set(TASKS)) + sorted(set(methods) - set(METHOD_ORDER))
+    if unknown:
+        parser.error(f"unknown task or method: {', '.join(unknown)}")
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
-    results = {} if args.quick else load_results()
-    for protocol in ("resize", "pad"):
-        chosen = [t for t in tasks if t.endswith(" pad") == (protocol == "pad")]
-        if not chosen:
-            continue
-        data = load_domains(protocol)
-        for task in chosen:
-            for seed in seeds:
-                for method in methods:
-                    done = results.get(task, {}).get(method, {}).get("runs", {})
-                    if str(seed) in done and not args.redo:
-                        continue
-                    acc, seconds, extra = run_one(task, method, seed, data, args.quick)
-                    print(f"{task:9s} {method:18s} seed {seed}: {acc:6.2f} % ({seconds:.0f} s) {extra}",
-                          flush=True)
-                    record(results, task, method, seed, acc, seconds, extra)
-                    if not args.quick:
-                        results["machine"] = machine()
-                        results["protocol"] = PROTOCOL.format(se=SOURCE_EPOCHS, st=ADAPT_STEPS)
-                        write(results)
-    print(table(results))
+    runs = {} if args.quick else load_runs()
+    machine_text = machine()
+    domains: dict[str, dict] = {}
+    for task in tasks:
+        protocol = "pad" if task.endswith(" pad") else "resize"
+        data = domains.setdefault(protocol, load_domains(protocol))
+        for seed in seeds:
+            for method in methods:
+                if str(seed) in runs.get(task, {}).get(method, {}) and not args.redo:
+                    continue
+                acc, seconds, extra = run_one(task, method, seed, data, args.quick)
+                print(f"{task:9s} {method:18s} seed {seed}: {acc:6.2f} % ({seconds:.0f} s) {extra}",
+                      flush=True)
+                runs.setdefault(task, {}).setdefault(method, {})[str(seed)] = {
+                    "acc": round(acc, 2), "seconds": round(seconds, 1),
+                    **{k: round(v, 2) for k, v in extra.items()}}
+                if not args.quick:
+                    save(runs, machine_text)
+    print(table(summary(runs, machine_text)))
 
 
 if __name__ == "__main__":
