@@ -217,9 +217,14 @@ class QueryView(QWidget):
         self._show_items(items, result.round_id)
         self.grid.setFocus()
 
-    def show_chosen(self, image_ids: list[int], reason: str = "chosen in the pool browser") -> None:
-        """Label images picked by hand, one by one, like a queried batch (no round)."""
-        items = [{"image_id": int(i), "score": 0.0, "reason": reason, "top": []} for i in image_ids]
+    def show_chosen(self, image_ids: list[int], reason: str = "chosen in the pool browser",
+                    top: dict[int, list] | None = None) -> None:
+        """Label images picked by hand, one by one, like a queried batch (no round).
+
+        `top` may give an image's known predictions, [[class position, p], ...].
+        """
+        items = [{"image_id": int(i), "score": 0.0, "reason": reason, "top": (top or {}).get(i, [])}
+                 for i in image_ids]
         self.ws.project.set_setting(LAST_QUERY, items)
         self.ws.project.set_setting(LAST_QUERY_ROUND, None)
         self._show_items(items, None)

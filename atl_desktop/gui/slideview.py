@@ -248,6 +248,8 @@ class SlideView(QWidget):
         self.stain_button.clicked.connect(self.ask_stain)
         self.status = QLabel()
         self.status.setWordWrap(True)
+        self.legend = QLabel()
+        self.legend.setTextFormat(Qt.TextFormat.RichText)
         self.canvas = SlideCanvas()
         bar = QHBoxLayout()
         for widget in (QLabel("Slide"), self.slide_box, QLabel("Show"), self.overlay_box,
@@ -258,6 +260,7 @@ class SlideView(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(bar)
         layout.addWidget(self.status)
+        layout.addWidget(self.legend)
         layout.addWidget(self.canvas, 1)
         self.slide_box.currentIndexChanged.connect(lambda _: self.load(self.slide_box.currentData()))
         self.overlay_box.currentTextChanged.connect(self._set_overlay)
@@ -333,6 +336,7 @@ class SlideView(QWidget):
                 if record is not None:
                     self.canvas.labels[p.image_id] = class_colour(record)
                     self.canvas.label_names[p.image_id] = record.name
+        self._update_legend()
         self.canvas.update()
 
     def show_patch(self, image_id: int) -> bool:
@@ -370,9 +374,46 @@ class SlideView(QWidget):
         dialog.show()
         return dialog
 
+    def known_top(self, image_ids: list[int]) -> dict[int, list]:
+        """The latest scoring's top three predictions of these patches, as the query view
+        takes them: image id -> [[class position, p], ...]."""
+        data = self.canvas.data
+        if data is None or not data.probs.size:
+            return {}
+        rows = {p.image_id: k for k, p in enumerate(data.patches)}
+        out = {}
+        for image_id in image_ids:
+            k = rows.get(image_id)
+            if k is not None and not np.isnan(data.probs[k]).any():
+                order = np.argsort(-data.probs[k])[:3]
+                out[image_id] = [[int(c), float(data.probs[k][c])] for c in order]
+        return out
+
     def _set_overlay(self, name: str) -> None:
         self.canvas.overlay = name
         self.canvas.update()
+        self._update_legend()
+
+    def _update_legend(self) -> None:
+        """Coloured squares saying what the overlay's colours mean."""
+        square = '<span style="color:{}">&#9632;</span> {}'
+        overlay = self.canvas.overlay
+        if overlay == "Labels":
+            text = "  ".join(square.format(c.name(), n) for n, c in self.canvas.colours.items())
+            text = f"Fill: label. {text}" if text else ""
+        elif overlay == "Predicted class":
+            names = self.canvas.data.classes if self.canvas.data is not None else ()
+            text = "  ".join(square.format(self.canvas.colours.get(n, QColor("#888888")).name(), n)
+                             for n in names)
+            text = f"Fill: the model's class, stronger where it is surer. {text}. Frames: labels."
+        elif overlay == "Uncertainty":
+            text = (f"Fill: uncertainty (entropy / log C), {square.format('#FFF299', 'sure')} to "
+                    f"{square.format('#FF1A00', 'unsure')}. Frames: labels.")
+        elif overlay == "Tissue":
+            text = "Fill: the tissue fraction found under each patch."
+        else:
+            text = "The patch grid; frames: labels."
+        self.legend.setText(text)
 
     def _set_opacity(self, value: int) -> None:
         self.canvas.opacity = value / 100
@@ -388,7 +429,12 @@ def install_slide_view(window) -> SlideView:
     view = SlideView(window.ws)
     window.slide_view = view
     window.tabs.addTab(view, "Slides")
-    view.label_patch.connect(lambda image_id: window.label_chosen([image_id]))
+
+    def label_patch(image_id: int) -> None:
+        window.query_view.show_chosen([image_id], "chosen on the slide", view.known_top([image_id]))
+        window.tabs.setCurrentWidget(window.query_view)
+
+    view.label_patch.connect(label_patch)
 
     def back_to_slide() -> None:
         tile = window.query_view.model.row_data(window.query_view.grid.current_row())

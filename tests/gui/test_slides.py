@@ -61,6 +61,9 @@ def test_slide_view_shows_patches_labels_and_heatmap(qtbot, open_window, slide_p
     sure = canvas.grab().toImage().pixelColor(centre)
     unsure = canvas.grab().toImage().pixelColor(canvas.patch_rect(2).center().toPoint())
     assert sure.green() > unsure.green()  # pale yellow (sure) against red (unsure)
+    assert "unsure" in view.legend.text()
+    patch = canvas.data.patches[1].image_id
+    assert view.known_top([patch]) == {patch: [[1, 1.0], [0, 0.0]]}  # for the query view
 
 
 def test_click_a_patch_to_label_it_then_back_to_the_slide(qtbot, open_window, slide_project):
@@ -75,6 +78,7 @@ def test_click_a_patch_to_label_it_then_back_to_the_slide(qtbot, open_window, sl
     image_id = view.canvas.data.patches[target].image_id
     assert window.tabs.currentWidget() is window.query_view
     assert [t.image_id for t in window.query_view.model.tiles()] == [image_id]
+    assert window.query_view.model.tiles()[0].reason == "chosen on the slide"
 
     # The tile shows the patch's surroundings in an inset, read off the GUI thread.
     delegate = window.query_view.grid.itemDelegate()
