@@ -64,6 +64,7 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _TIFF_BITS_PER_SAMPLE = 258
 _HARMLESS_WARNINGS = ("Metadata Warning", "Corrupt EXIF", "Possibly corrupt EXIF")
 _READ_CHUNK = 1 << 20
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0)  # O_BINARY: Windows only
 
 
 class ImageDecodeError(ValueError):
@@ -126,7 +127,7 @@ def read_file_stat(path: str | os.PathLike) -> tuple[bytes, os.stat_result]:
     """`read_file`, plus the file's stat taken from the open file (size, mtime)."""
     try:
         # os-level calls: for a small image, Python's file objects cost more than the read.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        fd = os.open(path, _READ_FLAGS)
         try:
             st = os.fstat(fd)
             data = os.read(fd, st.st_size + 1)  # the whole file, unless it grew since fstat
