@@ -40,10 +40,11 @@ from atl_desktop.active.gansampling import (
     GanContext,
     PoolFeatures,
     asal_matches,
+    build_index,
     fit_feature_space,
     space_from_tensors,
 )
-from atl_desktop.active.lsh import ExactIndex, LshConfig, LshIndex
+from atl_desktop.active.lsh import ExactIndex, LshIndex
 from atl_desktop.active.strategies import SelectionInput, synthesise
 from atl_desktop.jobs import Progress, relabel
 from atl_desktop.store import Project, ProjectError
@@ -193,7 +194,7 @@ def pool_features_job(project: Project, gan, record, space: FeatureSpaceConfig, 
     images = to_gan_range(pixels)
     fitted = yield from relabel(fit_feature_space(images, gan, space, device), f"fitting the {space.name} space")
     features = fitted.transform(images)
-    index = LshIndex.build(features, LshConfig(seed=space.seed))
+    index = build_index(features, gan, fitted, seed=space.seed)
     tmp = folder.with_name(f".tmp-{uuid.uuid4().hex}")
     tmp.mkdir(parents=True)
     try:

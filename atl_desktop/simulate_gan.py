@@ -37,9 +37,10 @@ from atl_desktop.active.gansampling import (
     FeatureSpaceConfig,
     GanContext,
     PoolFeatures,
+    build_index,
     fit_feature_space,
 )
-from atl_desktop.active.lsh import ExactIndex, LshConfig, LshIndex
+from atl_desktop.active.lsh import ExactIndex
 from atl_desktop.active.strategies import STRATEGIES, SelectionInput, synthesise
 from atl_desktop.jobs import Progress, relabel
 from atl_desktop.store.files import atomic_write_bytes
@@ -133,7 +134,7 @@ def prepare_job(prepared, sim_config, gan: GanSimConfig, fingerprint: str, class
     space = yield from relabel(fit_feature_space(images, net, space_config, device), "fitting the feature space")
     feats = space.transform(images.to(device))
     exact = ExactIndex(feats)
-    index = LshIndex.build(feats, LshConfig(seed=gan.seed)) if gan.index == "lsh" else exact
+    index = build_index(feats, net, space, seed=gan.seed) if gan.index == "lsh" else exact
     oracle_fields = {"data": fingerprint, "pool": len(prepared.raw_pool), "backbone": sim_config.backbone,
                      "epochs": gan.oracle_epochs, "seed": gan.seed}
     oracle_file = None if runs is None else runs / f"oracle-{_key(oracle_fields)}.safetensors"

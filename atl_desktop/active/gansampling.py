@@ -427,9 +427,20 @@ def space_from_tensors(name: str, tensors: dict[str, Tensor], gan: Dcgan, config
     return AutoencoderSpace(model)
 
 
-def build_index(features: np.ndarray, method: str = "lsh", config: LshConfig | None = None) -> LshIndex | ExactIndex:
-    if method == "exact":
-        return ExactIndex(features)
-    if method == "lsh":
-        return LshIndex.build(features, config)
-    raise ValueError(f"unknown nearest-neighbour search {method!r}; use lsh or exact")
+@torch.no_grad()
+def generated_features(gan: Dcgan, space: FeatureSpace, n: int = 32, seed: int = 0) -> np.ndarray:
+    """Features of n images from random latent codes: typical ASAL queries, which set the
+    LSH bucket width to the distance at which generated images meet the pool."""
+    z = torch.randn(n, gan.config.latent_dim, generator=torch.Generator().manual_seed(seed))
+    device = next(gan.parameters()).device
+    was = gan.training
+    gan.eval()
+    try:
+        return space.transform(gan.generator(z.to(device)))
+    finally:
+        gan.train(was)
+
+
+def build_index(features: np.ndarray, gan: Dcgan, space: FeatureSpace, seed: int = 0) -> LshIndex:
+    """ASAL's LSH index over the pool's features, its width set by generated images."""
+    return LshIndex.build(features, LshConfig(seed=seed), example_queries=generated_features(gan, space, seed=seed))

@@ -96,13 +96,15 @@ class ExactIndex:
 class LshConfig:
     tables: int = 16  # L
     bits: int | None = None  # K hash functions per table; None: from the pool size (see module doc)
-    width: float | None = None  # w; None: WIDTH_FACTOR x the median nearest-neighbour distance of a sample
+    width: float | None = None  # w; None: WIDTH_FACTOR x the typical query radius (see `build`)
     bucket: int = 8  # unrelated points expected to share a query's bucket, for choosing K
     sample: int = 2000  # rows used to estimate w and the collision rate of unrelated points
     seed: int = 0
 
 
 WIDTH_FACTOR = 4.0
+DEFAULT_PROBES = 8  # extra buckets looked at per table and query (multi-probe)
+EXAMPLE_QUERIES = 32  # at most this many example queries set the width (exact search, once)
 
 
 class LshIndex:
@@ -131,13 +133,23 @@ class LshIndex:
         return self.projections.shape[2]
 
     @classmethod
-    def build(cls, features: np.ndarray, config: LshConfig | None = None) -> LshIndex:
+    def build(cls, features: np.ndarray, config: LshConfig | None = None,
+              example_queries: np.ndarray | None = None) -> LshIndex:
+        """Index `features`. The bucket width w is WIDTH_FACTOR times the radius at which
+        queries find their nearest point (Datar et al. take w = 4r): with `example_queries`
+        (a few typical queries, such as generated images' features) their median exact
+        nearest-neighbour distance; else the median nearest-neighbour distance among a
+        sample of the points themselves."""
         config = config or LshConfig()
         x = _as_matrix(features)
         n, dims = x.shape
         rng = np.random.default_rng(config.seed)
         sample = np.asarray(x[np.sort(rng.choice(n, size=min(n, config.sample), replace=False))], np.float64)
-        width = config.width or WIDTH_FACTOR * _median_nn_distance(sample)
+        if example_queries is not None and len(example_queries):
+            radius = float(np.median(ExactIndex(x).search(example_queries[:EXAMPLE_QUERIES], 1).distances[:, 0]))
+        else:
+            radius = _median_nn_distance(sample)
+        width = config.width or WIDTH_FACTOR * (radius if radius > 0 else 1.0)
         bits = config.bits or _bits_for(sample, width, n, config.bucket, rng)
         projections = rng.standard_normal((config.tables, dims, bits))
         offsets = rng.uniform(0.0, width, size=(config.tables, bits))
@@ -150,18 +162,27 @@ class LshIndex:
         sorted_keys = np.take_along_axis(keys, order, axis=1)
         return cls(x, projections, offsets, width, mix, sorted_keys, order)
 
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> Neighbours:
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
+               probes: int = DEFAULT_PROBES) -> Neighbours:
+        """k nearest allowed points of each query. Besides its own bucket, each table is probed
+        in the `probes` neighbouring buckets the query lies closest to (multi-probe LSH, Lv et
+        al., VLDB 2007): one hash value moved by +-1 where the query is nearest that boundary."""
         q = _as_matrix(queries).astype(np.float64)
         m = len(q)
-        keys = _keys(q, self.projections, self.offsets, self.width, self.mix)  # (L, m)
-        lo = np.stack([np.searchsorted(self.sorted_keys[t], keys[t], "left") for t in range(self.tables)])
-        hi = np.stack([np.searchsorted(self.sorted_keys[t], keys[t], "right") for t in range(self.tables)])
+        keys = _probe_keys(q, self.projections, self.offsets, self.width, self.mix, probes)  # (L, m, 1 + probes)
+        flat = keys.reshape(self.tables, -1)
+        lo = np.stack([np.searchsorted(self.sorted_keys[t], flat[t], "left") for t in range(self.tables)])
+        hi = np.stack([np.searchsorted(self.sorted_keys[t], flat[t], "right") for t in range(self.tables)])
+        per_query = keys.shape[2]
+        lo = lo.reshape(self.tables, m, per_query)
+        hi = hi.reshape(self.tables, m, per_query)
         indices = np.full((m, k), -1, dtype=np.int64)
         distances = np.full((m, k), np.inf)
         candidates = np.zeros(m, dtype=np.int64)
         fallback = np.zeros(m, dtype=bool)
         for i in range(m):
-            found = [self.order[t, lo[t, i] : hi[t, i]] for t in range(self.tables) if hi[t, i] > lo[t, i]]
+            found = [self.order[t, a:b] for t in range(self.tables)
+                     for a, b in zip(lo[t, i], hi[t, i], strict=True) if b > a]
             rows = np.unique(np.concatenate(found)).astype(np.int64) if found else np.empty(0, np.int64)
             if allowed is not None and len(rows):
                 rows = rows[np.asarray(allowed[rows], dtype=bool)]
@@ -209,6 +230,24 @@ def _keys(x: np.ndarray, projections: np.ndarray, offsets: np.ndarray, width: fl
     (wrapping multiplication; a rare merge of two buckets only adds candidates)."""
     h = np.floor((np.einsum("nd,tdk->tnk", x, projections) + offsets[:, None, :]) / width).astype(np.int64)
     return (h * mix[:, None, :]).sum(axis=2)
+
+
+def _probe_keys(x: np.ndarray, projections: np.ndarray, offsets: np.ndarray, width: float, mix: np.ndarray,
+                probes: int) -> np.ndarray:
+    """(L, n, 1 + probes) keys: each query's own bucket, then the buckets reached by moving the
+    hash value with the nearest boundary by one step, next nearest, and so on."""
+    u = (np.einsum("nd,tdk->tnk", x, projections) + offsets[:, None, :]) / width
+    h = np.floor(u)
+    base = (h.astype(np.int64) * mix[:, None, :]).sum(axis=2)
+    if probes <= 0:
+        return base[:, :, None]
+    frac = u - h  # distance to the lower boundary; 1 - frac to the upper one
+    gaps = np.concatenate([frac, 1.0 - frac], axis=2)  # (L, n, 2K): step -1 for the first K, +1 after
+    nearest = np.argsort(gaps, axis=2, kind="stable")[:, :, :probes]
+    bits = mix.shape[1]
+    steps = np.where(nearest < bits, -1, 1)
+    moved = np.take_along_axis(np.broadcast_to(mix[:, None, :], h.shape), nearest % bits, axis=2)
+    return np.concatenate([base[:, :, None], base[:, :, None] + steps * moved], axis=2)
 
 
 def _median_nn_distance(sample: np.ndarray) -> float:

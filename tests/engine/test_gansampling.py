@@ -35,7 +35,14 @@ from atl_desktop.active.gansampling import (
     maximise_entropy,
     space_from_tensors,
 )
-from atl_desktop.active.lsh import ExactIndex, LshConfig, LshIndex, Neighbours, _keys
+from atl_desktop.active.lsh import (
+    DEFAULT_PROBES,
+    ExactIndex,
+    LshConfig,
+    LshIndex,
+    Neighbours,
+    _probe_keys,
+)
 from atl_desktop.active.strategies import STRATEGIES, SelectionInput, select, synthesise
 from atl_desktop.jobs import run_job
 from atl_desktop.models import build_model
@@ -206,15 +213,34 @@ def test_lsh_recall_against_exact_search_while_examining_a_small_share():
     assert approx.distances[:, 0] == pytest.approx(d, rel=1e-6)
 
 
+def test_multi_probe_moves_the_hash_nearest_its_boundary_by_one_step():
+    # One table, K = 2 hashes, w = 1, a = identity, b = 0, mix = (1, 1000): the query (0.9, 0.35)
+    # lies in bucket (0, 0), key 0. Its boundary gaps: down 0.9 / 0.35, up 0.1 / 0.65. Nearest: up
+    # in hash 0 (key +1), then down in hash 1 (key -1000), then up in hash 1 (+1000).
+    projections = np.eye(2)[None]
+    keys = _probe_keys(np.array([[0.9, 0.35]]), projections, np.zeros((1, 2)), 1.0, np.array([[1, 1000]]), 3)
+    assert keys.tolist() == [[[0, 1, -1000, 1000]]]
+
+
+def test_lsh_width_is_four_times_the_radius_of_example_queries():
+    # Points on a line at 0, 1, ..., 99; queries at 10.5 + 0.2 and 50 + 3: nearest distances 0.3 and 3,
+    # median 1.65, so w = 4 * 1.65 = 6.6.
+    x = np.stack([np.arange(100.0), np.zeros(100)], axis=1)
+    queries = np.array([[10.7, 0.0], [50.0, 3.0]])
+    assert LshIndex.build(x, LshConfig(bits=2), example_queries=queries).width == pytest.approx(6.6)
+    # Without examples: the points' own median nearest-neighbour distance, 1.
+    assert LshIndex.build(x, LshConfig(bits=2)).width == pytest.approx(4.0)
+
+
 def test_lsh_falls_back_to_exact_search_when_its_buckets_hold_nothing_allowed(tmp_path):
     x, rng = _clustered(3000)
     lsh = LshIndex.build(x, LshConfig(seed=1))
     q = x[:4] + 0.01
     assert lsh.search(q, 1).indices[:, 0].tolist() == [0, 1, 2, 3]
-    keys = _keys(q.astype(np.float64), lsh.projections, lsh.offsets, lsh.width, lsh.mix)
+    keys = _probe_keys(q.astype(np.float64), lsh.projections, lsh.offsets, lsh.width, lsh.mix, DEFAULT_PROBES)
     allowed = np.ones(len(x), dtype=bool)
-    for t in range(lsh.tables):  # take away every point that shares a bucket with a query
-        allowed[lsh.order[t][np.isin(lsh.sorted_keys[t], keys[t])]] = False
+    for t in range(lsh.tables):  # take away every point in a bucket that a query probes
+        allowed[lsh.order[t][np.isin(lsh.sorted_keys[t], keys[t].ravel())]] = False
     found = lsh.search(q, 2, allowed)
     assert found.fallback.all() and (found.candidates == 0).all()
     assert np.array_equal(found.indices, ExactIndex(x).search(q, 2, allowed).indices)
