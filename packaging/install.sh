@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extra="[slides]"
-[ "${1:-}" = "--dev" ] && extra="[dev,slides]"
+[ "${1:-}" = "--dev" ] && extra="[dev,slides,openslide]"  # tests cover the OpenSlide reader too
 
 # Qt's shared libraries: offscreen needs the first group, a real window on X11 the xcb ones.
 qt_libs=(

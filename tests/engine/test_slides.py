@@ -377,3 +377,19 @@ def test_import_points_whole_slides_to_slide_add(tmp_path, capsys):
     (tmp_path / "x.svs").write_bytes(b"II*\x00")
     assert atl(["import", str(tmp_path / "p.atl"), str(tmp_path / "x.svs")]) == 1
     assert "atl slide add" in capsys.readouterr().err
+
+
+def test_openslide_backend_reads_the_same_pixels(tmp_path, slide):
+    pytest.importorskip("openslide")
+    from atl_desktop.data.slides import OpenSlideReader
+
+    path, levels = slide
+    reader = OpenSlideReader(path)
+    try:
+        assert (reader.info.width, reader.info.height, reader.info.mpp) == (1024, 768, 0.5)
+        assert np.array_equal(reader.read(256, 128, 0, 128, 128), levels[0][128:256, 256:384])
+        edge = reader.read(1000, 700, 0, 64, 64)  # 24 columns inside, the rest white
+        assert np.array_equal(edge[:, :24], levels[0][700:764, 1000:1024])
+        assert (edge[:, 24:] == 255).all()
+    finally:
+        reader.close()
