@@ -224,7 +224,7 @@ def check_size(width: int, height: int, max_side: int, name: str = "image") -> N
     if max(width, height) > max_side:
         raise ImageDecodeError(
             f"{name}: {width} x {height} pixels is larger than {max_side} px on a side. "
-            "Images this large are whole slides: add them as patches with `atl slide add` "
+            "Images this large are whole-slide images: add them as patches with `atl slide add` "
             "instead, or raise the limit (--max-side)."
         )
 
@@ -278,7 +278,7 @@ def _with_image(
         except Image.DecompressionBombError as error:
             raise ImageDecodeError(
                 f"{name}: too many pixels to decode in one piece ({error}). Images this large "
-                "are whole slides: add them as patches with `atl slide add` instead."
+                "are whole-slide images: add them as patches with `atl slide add` instead."
             ) from None
         except (OSError, ValueError, SyntaxError, EOFError) as error:
             raise ImageDecodeError(f"{name}: damaged image header ({error}).") from None
