@@ -110,7 +110,7 @@ def main() -> None:
         view.overlay_box.setCurrentText("Uncertainty")
         wait(300)
         window.grab().save(str(args.out / "slide_uncertainty.png"))
-        window.label_chosen([canvas.data.patches[k].image_id])
+        view.label_patch.emit(canvas.data.patches[k].image_id)  # as a click on the patch does
         grid = window.query_view.grid
         delegate = grid.itemDelegate()
         until(lambda: bool(delegate.insets._images), timeout_ms=20_000)
