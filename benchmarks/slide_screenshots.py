@@ -107,9 +107,6 @@ def main() -> None:
         canvas.update()
         wait(300)
         window.grab().save(str(args.out / "slide_view.png"))
-        view.overlay_box.setCurrentText("Uncertainty")
-        wait(300)
-        window.grab().save(str(args.out / "slide_uncertainty.png"))
         view.label_patch.emit(canvas.data.patches[k].image_id)  # as a click on the patch does
         grid = window.query_view.grid
         delegate = grid.itemDelegate()
