@@ -56,9 +56,12 @@ GAN_SIZES = (16, 24, 28, 32, 48, 64)
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 MAX_TRAIN_IMAGES = 20000  # the GAN learns from a random subsample of a larger pool
 LOAD_BATCH = 256
-# What each query-time parameter of GAAL/ASAL is (the rest configure the feature space).
+# The parameters GAAL and ASAL take: the latent search, ASAL's matching, ASAL's feature space,
+# and which recorded GAN to use.
 SEARCH_PARAMS = ("steps", "step_size", "constraint")
 ASAL_PARAMS = (*SEARCH_PARAMS, "oversample", "exact")
+SPACE_PARAMS = ("space", "dims", "autoencoder_steps")
+KNOWN_PARAMS = {"gaal": {*SEARCH_PARAMS, "generator"}, "asal": {*ASAL_PARAMS, *SPACE_PARAMS, "generator"}}
 
 
 def default_gan_config(project: Project, **overrides) -> GanConfig:
@@ -222,6 +225,12 @@ def gan_query_job(project: Project, *, strategy: str, batch: int, params: Mappin
     from atl_desktop.session import ModelChoice, QueryResult, load_model, unlabelled_pool
 
     params = dict(params or {})
+    if strategy not in KNOWN_PARAMS:
+        raise ProjectError(f"{strategy!r} is not a GAN strategy.")
+    unknown = sorted(set(params) - KNOWN_PARAMS[strategy])
+    if unknown:
+        raise ProjectError(f"{strategy} has no parameter {', '.join(unknown)}; it takes "
+                           f"{', '.join(sorted(KNOWN_PARAMS[strategy]))}.")
     if project.latest_generator() is None:
         yield from relabel(gan_train_job(project, default_gan_config(project, device=device)), "training the GAN")
     gan, record = load_gan(project, params.get("generator"))
@@ -237,8 +246,6 @@ def gan_query_job(project: Project, *, strategy: str, batch: int, params: Mappin
         search = {k: params[k] for k in SEARCH_PARAMS if k in params}
         made = synthesise("gaal", SelectionInput(generative=ctx), batch, rng, **search)
         return _record_gaal(project, made, record, used_checkpoint, record_params)
-    if strategy != "asal":
-        raise ProjectError(f"{strategy!r} is not a GAN strategy.")
     if not len(unlabelled):
         raise ProjectError("Every target pool image is labelled or skipped; nothing to choose from.")
     space = _space_config(params, seed)

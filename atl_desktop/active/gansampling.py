@@ -184,7 +184,7 @@ def gaal_synthesise(ctx: GanContext, batch: int, rng: np.random.Generator, *, st
     """GAAL: `batch` images made to maximise the classifier's entropy, from random starts."""
     result = _latent_search(ctx, batch, rng, LatentSearch(steps, step_size, constraint))
     with torch.no_grad():
-        images = tensor_to_images(ctx.gan.generator(result.z))
+        images = tensor_to_images(ctx.gan.eval().generator(result.z))
         probs = predict_images(ctx, images)
     entropy = -(probs * np.log(np.clip(probs, 1e-12, None))).sum(axis=1)
     return SyntheticBatch(images, result.z.cpu().numpy().astype(np.float32), probs, result.entropy_start, entropy)
@@ -226,7 +226,7 @@ def asal_matches(ctx: GanContext, batch: int, rng: np.random.Generator, *, steps
         return AsalMatches(np.empty(0, np.int64), np.empty(0), np.empty(0), 0.0, 0.0)
     result = _latent_search(ctx, batch * max(1, oversample), rng, LatentSearch(steps, step_size, constraint))
     with torch.no_grad():
-        feats = pool.space.transform(ctx.gan.generator(result.z))
+        feats = pool.space.transform(ctx.gan.eval().generator(result.z))
     allowed = np.zeros(len(pool.exact), dtype=bool)
     allowed[pool.rows] = True
     position = np.full(len(pool.exact), -1, dtype=np.int64)

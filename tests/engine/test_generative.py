@@ -114,6 +114,12 @@ def test_asal_queries_real_unlabelled_images_and_caches_the_pool_features(projec
         assert "pool features from the cache" in messages
 
 
+def test_unknown_gan_parameters_are_a_clear_error(project_path):
+    with Project.open(project_path) as p:
+        with pytest.raises(ProjectError, match="gaal has no parameter step; it takes"):
+            run_job(query_job(p, strategy="gaal", batch=2, params={"step": 3}))
+
+
 def test_gan_train_refuses_a_pool_without_images(tmp_path):
     with Project.create(tmp_path / "e.atl") as p:
         with pytest.raises(ProjectError, match="fewer than two"):
