@@ -303,6 +303,9 @@ class SlideCache:
                 return reader
         reader = open_slide(key)  # outside the lock: opening may take a while
         with self._lock:
+            if key in self._open:  # another thread opened it meanwhile: keep one
+                reader.close()
+                return self._open[key]
             self._open[key] = reader
             while len(self._open) > self.max_open:
                 self._open.popitem(last=False)[1].close()
