@@ -214,6 +214,11 @@ class DDCOptions:
 
 
 class DDC(Method):
+    """Squared MMD between the source and target features of one layer, weighted lambda,
+    added to the classification loss. DaNN computes it with a Gaussian kernel, as here;
+    DDC writes it as the distance between the domains' mean representations (a linear
+    kernel) on an adaptation layer before the classifier (our features)."""
+
     name = "ddc"
     description = "MMD with one Gaussian kernel between source and target features (also DaNN)."
     paper = "Tzeng et al. 2014 (DDC); Ghifary et al. 2014 (DaNN)"
