@@ -47,6 +47,10 @@ class SlideError(ImageDecodeError):
     """A slide that cannot be opened or read; the message says which and why (and what to install)."""
 
 
+class ReaderClosed(SlideError):
+    """A read on a reader the cache has closed meanwhile (the cache then reopens the slide)."""
+
+
 @dataclass(frozen=True)
 class SlideInfo:
     width: int
@@ -64,6 +68,7 @@ class SlideReader:
 
     def __init__(self, path: Path):
         self.path = path
+        self.closed = False
         self._lock = threading.Lock()
 
     @property
@@ -82,6 +87,8 @@ class SlideReader:
         if x1 <= x0 or y1 <= y0:
             return out
         with self._lock:
+            if self.closed:
+                raise ReaderClosed(f"{self.path}: the slide was closed.")
             region = self._read(int(round(x0 * ds)), int(round(y0 * ds)), level, x1 - x0, y1 - y0)
         out[y0 - ly: y1 - ly, x0 - lx: x1 - lx] = region
         return out
@@ -90,6 +97,13 @@ class SlideReader:
         raise NotImplementedError
 
     def close(self) -> None:
+        """Close the file; waits for a read in progress (another thread may be in one)."""
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                self._close()
+
+    def _close(self) -> None:
         pass
 
 
@@ -133,7 +147,7 @@ class TiffSlideReader(SlideReader):
     def _read(self, x, y, level, width, height):
         return _flatten(np.asarray(self._slide.read_region((x, y), level, (width, height), as_array=True)))
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self._slide.close()
 
 
@@ -165,7 +179,7 @@ class OpenSlideReader(SlideReader):
     def _read(self, x, y, level, width, height):
         return _flatten(np.asarray(self._slide.read_region((x, y), level, (width, height))))
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self._slide.close()
 
 
@@ -202,7 +216,7 @@ class PlainImageReader(SlideReader):
     def _read(self, x, y, level, width, height):
         return self._pixels[y: y + height, x: x + width]
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self._pixels = None
 
 
@@ -311,14 +325,28 @@ class SlideCache:
                 self._open.popitem(last=False)[1].close()
         return reader
 
+    def read(self, path: str | os.PathLike, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        """`SlideReader.read` on the cached reader of `path`; if another thread's eviction
+        closed that reader meanwhile, once more on a fresh one."""
+        try:
+            return self.reader(path).read(x, y, level, width, height)
+        except ReaderClosed:
+            with self._lock:
+                reader = self._open.get(os.fspath(path))
+                if reader is not None and reader.closed:
+                    del self._open[os.fspath(path)]
+            return self.reader(path).read(x, y, level, width, height)
+
+    def info(self, path: str | os.PathLike) -> SlideInfo:
+        return self.reader(path).info
+
     def patch(self, ref: PatchRef) -> np.ndarray:
         """The patch's pixels, (out_size, out_size, 3) uint8 (read-only; copy to change)."""
         with self._lock:
             if self._pid == os.getpid() and ref in self._patches:
                 self._patches.move_to_end(ref)
                 return self._patches[ref]
-        pixels = resize(self.reader(ref.slide).read(ref.x, ref.y, ref.level, ref.size, ref.size),
-                        ref.out_size)
+        pixels = resize(self.read(ref.slide, ref.x, ref.y, ref.level, ref.size, ref.size), ref.out_size)
         pixels.setflags(write=False)
         with self._lock:
             self._patches[ref] = pixels
@@ -374,13 +402,12 @@ def read_context(ref: PatchRef, factor: float, side: int) -> tuple[Image.Image, 
     centre, as a side x side image, and where the patch lies in it (x0, y0, x1, y1 as fractions)."""
     extent = ref.extent * factor
     cx, cy = ref.x + ref.extent / 2, ref.y + ref.extent / 2
-    reader = SLIDES.reader(ref.slide)
-    info = reader.info
+    info = SLIDES.info(ref.slide)
     level = best_level(info, extent / side)
     ds = info.levels[level][2]
     n = max(1, int(round(extent / ds)))
     x0, y0 = int(round(cx - extent / 2)), int(round(cy - extent / 2))
-    pixels = resize(reader.read(x0, y0, level, n, n), side)
+    pixels = resize(SLIDES.read(ref.slide, x0, y0, level, n, n), side)
     lo = (factor - 1) / (2 * factor)
     return Image.fromarray(pixels), (lo, lo, 1 - lo, 1 - lo)
 
@@ -406,9 +433,9 @@ def read_jittered(ref: PatchRef, rng: np.random.Generator, min_scale: float = 0.
     mirror = rng.random() < 0.5
     extent = ref.extent * u
     cx, cy = ref.x + ref.extent / 2 + dx, ref.y + ref.extent / 2 + dy
-    reader = SLIDES.reader(ref.slide)
-    level = best_level(reader.info, extent / ref.out_size)
-    n = max(1, int(round(extent / reader.info.levels[level][2])))
-    pixels = resize(reader.read(int(round(cx - extent / 2)), int(round(cy - extent / 2)), level, n, n),
-                    ref.out_size)
+    info = SLIDES.info(ref.slide)
+    level = best_level(info, extent / ref.out_size)
+    n = max(1, int(round(extent / info.levels[level][2])))
+    pixels = resize(SLIDES.read(ref.slide, int(round(cx - extent / 2)), int(round(cy - extent / 2)),
+                                level, n, n), ref.out_size)
     return Image.fromarray(pixels[:, ::-1] if mirror else pixels)

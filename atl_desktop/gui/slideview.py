@@ -54,7 +54,7 @@ class SlideData:
 def load_slide_data(project: Project, slide_id: int) -> SlideData:
     """Everything the view needs for one slide (runs on a worker thread, with its own connection)."""
     from atl_desktop.active.predictions import latest_predictions
-    from atl_desktop.data.slides import SLIDES
+    from atl_desktop.data.slides import open_slide
     from atl_desktop.data.tiling import low_resolution
 
     twin = project.another_connection()
@@ -70,7 +70,11 @@ def load_slide_data(project: Project, slide_id: int) -> SlideData:
     extents = np.array([p.size * downsample.get(p.level, 1.0) for p in patches], dtype=np.float64)
     image, error = None, ""
     try:
-        rgb, _sx, _sy = low_resolution(SLIDES.reader(path), LOW_RES_SIDE)
+        reader = open_slide(path)  # its own: the shared ones serve patch reads meanwhile
+        try:
+            rgb, _sx, _sy = low_resolution(reader, LOW_RES_SIDE)
+        finally:
+            reader.close()
         image = to_qimage_array(rgb)
     except Exception as failure:  # a missing or damaged slide: say so, draw the grid anyway
         error = str(failure)

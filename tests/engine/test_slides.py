@@ -393,3 +393,13 @@ def test_openslide_backend_reads_the_same_pixels(tmp_path, slide):
         assert (edge[:, 24:] == 255).all()
     finally:
         reader.close()
+
+
+def test_a_reader_closed_under_a_reading_thread_is_reopened(slide):
+    from atl_desktop.data.slides import SlideCache
+
+    path, levels = slide
+    cache = SlideCache(max_open=1)
+    cache.reader(path).close()  # as an eviction by another thread would
+    assert np.array_equal(cache.read(path, 0, 0, 0, 16, 16), levels[0][:16, :16])
+    cache.close()
