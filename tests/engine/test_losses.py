@@ -126,6 +126,27 @@ def test_linear_time_mmd_agrees_in_expectation_with_the_quadratic_one():
     assert abs(draws.mean().item() - quadratic) < 0.1 * quadratic
 
 
+def test_linear_time_joint_mmd_agrees_in_expectation_with_the_quadratic_one():
+    # The same for JAN's product kernel over two layers (features, softmax predictions);
+    # a pairing permutes both layers of a domain together.
+    g = torch.Generator().manual_seed(3)
+    fs = torch.randn(200, 2, generator=g, dtype=torch.float64)
+    ft = torch.randn(200, 2, generator=g, dtype=torch.float64) + 0.5
+    ps = torch.softmax(2 * fs @ torch.tensor([[1.0, 0, -1], [0, 1, 1]], dtype=torch.float64), 1)
+    pt = torch.softmax(2 * ft @ torch.tensor([[1.0, 0, -1], [0, 1, 1]], dtype=torch.float64), 1)
+    kernels = [[GaussianKernel(sigma=1.0), GaussianKernel(sigma=2.0)], [GaussianKernel(sigma=0.5)]]
+    quadratic = JointMMD(kernels, "unbiased")([fs, ps], [ft, pt]).item()
+    linear = JointMMD(kernels, "linear")
+    draws = []
+    for _ in range(400):
+        i, j = torch.randperm(200, generator=g), torch.randperm(200, generator=g)
+        draws.append(linear([fs[i], ps[i]], [ft[j], pt[j]]).item())
+    draws = torch.tensor(draws)
+    assert quadratic > 0.02
+    assert abs(draws.mean().item() - quadratic) < 4 * draws.std().item() / 20 + 1e-3
+    assert abs(draws.mean().item() - quadratic) < 0.1 * quadratic
+
+
 def test_mmd_refuses_bad_arguments():
     with pytest.raises(ValueError):
         MultipleKernelMMD([GaussianKernel()], "cubic")
