@@ -206,7 +206,7 @@ def caught_warnings() -> Iterator[list[warnings.WarningMessage]]:
 
 def _checked_load(img: Image.Image, data: bytes, name: str, max_side: int) -> ImageInfo:
     """Size check from the header, then the full decode; the info then has the final orientation."""
-    check_size(img.width, img.height, max_side, name)
+    check_size(*img.size, max_side, name)
     _load(img, name)
     return _info(img, data, _orientation(img))
 
@@ -302,9 +302,10 @@ def _with_image(
 
 
 def _info(img: Image.Image, data: bytes, orientation: int) -> ImageInfo:
+    width, height = img.size
     return ImageInfo(
-        width=img.width,
-        height=img.height,
+        width=width,
+        height=height,
         mode=img.mode,
         bit_depth=_bit_depth(img, data),
         format=img.format or "",

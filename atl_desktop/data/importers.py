@@ -143,11 +143,8 @@ class _Plan:
     skipped: list[tuple[str, str]]
 
 
-class _Ready(NamedTuple):
-    """An item that was read and checked, ready to be written."""
-
-    item: _Item
-    image: NewImage
+# An item that was read and checked, and the row to record for it (a plain pair: one per file).
+_Ready = tuple[_Item, NewImage]
 
 
 # ---- entry point ---------------------------------------------------------------------
@@ -523,7 +520,7 @@ def _prepare(
         sha, location, stored, absolute, st.st_size, st.st_mtime,
         width, height, info.mode, info.bit_depth, options.domain, item.split,
     )
-    return _Ready(item, image)
+    return item, image
 
 
 class _Locator:
@@ -562,7 +559,7 @@ def _prepare_array(project: Project, item: _Item, options: ImportOptions) -> _Re
         sha, location, "media", item.name, width=pixels.shape[1], height=pixels.shape[0],
         mode=mode, bit_depth=8, domain=options.domain, split=item.split,
     )
-    return _Ready(item, image)
+    return item, image
 
 
 def _media(project: Project, data: bytes, sha: str, suffix: str) -> str:
@@ -588,13 +585,13 @@ class _Writer:
     def write(self, batch: Sequence[_Ready]) -> None:
         labelled, conflicts = 0, []
         with self.project.transaction():
-            results = self.project.add_images([ready.image for ready in batch])
+            results = self.project.add_images([image for _, image in batch])
             if self.class_ids:  # there are labels (or truth) to record
-                for ready, (image_id, is_new) in zip(batch, results, strict=True):
-                    outcome = self._label(image_id, is_new, ready.item)
+                for (item, _), (image_id, is_new) in zip(batch, results, strict=True):
+                    outcome = self._label(image_id, is_new, item)
                     labelled += outcome is True
                     if isinstance(outcome, str):
-                        conflicts.append((ready.item.name, outcome))
+                        conflicts.append((item.name, outcome))
         # The report changes only once the transaction is committed.
         added = sum(is_new for _, is_new in results)
         self.report.added += added

@@ -82,13 +82,13 @@ _INSERT_IMAGE = (
 )
 
 
-def _check_new_image(image: NewImage) -> None:
-    if image.domain not in DOMAINS:
-        raise ProjectError(f"Unknown domain {image.domain!r}; use one of {', '.join(DOMAINS)}.")
-    if image.split not in SPLITS:
-        raise ProjectError(f"Unknown split {image.split!r}; use one of {', '.join(SPLITS)}.")
-    if image.stored not in ("ref", "media"):
-        raise ProjectError(f"Unknown storage {image.stored!r}.")
+def _check_new_image(domain: str, split: str, stored: str) -> None:
+    if domain not in DOMAINS:
+        raise ProjectError(f"Unknown domain {domain!r}; use one of {', '.join(DOMAINS)}.")
+    if split not in SPLITS:
+        raise ProjectError(f"Unknown split {split!r}; use one of {', '.join(SPLITS)}.")
+    if stored not in ("ref", "media"):
+        raise ProjectError(f"Unknown storage {stored!r}.")
 
 
 @dataclass(frozen=True)
@@ -398,12 +398,14 @@ class Project(SlideStore):
 
         A duplicate of an image recorded before, or earlier in `images`, gets that image's id.
         """
+        images = list(images)
+        for domain, split, stored in {(i.domain, i.split, i.stored) for i in images}:
+            _check_new_image(domain, split, stored)  # all before anything is written
         added = time.time()
         results = []
         with self.transaction() as db:
             cursor = db.cursor()  # one for all rows: `db.execute` would make one per row
             for image in images:
-                _check_new_image(image)
                 if image.file_size is None:
                     file_size, mtime = self._stat(image.location, image.stored)
                     image = image._replace(file_size=file_size, mtime=mtime)
