@@ -128,8 +128,9 @@ def timing(args, out: Path, sizes) -> dict:
     spread = real_feats.std(axis=0)
     examples = generated_features(gan, space)
     # Recall is measured on more queries than one batch: 200 latent searches from other seeds.
+    many_z = _latent_search(ctx, 200, np.random.default_rng(2), search).z
     with torch.no_grad():
-        many = space.transform(gan.generator(_latent_search(ctx, 200, np.random.default_rng(2), search).z))
+        many = space.transform(gan.generator(many_z))
 
     # Exhaustive entropy: a forward pass of the small CNN over every pool image.
     images = torch.randn(10_000, 3, 28, 28)

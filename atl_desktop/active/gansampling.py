@@ -118,9 +118,9 @@ def maximise_entropy(generate: Callable[[Tensor], Tensor], classify: Callable[[T
     with torch.no_grad():
         start = entropy(z).cpu().numpy()
     for t in range(search.steps):
-        z.requires_grad_(True)
-        h = entropy(z)
-        (grad,) = torch.autograd.grad(h.sum(), z)
+        with torch.enable_grad():  # also when the caller is inside no_grad
+            z.requires_grad_(True)
+            (grad,) = torch.autograd.grad(entropy(z).sum(), z)
         eta = search.step_size * (1.0 - t / search.steps)
         with torch.no_grad():
             z = z + eta * grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-20)

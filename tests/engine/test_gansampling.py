@@ -89,6 +89,9 @@ def test_entropy_ascent_raises_a_toy_classifiers_entropy_and_keeps_codes_on_the_
     assert result.entropy_end.max() <= math.log(5) + 1e-6
     assert torch.allclose(result.z.norm(dim=1), torch.full((32,), math.sqrt(8)), atol=1e-4)
     assert all(p.grad is None for p in [*generator.parameters(), *classifier.parameters()])
+    with torch.no_grad():  # a caller's no_grad does not stop the search
+        again = maximise_entropy(generator, classifier, z0, LatentSearch(steps=80, step_size=0.5))
+    assert np.allclose(again.entropy_end, result.entropy_end, atol=1e-6)
 
 
 def test_entropy_of_logits_by_hand():
