@@ -539,7 +539,10 @@ def simulate_job(data: SimData, arms: Sequence[Arm], config: SimulationConfig,
                 yield Progress(done, todo, f"{arm.name} seed {seed} done")
     summary = summarise(runs, arms, config, data)
     if any("generative" in STRATEGIES[a.strategy].needs for a in arms):
-        summary["gan"] = {"config": gan.to_json(), **(prepared.gan.info if prepared.gan is not None else {})}
+        if prepared.gan is None:  # every run was reused: the GAN and oracle are, too (their facts go in)
+            prepared.gan = yield from prepare_job(prepared, config, gan, data.fingerprint(), list(data.classes),
+                                                  out_dir, oracle=any(STRATEGIES[a.strategy].synthetic for a in arms))
+        summary["gan"] = {"config": gan.to_json(), **prepared.gan.info}
     return summary
 
 

@@ -39,6 +39,7 @@ def test_gaal_and_asal_arms_spend_the_budget_and_report_their_oracle(data, tmp_p
     assert len(list(runs.glob("gan-*.safetensors"))) == 1 and len(list(runs.glob("oracle-*.safetensors"))) == 1
     again = run_job(simulate_job(data, arms, CONFIG, tmp_path, gan=GAN))  # every run reused
     assert again["arms"]["gaal"]["rounds"] == summary["arms"]["gaal"]["rounds"]
+    assert again["gan"]["oracle_test_accuracy"] == info["oracle_test_accuracy"]  # the same oracle, reloaded
 
 
 def test_gan_arms_refuse_pseudo_labels():
