@@ -11,7 +11,7 @@ from PIL import Image
 from atl_desktop.active.gan import tensor_to_images
 from atl_desktop.cli import main as atl
 from atl_desktop.generative import GAN_SETTING, default_gan_config, gan_train_job, load_gan
-from atl_desktop.jobs import run_job
+from atl_desktop.jobs import Cancelled, run_job
 from atl_desktop.rounds import STOP_SET
 from atl_desktop.session import TRAIN_SETTING, finish_round_job, query_job, unlabelled_pool
 from atl_desktop.store import Project, ProjectError
@@ -112,6 +112,19 @@ def test_asal_queries_real_unlabelled_images_and_caches_the_pool_features(projec
         run_job(query_job(p, strategy="asal", batch=6, params={"steps": 5, "dims": 8}, seed=1),
                 lambda pr: messages.append(pr.message))
         assert "pool features from the cache" in messages
+
+
+def test_cancelled_gan_training_records_no_generator(project_path):
+    seen = []
+
+    def cancel() -> bool:
+        return len([m for m in seen if m == "training the GAN"]) >= 5
+
+    with Project.open(project_path) as p:
+        with pytest.raises(Cancelled):
+            run_job(gan_train_job(p), lambda progress: seen.append(progress.message), cancel)
+        assert p.generators() == [] and p.integrity_ok()
+        assert not list((p.data_dir / "generators").glob("*.safetensors"))
 
 
 def test_unknown_gan_parameters_are_a_clear_error(project_path):
