@@ -14,6 +14,7 @@ Run: python benchmarks/import_bench.py [--png 10000] [--jpeg 1000] [--jpeg-size 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shutil
 import sys
@@ -96,6 +97,9 @@ def import_round(folders: list[list[Path]], project_path: Path) -> dict[str, flo
     Interleaving keeps the comparison fair when the machine's load drifts; a folder's
     bare time is the mean of the loop before and the loop after.
     """
+    # A full collection first: otherwise the one owed for setting up (importing torch, writing
+    # the files) falls into whichever loop runs when it comes due (~90 ms here).
+    gc.collect()
     project = Project.create(project_path)
     totals = dict.fromkeys(("bare_wall", "bare_cpu", "import_wall", "import_cpu"), 0.0)
     added = 0
