@@ -70,4 +70,5 @@ def install_demo(name: str = DEFAULT_DEMO, *, reset: bool = False) -> Path:
         os.replace(staging / source.name, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    Project.open(target).close()  # a bundle older than this version is migrated once, in the copy
     return target
