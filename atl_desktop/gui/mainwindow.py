@@ -35,6 +35,7 @@ from atl_desktop.gui.datadialogs import (
     export_job,
     import_job,
 )
+from atl_desktop.gui.demos import add_demo_menu, ask_report, connect_report
 from atl_desktop.gui.helpdialogs import AboutDialog, PreferencesDialog, ShortcutSheet
 from atl_desktop.gui.imageviewer import ImageViewer
 from atl_desktop.gui.jobrunner import JobRunner
@@ -234,6 +235,9 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         self._action(file_menu, "&Import images…", self.ask_import, QKeySequence("Ctrl+I"))
         self._action(file_menu, "&Export labels…", self.ask_export, QKeySequence("Ctrl+E"))
+        self._action(file_menu, "Export &report…", lambda: ask_report(self))
+        file_menu.addSeparator()
+        self.demo_menu = add_demo_menu(self, file_menu)
         file_menu.addSeparator()
         self._action(file_menu, "&Preferences…", self.ask_preferences, QKeySequence.StandardKey.Preferences)
         self._action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
@@ -305,6 +309,7 @@ class MainWindow(QMainWindow):
         self.review_view.pending_changed.connect(
             lambda n: self.tabs.setTabText(1, f"Review pseudo-labels ({n})" if n else "Review pseudo-labels"))
         self.runner.finished.connect(self._on_job_finished)
+        connect_report(self)
         self.runner.failed.connect(self._on_job_failed)
         self.runner.cancelled.connect(self._on_job_cancelled)
         self.runner.started.connect(lambda _: self._update_busy())
@@ -526,13 +531,18 @@ class MainWindow(QMainWindow):
         project = open_project_or_explain(path, self)
         if project is None:
             return None
+        successor = self.successor(project)
+        self.close()
+        return successor
+
+    def successor(self, project: Project) -> MainWindow:
+        """A window on `project` with this one's annotator, settings and job factories."""
         self._successor = MainWindow(project, annotator=self.ws.annotator, settings=self.settings,
                                      log_file=self.runner.log_file,
                                      query_factory=self.factories["query"],
                                      train_factory=self.factories["train"],
                                      pseudo_factory=self.factories["pseudo"])
         self._successor.show()
-        self.close()
         return self._successor
 
     def closeEvent(self, event) -> None:

@@ -12,8 +12,10 @@ Two projects, each trained by this project's own code:
 - digits.atl: MNIST (source, labelled) to USPS (target): a real domain shift.
 
 Each has a source-trained checkpoint, a few rounds already labelled (by a
-simulated expert who answers with the hidden ground truth), a labelled test split
-for the learning curve, a queried batch waiting, and pseudo-labels to review.
+simulated expert who answers with the hidden ground truth) and recorded by the
+rounds code (test accuracy, calibration, stopping signal), the learning curve of
+random sampling over the same rounds (measured on a copy), a labelled test split,
+a queried batch waiting, and pseudo-labels to review.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sqlite3
 import sys
 import tempfile
 from pathlib import Path
@@ -28,10 +31,27 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from atl_desktop.active.pseudo import PseudoLabelConfig
+from atl_desktop.data.importers import ImportOptions, import_source
+from atl_desktop.jobs import run_job
+from atl_desktop.report import BASELINE_SETTING, SOURCE_SETTING
+from atl_desktop.rounds import record_step
+from atl_desktop.session import (
+    TRAIN_SETTING,
+    finish_round_job,
+    pseudo_label_job,
+    query_job,
+    round_job,
+    train_job,
+)
+from atl_desktop.store import Project
+from atl_desktop.transfer.train import evaluate_project
+
 HERE = Path(__file__).resolve().parent
 SEED = 20261124
 ROUNDS = 3
 EXPERT = "demo expert (simulated)"
+LAST_QUERY, LAST_QUERY_ROUND = "last_query", "last_query_round"  # read by the window's query view
 
 # Ruifrok & Johnston (2001) optical-density vectors of haematoxylin, eosin and DAB.
 STAINS = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
@@ -67,18 +87,13 @@ def _npz(folder: Path, name: str, x, y, classes) -> Path:
     return path
 
 
-def build(name: str, out: Path, parts: dict, classes, train: dict, strategy: str, batch: int,
-          describe: str) -> Path:
-    from atl_desktop.active.pseudo import PseudoLabelConfig
-    from atl_desktop.data.importers import ImportOptions, import_source
-    from atl_desktop.jobs import run_job
-    from atl_desktop.session import TRAIN_SETTING, pseudo_label_job, query_job, train_job
-    from atl_desktop.store import Project
-    from atl_desktop.transfer.train import evaluate_project
-
+def build(name: str, out: Path, parts: dict, classes, train: dict, rounds_train: dict, strategy: str,
+          batch: int, describe: str) -> Path:
+    """Import, pre-train on the source, run ROUNDS rounds with the rounds code (query, the
+    simulated expert labels, fine-tune, assess, finish), leave a batch and pseudo-labels
+    waiting, and record the random-sampling baseline from a copy."""
     path = out / f"{name}.atl"
-    for old in (path, out / f"{name}.atl.d"):
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+    _remove_project(path)
     with tempfile.TemporaryDirectory() as tmp, Project.create(path) as project:
         for cls in classes:
             project.add_class(str(cls))
@@ -90,33 +105,85 @@ def build(name: str, out: Path, parts: dict, classes, train: dict, strategy: str
                 domain=domain, split=split, labels=labels, format="npz")))
         print(f"{name}: imported {project.counts()['images']}", file=sys.stderr)
         run_job(train_job(project))  # source pre-training
-        truth = project.truth()
+        project.set_setting(TRAIN_SETTING, {**train, **rounds_train})
+        start = _test_accuracy(project)
+        print(f"{name}: source model, test accuracy {start:.3f}", file=sys.stderr)
+        baseline = _random_baseline(project, Path(tmp), batch)
+        project.set_setting(BASELINE_SETTING, {
+            "strategy": "random", "seed": SEED, "labels": [0, *baseline[0]],
+            "accuracy": [start, *baseline[1]],
+            "how": "the same rounds (batch, training settings) from the same source model, "
+                   "with a random batch each round, on a copy of this project"})
+        project.set_setting(SOURCE_SETTING, {"accuracy": start, "labels": 0})
         for _ in range(ROUNDS):
-            result = run_job(query_job(project, strategy=strategy, batch=batch, seed=SEED))
-            for item in result.items:
-                top = item.top[0] if item.top else (None, None)
-                project.set_label(item.image_id, truth[item.image_id], annotator=EXPERT,
-                                  round=result.round_id, strategy=strategy,
-                                  suggestion=project.classes()[top[0]].id if top[0] is not None else None,
-                                  suggestion_confidence=top[1],
-                                  checkpoint_id=project.latest_checkpoint().id)
-            checkpoint = run_job(train_job(project, round_id=result.round_id))
-            accuracy = run_job(evaluate_project(project, checkpoint_id=checkpoint)).accuracy
-            metrics = {**project.rounds()[-1].metrics, "test_accuracy": accuracy,
-                       "labels": len(project.current_labels(domain="target"))}
-            project.finish_round(result.round_id, metrics, checkpoint_id=checkpoint)
-            print(f"{name}: round {result.round_id} test accuracy {accuracy:.3f}", file=sys.stderr)
-        # Leave work waiting: a queried batch and pseudo-labels to review.
-        pending = run_job(query_job(project, strategy=strategy, batch=batch * 2, seed=SEED))
-        project.set_setting("last_query", [
-            {"image_id": it.image_id, "score": it.score, "reason": it.reason,
-             "top": [list(t) for t in it.top]} for it in pending.items])
-        project.set_setting("last_query_round", pending.round_id)
-        run_job(pseudo_label_job(project, config=PseudoLabelConfig(delta0=0.3, decay=0.02,
-                                                                    max_per_class=6)))
-    shutil.rmtree(out / f"{name}.atl.d" / "scores", ignore_errors=True)  # recomputed on demand
-    (out / f"{name}.atl.d" / "lock").unlink(missing_ok=True)
+            _expert_round(project, strategy, batch)
+        _leave_work_waiting(project, strategy, batch)
+    _clean(out, name)
     return path
+
+
+def _remove_project(path: Path) -> None:
+    for old in (path, path.with_name(path.name + ".d")):
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+
+
+def _clean(out: Path, name: str) -> None:
+    for derived in ("scores", "stopset"):  # recomputed on demand
+        shutil.rmtree(out / f"{name}.atl.d" / derived, ignore_errors=True)
+    (out / f"{name}.atl.d" / "lock").unlink(missing_ok=True)
+
+
+def _test_accuracy(project) -> float:
+    return run_job(evaluate_project(project, checkpoint_id=project.latest_checkpoint().id)).accuracy
+
+
+def _expert_round(project, strategy: str, batch: int) -> None:
+    """Query, then the simulated expert labels the batch as a person would in the window
+    (the suggestion shown is recorded with each label), then fine-tune, assess and finish."""
+    result = run_job(query_job(project, strategy=strategy, batch=batch, seed=SEED))
+    truth = project.truth()
+    class_ids = [c.id for c in project.classes()]
+    checkpoint = project.latest_checkpoint().id
+    with project.transaction():
+        for item in result.items:
+            top = item.top[0] if item.top else None
+            project.set_label(item.image_id, truth[item.image_id], annotator=EXPERT, round=result.round_id,
+                              strategy=strategy, checkpoint_id=checkpoint,
+                              suggestion=None if top is None else class_ids[top[0]],
+                              suggestion_confidence=None if top is None else top[1])
+        record_step(project, result.round_id, "labelled")
+    summary = run_job(finish_round_job(project, round_id=result.round_id))
+    accuracy = summary.metrics.get("test", {}).get("accuracy")
+    print(f"{project.path.stem}: round {result.round_id}, {summary.metrics['labels']} labels, "
+          f"test accuracy {accuracy:.3f}", file=sys.stderr)
+
+
+def _random_baseline(project, tmp: Path, batch: int) -> tuple[list[int], list[float]]:
+    """Learning curve of random sampling: the same rounds on a copy, labelled by the oracle."""
+    copy = tmp / "baseline.atl"
+    with sqlite3.connect(copy) as backup:
+        project.db.backup(backup)
+    shutil.copytree(Path(project.data_dir) / "media", tmp / "baseline.atl.d" / "media")
+    shutil.copytree(Path(project.data_dir) / "checkpoints", tmp / "baseline.atl.d" / "checkpoints")
+    labels, accuracy = [], []
+    with Project.open(copy) as twin:
+        for _ in range(ROUNDS):
+            summary = run_job(round_job(twin, strategy="random", batch=batch, seed=SEED))
+            labels.append(summary.metrics["labels"])
+            accuracy.append(summary.metrics["test"]["accuracy"])
+    print(f"{project.path.stem}: random baseline {accuracy}", file=sys.stderr)
+    return labels, accuracy
+
+
+def _leave_work_waiting(project, strategy: str, batch: int) -> None:
+    """A queried batch for the query view and CEAL pseudo-labels for the review view."""
+    pending = run_job(query_job(project, strategy=strategy, batch=batch, seed=SEED))
+    project.set_setting(LAST_QUERY, [
+        {"image_id": it.image_id, "score": it.score, "reason": it.reason,
+         "top": [list(t) for t in it.top]} for it in pending.items])
+    project.set_setting(LAST_QUERY_ROUND, pending.round_id)
+    run_job(pseudo_label_job(project, round_id=pending.round_id, config=PseudoLabelConfig(
+        delta0=0.3, decay=0.02, max_per_class=6)))
 
 
 def histology(data: Path, out: Path) -> Path:
@@ -134,14 +201,17 @@ def histology(data: Path, out: Path) -> Path:
     describe = ("Colorectal histology, 9 tissue classes (PathMNIST from NCT-CRC-HE-100K, CC BY 4.0). "
                 "Source lab: 400 labelled tiles. Target lab: 450 unlabelled tiles and 150 test tiles "
                 "with a SIMULATED stain and scanner shift (HED rescaling and blur).")
-    return build("histology", out, parts, d["classes"], train, "entropy", 10, describe)
+    # Rounds train on the source tiles, the labelled target tiles and (for the multi-kernel
+    # MMD between the domains, DAN) the unlabelled target tiles.
+    rounds_train = {"method": "dan", "epochs": 5, "lr": 5e-4}
+    return build("histology", out, parts, d["classes"], train, rounds_train, "entropy", 20, describe)
 
 
 def digits(data: Path, out: Path) -> Path:
     m = np.load(data / "digits_mnist_test.npz", allow_pickle=False)
     u = np.load(data / "digits_usps.npz", allow_pickle=False)
     rng = np.random.default_rng(SEED)
-    (src,) = [np.sort(rng.permutation(len(m["y"]))[:2000])]
+    src = np.sort(rng.permutation(len(m["y"]))[:2000])
     pool = np.sort(rng.permutation(len(u["y_train"]))[:1500])
     test = np.sort(rng.permutation(len(u["y_test"]))[:500])
     parts = {
@@ -153,7 +223,8 @@ def digits(data: Path, out: Path) -> Path:
              "augment": "none", "patience": 0, "seed": 0}
     describe = ("Handwritten digits: MNIST (source, 2,000 labelled) to USPS (target, 1,500 "
                 "unlabelled, 500 test), a real domain shift. MNIST CC BY-SA 3.0; USPS (Hull 1994).")
-    return build("digits", out, parts, m["classes"], train, "margin", 10, describe)
+    rounds_train = {"epochs": 5, "lr": 5e-4}
+    return build("digits", out, parts, m["classes"], train, rounds_train, "margin", 10, describe)
 
 
 def main() -> None:

@@ -40,6 +40,25 @@ def test_demo_is_copied_once_and_the_bundle_is_never_changed(data_dir):
     assert _digest(bundle) == before
 
 
+@pytest.mark.parametrize("name", ["histology", "digits"])
+def test_each_demo_has_a_learning_curve_a_baseline_and_work_waiting(name, data_dir):
+    from atl_desktop.report import BASELINE_SETTING, SOURCE_SETTING, learning_curve
+    from atl_desktop.rounds import open_round
+
+    with Project.open(install_demo(name)) as project:
+        finished = [r for r in project.rounds() if r.finished is not None]
+        curve = learning_curve(finished)
+        assert len(curve) >= 3 and all(p["accuracy"] is not None and p["ece"] is not None for p in curve)
+        assert [p["labels"] for p in curve] == sorted(p["labels"] for p in curve)
+        baseline = project.get_setting(BASELINE_SETTING)
+        assert baseline["strategy"] == "random" and len(baseline["labels"]) == len(curve) + 1
+        assert project.get_setting(SOURCE_SETTING)["accuracy"] == baseline["accuracy"][0]
+        pending = open_round(project)
+        assert pending is not None and len(project.get_setting("last_query")) > 0
+        assert project.pseudo_labels("pending") and project.image_ids("target", "test")
+        assert {c.round_id for c in project.checkpoints()} >= {r.id for r in finished}
+
+
 def test_reset_is_refused_while_the_demo_is_open(data_dir):
     copy = install_demo()
     with Project.open(copy):
@@ -59,3 +78,18 @@ def test_self_test_passes_on_a_working_install(capsys):
     lines = []
     assert run_self_test(lines.append) == 0, "\n".join(lines)
     assert lines[-1] == "self-test passed" and lines[0].startswith("ok    device: ")
+    assert any(line.startswith("ok    torchvision backbone") for line in lines)
+
+
+def test_self_test_fails_with_a_non_zero_status_when_a_check_fails(monkeypatch, capsys):
+    import atl_desktop.demo
+    from atl_desktop.gui.app import main as desktop
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(atl_desktop.demo, "install_demo", broken)
+    assert desktop(["--self-test"]) == 1  # the exit status of `atl-desktop --self-test`
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "self-test FAILED (3 checks)"  # open demo, and the two that need it
+    assert any(line.startswith("FAIL  open demo") for line in lines) and "OSError: disk full" in lines
