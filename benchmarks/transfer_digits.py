@@ -19,6 +19,7 @@ Resumable: every finished (task, method, seed) run is recorded at once in
 benchmarks/results/transfer_digits_runs/runs.json (with the settings it ran under; runs under
 other settings are not reused) and benchmarks/results/transfer_digits.json is rewritten from
 them, so a cut-off run loses at most the run in progress. Source models are cached too.
+Processes given different --tasks may run at the same time: records are merged under a lock.
 
 Run: python benchmarks/transfer_digits.py [--quick] [--tasks "M->U,U->M pad"] [--methods dann,adda]
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import fcntl
 import hashlib
 import json
 import os
@@ -255,9 +257,17 @@ def summary(runs: dict, machine_text: str) -> dict:
     return out
 
 
-def save(runs: dict, machine_text: str) -> None:
-    _write_atomically(RUNS, {"settings": settings(), "protocol": protocol_text(), "runs": runs})
-    _write_atomically(RESULTS, summary(runs, machine_text))
+def record_run(task: str, method: str, seed: int, entry: dict, machine_text: str) -> dict:
+    """Add one finished run to the records on disk (merged under a lock, so processes running
+    other tasks at the same time lose nothing) and rewrite the results; returns all runs."""
+    RUNS.parent.mkdir(parents=True, exist_ok=True)
+    with open(RUNS.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        runs = load_runs()
+        runs.setdefault(task, {}).setdefault(method, {})[str(seed)] = entry
+        _write_atomically(RUNS, {"settings": settings(), "protocol": protocol_text(), "runs": runs})
+        _write_atomically(RESULTS, summary(runs, machine_text))
+    return runs
 
 
 def protocol_text() -> str:
@@ -304,11 +314,12 @@ def main() -> None:
                 acc, seconds, extra = run_one(task, method, seed, data, args.quick)
                 print(f"{task:9s} {method:18s} seed {seed}: {acc:6.2f} % ({seconds:.0f} s) {extra}",
                       flush=True)
-                runs.setdefault(task, {}).setdefault(method, {})[str(seed)] = {
-                    "acc": round(acc, 2), "seconds": round(seconds, 1),
-                    **{k: round(v, 2) for k, v in extra.items()}}
-                if not args.quick:
-                    save(runs, machine_text)
+                entry = {"acc": round(acc, 2), "seconds": round(seconds, 1),
+                         **{k: round(v, 2) for k, v in extra.items()}}
+                if args.quick:
+                    runs.setdefault(task, {}).setdefault(method, {})[str(seed)] = entry
+                else:
+                    runs = record_run(task, method, seed, entry, machine_text)
     print(table(summary(runs, machine_text)))
 
 
