@@ -78,6 +78,17 @@ def test_add_images_merges_duplicates_in_the_batch_and_before_it(project, tmp_pa
     assert (records[c].domain, records[c].split) == ("source", "val")
 
 
+def test_add_images_over_several_insert_statements(project):
+    images = [NewImage(_sha(i), f"{i}.png", file_size=1) for i in range(1200)]
+    images.insert(600, NewImage(_sha(3), "again.png", file_size=1))  # equal to one inserted before it
+    results = project.add_images(images)
+    assert [new for _, new in results] == [True] * 600 + [False] + [True] * 600
+    ids = [image_id for image_id, _ in results]
+    assert ids[600] == ids[3] and len(set(ids)) == 1200
+    locations = {r.id: r.location for r in project.images()}
+    assert locations == {image_id: image.location for image, (image_id, new) in zip(images, results, strict=True) if new}
+
+
 def test_add_images_refuses_a_bad_batch_whole(project):
     with pytest.raises(ProjectError, match="Unknown split"):
         project.add_images([NewImage(_sha(1), "a.png"), NewImage(_sha(2), "b.png", split="train")])
