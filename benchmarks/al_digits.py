@@ -131,6 +131,9 @@ def main(argv=None) -> int:
     parser.add_argument("--decay", type=float, default=0.00033, help="CEAL threshold decay per round")
     parser.add_argument("--stages", type=int, default=3, help="run stages 1..N only")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    parser.add_argument("--method", help="domain-adaptation method of stage 3 (default: the best in "
+                                         "transfer_digits.json that uses target labels)")
+    parser.add_argument("--stem", help="name of the result files (default al_digits)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
@@ -139,7 +142,7 @@ def main(argv=None) -> int:
     from atl_desktop.transfer.methods import METHODS
 
     torch.set_num_threads(args.threads)
-    stem = "al_digits_quick" if args.quick else "al_digits"
+    stem = args.stem or ("al_digits_quick" if args.quick else "al_digits")
     out = RESULTS / f"{stem}_runs"
     budget = 60 if args.quick else 500
     config = SimulationConfig(
@@ -164,7 +167,9 @@ def main(argv=None) -> int:
     summary, timings = run(data, stage1 + stage2, config, out, args.quiet, filters)
     ceal = [a.name for a in stage2 if a.name in summary["arms"]]
     arms = stage1 + stage2
-    method, why = best_method(METHODS)
+    method, why = best_method(METHODS) if args.method is None else (args.method, "chosen with --method")
+    if method is not None and method not in METHODS:
+        raise SystemExit(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     best_ceal = rank(summary, ceal)[0] if ceal else None
     if method is not None and best_ceal is not None:
         base = next(a for a in stage2 if a.name == best_ceal)
@@ -185,8 +190,9 @@ def main(argv=None) -> int:
     summary["best"] = {"name": best, f"labels_to_match_random_{final}":
                        summary["arms"][best][f"labels_to_match_random_{final}"]}
     summary["notes"] = [
-        f"pool: a random subsample of {config.pool_size} of the 7291 USPS training images (for time); "
-        "test: all 2007 USPS test images; source: the 10,000 MNIST test images",
+        (f"pool: a random subsample of {config.pool_size} of the 7291 USPS training images (for time); "
+         if config.pool_size and config.pool_size < len(data.y_pool) else "pool: all 7291 USPS training images; ")
+        + "test: all 2007 USPS test images; source: the 10,000 MNIST test images",
         f"small CNN; {config.source_epochs} source epoch(s) per seed; each round fine-tunes incrementally "
         f"from the last model for {config.max_steps} AdamW steps (lr {config.lr:g}, batch {config.batch_size}; "
         f"at most {config.epochs} epochs); no augmentation; stop set of {config.stop_set} pool images; "
@@ -205,7 +211,7 @@ def main(argv=None) -> int:
     ]
     summary["goal"] = "best configuration needs <= 120 labels to match random at 500"
     paths = write_outputs(summary, RESULTS, stem=stem,
-                          title="USPS (MNIST-pretrained small CNN): test accuracy against labels")
+                          title=f"USPS, pool of {summary['pool']} (MNIST-pretrained small CNN): test accuracy")
     for name, arm in summary["arms"].items():
         print(f"{name:28} final {arm['final_accuracy']:.4f}  AULC {arm['aulc']:.4f}  "
               f"labels to match random@{final}: {arm[f'labels_to_match_random_{final}']}")
