@@ -117,13 +117,14 @@ def main(argv=None) -> int:
     parser.add_argument("--delta0", type=float, default=0.005, help="CEAL entropy threshold at the first round")
     parser.add_argument("--decay", type=float, default=0.00033, help="CEAL threshold decay per round")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--stem", help="name of the result files (default al_pathmnist)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(args.threads)
-    stem = "al_pathmnist_quick" if args.quick else "al_pathmnist"
+    stem = args.stem or ("al_pathmnist_quick" if args.quick else "al_pathmnist")
     config = SimulationConfig(
         budget=40 if args.quick else 300, batch=10, initial=20,
         seeds=tuple(range(1 if args.quick else args.seeds)), backbone="smallcnn",
