@@ -129,6 +129,8 @@ def main(argv=None) -> int:
     parser.add_argument("--stop-set", type=int, default=300)
     parser.add_argument("--delta0", type=float, default=0.005, help="CEAL entropy threshold at the first round")
     parser.add_argument("--decay", type=float, default=0.00033, help="CEAL threshold decay per round")
+    parser.add_argument("--max-per-class", type=int, help="CEAL: at most this many pseudo-labels per class "
+                                                          "and round, the most confident (default: no cap)")
     parser.add_argument("--stages", type=int, default=3, help="run stages 1..N only")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--method", help="domain-adaptation method of stage 3 (default: the best in "
@@ -150,7 +152,7 @@ def main(argv=None) -> int:
         backbone="smallcnn", epochs=1 if args.quick else args.epochs, max_steps=args.steps, lr=args.lr,
         batch_size=args.batch_size, source_epochs=1 if args.quick else args.source_epochs,
         stop_set=args.stop_set, pool_size=400 if args.quick else args.pool_size, device="cpu",
-        pseudo_delta0=args.delta0, pseudo_decay=args.decay)
+        pseudo_delta0=args.delta0, pseudo_decay=args.decay, pseudo_max_per_class=args.max_per_class)
     data = digits_data()
     filters = None if not args.configs else {c.strip() for c in args.configs.split(",")}
     started = time.time()
@@ -198,7 +200,9 @@ def main(argv=None) -> int:
         f"at most {config.epochs} epochs); no augmentation; stop set of {config.stop_set} pool images; "
         f"{len(config.seeds)} seed(s); CPU, {args.threads} torch thread(s), shared with another benchmark",
         f"CEAL: entropy threshold delta0 {config.pseudo_delta0:g} nats, decay {config.pseudo_decay:g} per round "
-        "(the paper's values); pseudo-labels join the next fine-tune only",
+        "(the paper's values)"
+        + (f", at most {config.pseudo_max_per_class} per class and round" if config.pseudo_max_per_class else "")
+        + "; pseudo-labels join the next fine-tune only",
         "best = largest area under the mean learning curve (AULC); "
         f"stage 1 ranking: {', '.join(plain)}; the two best: {', '.join(best_two)}",
         f"CEAL configurations ranked: {', '.join(rank(summary, ceal)) if ceal else 'none run'}",
