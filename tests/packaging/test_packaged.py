@@ -35,3 +35,15 @@ def test_packaged_program_passes_its_self_test(tmp_path):
     bundled = BUILD / "_internal" / "atl_desktop" / "resources" / "demo"
     assert (bundled / "histology.atl").is_file() and (bundled / "digits.atl").is_file()
     assert not (tmp_path / "data" / "demo").exists()  # the self-test used its own temporary copy
+
+    # The command line in the same program: a demo copy, then a report of it (figures drawn
+    # by matplotlib inside the build).
+    demo = subprocess.run([str(PROGRAM), "--atl", "demo", "digits"], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=tmp_path)
+    assert demo.returncode == 0, demo.stderr
+    copy = demo.stdout.strip()
+    assert copy == str(tmp_path / "data" / "demo" / "digits.atl")
+    report = subprocess.run([str(PROGRAM), "--atl", "report", copy, "--out", str(tmp_path / "r.html"),
+                             "--quiet"], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert (tmp_path / "r.html").read_text().count("data:image/png;base64,") == 3
