@@ -108,8 +108,10 @@ def settings() -> dict:
             "options": OPTIONS, "method_lr": METHOD_LR, "threads": THREADS}
 
 
-def settings_key() -> str:
-    return hashlib.sha256(json.dumps(settings(), sort_keys=True).encode()).hexdigest()[:10]
+def source_settings_key() -> str:
+    """What a source-only model depends on (its cache key): not the adaptation settings."""
+    wanted = {"source_epochs": SOURCE_EPOCHS, "batch": BATCH, "lr": LR, "threads": THREADS}
+    return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:10]
 
 
 # ---- data --------------------------------------------------------------------------------
@@ -174,7 +176,7 @@ def accuracy(model: Classifier, dataset: TensorDataset) -> float:
 
 def source_model(task: str, seed: int, src: TensorDataset, quick: bool) -> tuple[Classifier, float]:
     """The seed's source-only model, cached on disk so runs can resume; (model, seconds)."""
-    name = f"{task.replace('->', '2').replace(' ', '_')}_{seed}_{settings_key()}{'_quick' if quick else ''}"
+    name = f"{task.replace('->', '2').replace(' ', '_')}_{seed}_{source_settings_key()}{'_quick' if quick else ''}"
     path = CACHE / f"{name}.safetensors"
     model = new_model(seed)
     if path.exists():
