@@ -166,6 +166,7 @@ class MainWindow(QMainWindow):
         self.runner = JobRunner(self, log_file=log_file)
         self.engine_ready = False
         self._warmer = Background(self)
+        self._warm = warm  # successor windows do as this one (tests open them cold)
         self.viewers: list[ImageViewer] = []
         self._successor: MainWindow | None = None
 
@@ -541,7 +542,7 @@ class MainWindow(QMainWindow):
                                      log_file=self.runner.log_file,
                                      query_factory=self.factories["query"],
                                      train_factory=self.factories["train"],
-                                     pseudo_factory=self.factories["pseudo"])
+                                     pseudo_factory=self.factories["pseudo"], warm=self._warm)
         self._successor.show()
         return self._successor
 
