@@ -85,6 +85,10 @@ def best_method(methods: dict) -> tuple[str | None, str]:
     return None, "no domain-adaptation method available; stage 3 left out"
 
 
+def method_text(method: str | None, why: str) -> str:
+    return f"{method or 'none'} ({why})"
+
+
 def run(data, arms, config, out: Path, quiet: bool, filters: set[str] | None):
     """Simulate the arms (finished runs are reused); each new run's wall time goes to
     out/timings.json (a seed's first new run includes its source pre-training)."""
@@ -133,8 +137,8 @@ def main(argv=None) -> int:
                                                           "and round, the most confident (default: no cap)")
     parser.add_argument("--stages", type=int, default=3, help="run stages 1..N only")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
-    parser.add_argument("--method", help="domain-adaptation method of stage 3 (default: the best in "
-                                         "transfer_digits.json that uses target labels)")
+    parser.add_argument("--method", help="domain-adaptation method(s) of stage 3, comma-separated (default: "
+                                         "the best in transfer_digits.json that uses target labels)")
     parser.add_argument("--stem", help="name of the result files (default al_digits)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -169,13 +173,17 @@ def main(argv=None) -> int:
     summary, timings = run(data, stage1 + stage2, config, out, args.quiet, filters)
     ceal = [a.name for a in stage2 if a.name in summary["arms"]]
     arms = stage1 + stage2
-    method, why = best_method(METHODS) if args.method is None else (args.method, "chosen with --method")
-    if method is not None and method not in METHODS:
-        raise SystemExit(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    method, why = best_method(METHODS)
+    if args.method is not None:
+        method, why = args.method, f"chosen with --method; the default now: {method_text(method, why)}"
+    methods = [] if method is None else method.split(",")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
     best_ceal = rank(summary, ceal)[0] if ceal else None
-    if method is not None and best_ceal is not None:
+    if methods and best_ceal is not None:
         base = next(a for a in stage2 if a.name == best_ceal)
-        arms.append(Arm(f"{best_ceal}+{method}", base.strategy, pseudo=True, method=method))
+        arms += [Arm(f"{best_ceal}+{m}", base.strategy, pseudo=True, method=m) for m in methods]
         summary, timings = run(data, arms, config, out, args.quiet, filters)
 
     final = summary["random_final_labels"]
