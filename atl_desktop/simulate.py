@@ -682,14 +682,18 @@ def plot_learning_curves(summary: dict, path: str | Path, *, title: str = "Learn
 def learning_curve_figure(summary: dict, *, title: str = "Learning curves"):
     """Mean test accuracy against labels with a ±1 std band per arm; random dashed in black,
     its final accuracy as a dotted line."""
+    from matplotlib import colormaps
     from matplotlib.figure import Figure  # no pyplot: no global backend, safe beside the GUI
 
     figure = Figure(figsize=(7.5, 5), dpi=120)
     ax = figure.subplots()
+    others = [name for name in summary["arms"] if name != BASELINE]
+    palette = colormaps["tab10" if len(others) <= 10 else "tab20"]  # a colour of its own for each arm
     for name, arm in summary["arms"].items():
         x = np.asarray(arm["labels"])
         mean, std = np.asarray(arm["mean"]), np.asarray(arm["std"])
-        style = {"color": "black", "linestyle": "--", "linewidth": 2} if name == BASELINE else {"linewidth": 1.5}
+        style = ({"color": "black", "linestyle": "--", "linewidth": 2} if name == BASELINE
+                 else {"color": palette(others.index(name) % palette.N), "linewidth": 1.5})
         need = arm.get("labels_to_match_random")
         label = name if name == BASELINE or need is None else f"{name} (matches random with {need})"
         line = ax.plot(x, mean, label=label, **style)[0]

@@ -148,3 +148,12 @@ def test_imagefolder_target_is_read_resized_and_split(tmp_path):
     assert data.classes == ("cat", "dog")
     assert data.x_pool.shape == (14, 28, 28, 3) and data.x_test.shape == (6, 28, 28, 3)
     assert np.bincount(data.y_test).tolist() == [3, 3]  # stratified 70/30
+
+
+def test_every_arm_of_a_large_comparison_has_its_own_colour():
+    runs = {name: _runs({0: [(20, 0.5), (40, 0.6)]}) for name in ["random", *(f"arm{i}" for i in range(12))]}
+    arms = [Arm(name, "random") for name in runs]
+    figure = learning_curve_figure(summarise(runs, arms, SimulationConfig(budget=40, seeds=(0,))))
+    colours = [tuple(line.get_color()) if not isinstance(line.get_color(), str) else line.get_color()
+               for line in figure.axes[0].get_lines()[:13]]
+    assert len(set(colours)) == 13
