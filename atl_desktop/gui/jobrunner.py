@@ -16,7 +16,6 @@ order), so live curves miss no point; `progressed` carries the newest one.
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 import traceback
@@ -27,6 +26,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
+from atl_desktop.gui.gcguard import collect_on_gui_thread
 from atl_desktop.jobs import Cancelled, Progress, run_job
 
 JobFactory = Callable[..., Any]
@@ -41,9 +41,10 @@ def leave_a_core_for_the_window() -> None:
     machine a training run took 2.4x as long and the window stuttered. The cap
     is per thread (OpenMP), so it is set in each job's own thread.
     """
-    torch = sys.modules.get("torch")
-    if torch is None:
-        import torch  # the job would import it anyway
+    # A plain import, never sys.modules: while the window's warm-up thread is importing
+    # torch, sys.modules holds a half-made module; the import waits for it to be complete.
+    import torch
+
     cap = max(1, (os.cpu_count() or 2) - 1)
     if torch.get_num_threads() > cap:
         torch.set_num_threads(cap)
@@ -71,8 +72,8 @@ class _Worker(QObject):
     def run(self) -> None:
         outcome: tuple = ("cancelled",)
         handle = None
-        leave_a_core_for_the_window()
         try:
+            leave_a_core_for_the_window()
             handle = self._project.another_connection()
             job = self._factory(handle, **self._kwargs)
             outcome = ("finished", run_job(job, self._forward, self.cancel_requested.is_set))
@@ -136,6 +137,7 @@ class JobRunner(QObject):
 
     def __init__(self, parent: QObject | None = None, log_file: Path | None = None):
         super().__init__(parent)
+        collect_on_gui_thread()  # jobs' threads must not finalise the window's objects
         self.log_file = log_file
         self._jobs: dict[str, RunningJob] = {}
         # Each thread and its worker are kept until the thread has really ended.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -176,3 +179,42 @@ def test_a_real_scoring_job_ranks_the_pool_by_entropy(qtbot, open_window, projec
     assert all(len(t.top) == 3 and abs(sum(p.probability for p in t.top) - 1) < 1e-4 for t in tiles)
     assert window.query_view.checkpoint_id == checkpoint
     assert len(window.ws.project.get_setting("last_query")) == 3
+
+
+RACE_SCRIPT = """
+import sys, threading
+from PySide6.QtCore import QCoreApplication, QTimer
+app = QCoreApplication([])
+assert "torch" not in sys.modules
+from atl_desktop.gui.jobrunner import JobRunner
+from atl_desktop.store import Project
+
+def job(handle):
+    yield from ()
+    return "done"
+
+def warm():
+    import torch  # noqa: F401  (what the window's warm-up thread does at start)
+
+threading.Thread(target=warm).start()
+while "torch" not in sys.modules:
+    pass  # start the job while torch is half imported
+runner = JobRunner()
+outcome = []
+runner.finished.connect(lambda name, result: (outcome.append(result), app.quit()))
+runner.failed.connect(lambda name, message, details: (outcome.append(message), app.quit()))
+QTimer.singleShot(60000, app.quit)
+with Project.open(sys.argv[1]) as project:
+    runner.start("job", job, project)
+    app.exec()
+print(outcome)
+"""
+
+
+def test_a_job_started_while_the_warm_up_imports_torch_runs(project_path):
+    """The job's thread caps torch's threads: it must wait for the half-imported torch."""
+    done = subprocess.run([sys.executable, "-c", RACE_SCRIPT, str(project_path)],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "['done']"
