@@ -95,12 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
 
+    from atl_desktop.gui.gcguard import collect_on_gui_thread
     from atl_desktop.gui.mainwindow import MainWindow, open_project_or_explain
     from atl_desktop.gui.theme import follow_system_theme, prepare_high_dpi
 
     prepare_high_dpi()
     app = QApplication.instance() or QApplication(sys.argv[:1])
     follow_system_theme(app)
+    collect_on_gui_thread()
     app.setApplicationName(APP_NAME)
     app.setOrganizationName(APP_NAME)
     settings = QSettings(APP_NAME, APP_NAME)

@@ -7,6 +7,8 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
+from atl_desktop.gui.gcguard import collect_on_gui_thread
+
 
 class _Signals(QObject):
     done = Signal(object)
@@ -31,6 +33,7 @@ class Background(QObject):
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
+        collect_on_gui_thread()  # the pool thread must not finalise the window's objects
         self._pool = QThreadPool(self)
         self._pool.setMaxThreadCount(1)
         self._calls: list[_Signals] = []

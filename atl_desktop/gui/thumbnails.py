@@ -17,6 +17,8 @@ from PIL import Image
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 from PySide6.QtGui import QImage
 
+from atl_desktop.gui.gcguard import collect_on_gui_thread
+
 # Images smaller than this are enlarged by a whole factor with nearest-neighbour
 # sampling, so a 28-pixel tile shows its pixels instead of a blur.
 SMALL_SIDE = 96
@@ -88,6 +90,7 @@ class ThumbnailCache(QObject):
 
     def __init__(self, side: int = 200, capacity: int = 2000, threads: int = 2, parent=None):
         super().__init__(parent)
+        collect_on_gui_thread()  # decoder threads must not finalise the window's objects
         self.side = side
         self.capacity = capacity
         self._images: OrderedDict[int, QImage] = OrderedDict()

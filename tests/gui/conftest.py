@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,15 @@ from atl_desktop.store import Project
 from atl_desktop.store.files import sha256_file
 
 CLASSES = ("tumour", "stroma", "normal")
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage_here(qapp):
+    """Each test's windows are collected on this, the GUI, thread before the next test; the
+    tests outside tests/gui run with automatic collection as usual."""
+    yield
+    gc.collect()
+    gc.enable()
 
 
 @dataclass(frozen=True)

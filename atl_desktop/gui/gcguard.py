@@ -1,0 +1,41 @@
+"""Python's cyclic garbage collector runs on the GUI thread only.
+
+Automatic collection runs in whichever thread happens to allocate, so a job's thread (or a
+thumbnail decoder) can end up finalising Qt objects that belong to the GUI thread, which
+aborts or deadlocks Qt. Once `collect_on_gui_thread()` has run, automatic collection is off
+and a timer on the GUI thread collects with the interpreter's own generation thresholds.
+"""
+
+from __future__ import annotations
+
+import gc
+
+from PySide6.QtCore import QCoreApplication, QThread, QTimer
+
+INTERVAL_MS = 500
+_timer: QTimer | None = None
+
+
+def collect_due_generations() -> int | None:
+    """Collect as the interpreter would: generation 0 past its threshold, and the older
+    generations too when theirs are passed as well. Returns the generation collected."""
+    (young, middle, old), (young_max, middle_max, old_max) = gc.get_count(), gc.get_threshold()
+    if young <= young_max:
+        return None
+    generation = 0 if middle <= middle_max else 1 if old <= old_max else 2
+    gc.collect(generation)
+    return generation
+
+
+def collect_on_gui_thread() -> None:
+    """Turn automatic collection off and collect on a GUI-thread timer instead."""
+    global _timer
+    app = QCoreApplication.instance()
+    if app is None or QThread.currentThread() is not app.thread():
+        return
+    if _timer is None:
+        _timer = QTimer(app)
+        _timer.timeout.connect(collect_due_generations)
+        _timer.start(INTERVAL_MS)
+        app.aboutToQuit.connect(gc.enable)  # code after the event loop may collect anywhere
+    gc.disable()
