@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 )
 
 from atl_desktop.gui.undo import SetActiveCheckpoint
-from atl_desktop.gui.workspace import Workspace
+from atl_desktop.gui.workspace import RefreshWhenShown, Workspace
 from atl_desktop.store import CheckpointRecord, ProjectError
 
 HEADERS = ("#", "Parent", "Round", "Method", "Metrics", "Made")
@@ -102,7 +102,7 @@ class CheckpointList(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.table, 1)
         layout.addLayout(buttons)
-        workspace.changed.connect(self.refresh)
+        workspace.changed.connect(RefreshWhenShown(self, self.refresh).request)
         self.refresh()
 
     def refresh(self) -> None:

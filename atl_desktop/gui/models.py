@@ -181,7 +181,8 @@ class QueryBatchModel(_LazyTileModel):
 
     def refresh_state(self, project: Project, book: ClassBook, skipped: set[int]) -> None:
         """Re-read every tile's label from the store; only tiles that changed are repainted."""
-        labels = {t.image_id: book.by_id(project.label_of(t.image_id)) for t in self._rows}
+        current = project.labels_of([t.image_id for t in self._rows])
+        labels = {t.image_id: book.by_id(current[t.image_id]) for t in self._rows}
         skipped = set(skipped)
         changed = [row for row, t in enumerate(self._rows[: self._shown])
                    if labels[t.image_id] != self._labels.get(t.image_id)

@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from atl_desktop.gui.jobrunner import JobRunner
-from atl_desktop.gui.workspace import Workspace
+from atl_desktop.gui.workspace import RefreshWhenShown, Workspace
 from atl_desktop.store import ProjectError, RoundRecord
 
 JOB = "evaluate"
@@ -98,7 +98,7 @@ class QualityView(QWidget):
         self.result = None  # the test metrics shown for the current checkpoint
         self._evaluated: dict[int, dict | None] = {}  # checkpoint id -> test metrics evaluated here
         self._build()
-        workspace.changed.connect(self.refresh)
+        workspace.changed.connect(RefreshWhenShown(self, self.refresh).request)
         runner.finished.connect(lambda name, result: self._on_evaluated(result) if name == JOB else None)
         runner.failed.connect(lambda name, message, _d: self._eval_note(f"Evaluation failed: {message}")
                               if name == JOB else None)

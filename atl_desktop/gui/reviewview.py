@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
 from atl_desktop.gui.models import PseudoGroupModel, TileRole, class_colour
 from atl_desktop.gui.tiles import TileDelegate, TileGrid
 from atl_desktop.gui.undo import DecidePseudo, RelabelPseudo
-from atl_desktop.gui.workspace import Workspace
+from atl_desktop.gui.workspace import RefreshWhenShown, Workspace
 from atl_desktop.store import ProjectError, PseudoLabel
 
 EMPTY_TEXT = ("No pseudo-labels waiting for review.\nAfter training, press Propose pseudo-labels "
@@ -53,7 +53,8 @@ class ReviewView(QWidget):
         self.model = PseudoGroupModel(self)
         self._groups: dict[int, list[PseudoLabel]] = {}
         self._build()
-        workspace.changed.connect(self.refresh)
+        workspace.changed.connect(RefreshWhenShown(self, self.refresh).request)
+        workspace.changed.connect(self._count_pending)  # the tab's count, even while hidden
         workspace.thumbs.ready.connect(lambda _: self.grid.viewport().update())
 
     def _build(self) -> None:
@@ -130,6 +131,12 @@ class ReviewView(QWidget):
             button.setEnabled(not busy)
 
     # ---- groups --------------------------------------------------------------
+
+    def _count_pending(self) -> None:
+        try:
+            self.pending_changed.emit(self.ws.project.pending_pseudo_count())
+        except ProjectError:
+            pass  # the project is closing
 
     def refresh(self) -> None:
         """Re-read the pending pseudo-labels, keeping the chosen group and the marks."""

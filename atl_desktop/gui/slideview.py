@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
 from atl_desktop.gui.background import Background
 from atl_desktop.gui.models import class_colour
 from atl_desktop.gui.thumbnails import to_qimage
-from atl_desktop.gui.workspace import Workspace
+from atl_desktop.gui.workspace import RefreshWhenShown, Workspace
 from atl_desktop.store import PatchRow, Project, ProjectError, SlideRecord
 
 OVERLAYS = ("Labels", "Predicted class", "Uncertainty", "Tissue", "Grid only")
@@ -270,7 +270,7 @@ class SlideView(QWidget):
         self.overlay_box.currentTextChanged.connect(self._set_overlay)
         self.opacity.valueChanged.connect(self._set_opacity)
         self.canvas.patch_clicked.connect(self.label_patch)
-        workspace.changed.connect(self.refresh_labels)
+        workspace.changed.connect(RefreshWhenShown(self, self.refresh_labels).request)
         self.refresh_slides()
 
     # ---- loading ---------------------------------------------------------------

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QEvent, QObject, Signal
 from PySide6.QtGui import QUndoStack
+from PySide6.QtWidgets import QWidget
 
 from atl_desktop.gui.models import ClassBook
 from atl_desktop.gui.thumbnails import ThumbnailCache
@@ -55,3 +56,29 @@ class Workspace(QObject):
 
     def image_path(self, image_id: int):
         return self.project.image_path(self.project.image(image_id))
+
+
+class RefreshWhenShown(QObject):
+    """Calls `refresh` at once while `widget` is visible, else once when it is next shown.
+
+    Every label sends `Workspace.changed`; views in hidden tabs re-reading the store each
+    time would add their queries to every key press. A window that is not shown at all
+    (headless use) never sends Show events, so there it refreshes at once."""
+
+    def __init__(self, widget: QWidget, refresh: Callable[[], None]):
+        super().__init__(widget)
+        self._widget, self._refresh, self._stale = widget, refresh, False
+        widget.installEventFilter(self)
+
+    def request(self) -> None:
+        if self._widget.isVisible() or not self._widget.window().isVisible():
+            self._stale = False
+            self._refresh()
+        else:
+            self._stale = True
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.Show and self._stale:
+            self._stale = False
+            self._refresh()
+        return False

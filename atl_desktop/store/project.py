@@ -710,6 +710,21 @@ class Project(SlideStore):
         ).fetchone()
         return None if row is None else row[0]
 
+    def labels_of(self, image_ids: Sequence[int]) -> dict[int, int | None]:
+        """image id -> its current class id (None when unlabelled), in one query: for the
+        window, which re-reads a batch of tiles after every label."""
+        ids = [int(i) for i in image_ids]
+        labels: dict[int, int | None] = dict.fromkeys(ids)
+        for start in range(0, len(ids), 500):  # under SQLite's limit on bound parameters
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                "SELECT e.image_id, e.class_id FROM label_events e JOIN (SELECT MAX(id) AS id"
+                f" FROM label_events WHERE image_id IN ({marks}) GROUP BY image_id) newest"
+                " ON e.id = newest.id", chunk)
+            labels.update(dict(rows))
+        return labels
+
     def images_with_label(self, class_id: int) -> list[int]:
         rows = self._query(f"{self._CURRENT} WHERE e.class_id = ? ORDER BY e.image_id", (class_id,))
         return [r[0] for r in rows]
@@ -761,6 +776,9 @@ class Project(SlideStore):
         sql = "SELECT id, image_id, class_id, round_id, confidence, entropy, status, created FROM pseudo_labels"
         rows = self._query(sql + " WHERE status = ? ORDER BY id", (status,)) if status else self._query(sql + " ORDER BY id")
         return [PseudoLabel(**dict(r)) for r in rows]
+
+    def pending_pseudo_count(self) -> int:
+        return self._query("SELECT count(*) FROM pseudo_labels WHERE status = 'pending'")[0][0]
 
     def accept_pseudo(self, pseudo_ids: Iterable[int], *, annotator: str = "") -> None:
         """Accepted pseudo-labels become labels of kind 'accepted-pseudo'."""

@@ -19,6 +19,7 @@ def propose(window, confidences_by_class):
 def test_groups_sorted_by_confidence(open_window, project_path):
     window = open_window(project_path)
     view = window.review_view
+    window.tabs.setCurrentWidget(view)  # hidden tabs refresh when shown
     assert view.pages.currentIndex() == 0  # the empty state
     items = propose(window, {"stroma": [0.91, 0.99, 0.95], "tumour": [0.97]})
     assert view.pages.currentIndex() == 1
@@ -33,6 +34,7 @@ def test_groups_sorted_by_confidence(open_window, project_path):
 def test_accept_group_with_marked_wrong_ones_then_undo(qtbot, open_window, project_path):
     window = open_window(project_path)
     view = window.review_view
+    window.tabs.setCurrentWidget(view)  # hidden tabs refresh when shown
     propose(window, {"stroma": [0.99, 0.98, 0.97]})
     project = window.ws.project
     stroma = project.class_by_name("stroma").id
@@ -58,6 +60,7 @@ def test_accept_group_with_marked_wrong_ones_then_undo(qtbot, open_window, proje
 def test_click_marks_and_reject_marked(qtbot, open_window, project_path):
     window = open_window(project_path)
     view = window.review_view
+    window.tabs.setCurrentWidget(view)  # hidden tabs refresh when shown
     propose(window, {"tumour": [0.9, 0.8]})
     first, second = view.model.pseudo()
     rect = view.grid.visualRect(view.model.index(1))
@@ -72,6 +75,7 @@ def test_click_marks_and_reject_marked(qtbot, open_window, project_path):
 def test_relabel_with_a_key(qtbot, open_window, project_path):
     window = open_window(project_path)
     view = window.review_view
+    window.tabs.setCurrentWidget(view)  # hidden tabs refresh when shown
     propose(window, {"tumour": [0.9]})
     (item,) = view.model.pseudo()
     view.grid.select_row(0)
@@ -86,3 +90,14 @@ def test_relabel_with_a_key(qtbot, open_window, project_path):
     window.ws.stack.undo()
     assert project.label_of(item.image_id) is None
     assert [p.id for p in project.pseudo_labels()] == [item.id]
+
+
+def test_a_hidden_review_tab_reads_the_store_only_when_shown(open_window, project_path):
+    window = open_window(project_path)
+    view = window.review_view
+    window.tabs.setCurrentWidget(window.query_view)
+    propose(window, {"stroma": [0.91]})
+    assert view.pages.currentIndex() == 0  # not re-read while hidden: labels stay quick
+    assert window.tabs.tabText(1) == "Review pseudo-labels (1)"  # but the count is kept
+    window.tabs.setCurrentWidget(view)
+    assert view.pages.currentIndex() == 1 and view.groups.count() == 1

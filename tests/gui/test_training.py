@@ -80,6 +80,7 @@ def test_rollback_to_an_earlier_checkpoint_and_undo(qtbot, open_window, project_
         second = save_checkpoint(project, build_model("smallcnn", 3, seed=1), classes=names,
                                  parent_id=first, metrics={"val_accuracy": 0.75})
     window = open_window(project_path)
+    window.tabs.setCurrentWidget(window.training)  # hidden tabs refresh when shown
     checkpoints, project = window.training.checkpoints, window.ws.project
     table = checkpoints.table
     assert [table.item(r, 0).text() for r in range(2)] == [f"{second} ✓", f"{first}"]

@@ -296,3 +296,18 @@ def test_another_connection_shares_the_lock(project):
     assert project.class_names() == ["a"]
     with pytest.raises(ProjectError):
         Project.open(project.path)  # the lock is still held by `project`
+
+
+def test_labels_of_agrees_with_label_of_across_query_chunks(project):
+    a, b = project.add_class("a"), project.add_class("b")
+    ids = [i for i, _ in project.add_images(
+        NewImage(_sha(i), f"{i}.png", file_size=1, mtime=0.0) for i in range(1203))]
+    project.set_label(ids[0], a)
+    project.set_label(ids[0], b)  # relabelled: the newest counts
+    project.set_label(ids[700], a)  # in the second chunk of 500
+    project.set_label(ids[1202], b)
+    project.set_label(ids[1202], None)  # cleared again
+    labels = project.labels_of(ids)
+    assert labels == {i: project.label_of(i) for i in ids}
+    assert labels[ids[0]] == b and labels[ids[700]] == a and labels[ids[1202]] is None
+    assert sum(v is not None for v in labels.values()) == 2
