@@ -1,5 +1,6 @@
-"""Screenshots for the docs: the wizard, the pool browser, the training panel during a job,
-model quality and annotator agreement.
+"""Screenshots for the docs: the query view while labelling, the review of pseudo-labels, the
+wizard, the pool browser, the training panel during a job, model quality and annotator
+agreement.
 
 Run under a real X server (Xvfb), e.g.
     ../shared/tools/gui-shot /tmp/shot.png --wait 240 -- .venv/bin/python benchmarks/gui_screenshots.py
@@ -15,6 +16,7 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from PySide6.QtWidgets import QApplication
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "resources" / "demo" / "histology.atl"
-SHOTS = ("wizard", "pool", "training", "quality", "annotators")
+SHOTS = ("query", "review", "wizard", "pool", "training", "quality", "annotators")
 
 
 def copy_demo(folder: Path) -> Path:
@@ -62,6 +64,38 @@ def tiles_as_class_folders(project, folder: Path, per_class: int = 6) -> Path:
         for image_id in ids[:per_class]:
             shutil.copy(project.image_path(project.image(image_id)), out / f"{image_id}.png")
     return folder
+
+
+def shoot_query(window, out: Path) -> None:
+    """The demo's queried batch with three tiles labelled (by the hidden truth, as an expert
+    would) and one marked unsure, the fifth current."""
+    from PySide6.QtTest import QTest
+
+    from atl_desktop.gui.models import TileRole
+
+    view, project = window.query_view, window.ws.project
+    window.tabs.setCurrentWidget(view)
+    until(lambda: view.model.rowCount() > 4)
+    keys = {c.id: c.key for c in window.ws.book().classes}
+    truth = project.truth()
+    view.grid.setFocus()
+    for row in range(3):
+        image_id = view.model.index(row).data(TileRole).image_id
+        QTest.keyClick(view.grid, keys[truth[image_id]])
+    QTest.keyClick(view.grid, "x")
+    wait(2500)  # thumbnails decode off the GUI thread
+    window.grab().save(str(out / "query_view.png"))
+
+
+def shoot_review(window, out: Path) -> None:
+    """The pseudo-labels waiting for review, the largest group open."""
+    view = window.review_view
+    window.tabs.setCurrentWidget(view)
+    until(lambda: view.groups.count() > 0)
+    sizes = Counter(p.class_id for p in window.ws.project.pseudo_labels())
+    view.select_group(sizes.most_common(1)[0][0])
+    wait(2500)
+    window.grab().save(str(out / "review_view.png"))
 
 
 def shoot_pool(window, out: Path) -> None:
@@ -175,6 +209,10 @@ def main(argv=None) -> int:
         window.resize(1400, 860)
         window.show()
         until(lambda: window.engine_ready)
+        if "query" in wanted:
+            shoot_query(window, args.out)
+        if "review" in wanted:
+            shoot_review(window, args.out)
         if "pool" in wanted:
             shoot_pool(window, args.out)
         if "training" in wanted:
