@@ -36,6 +36,7 @@ from atl_desktop.gui.datadialogs import (
     import_job,
 )
 from atl_desktop.gui.demos import add_demo_menu, ask_report, connect_report
+from atl_desktop.gui.gcguard import freeze_what_is_loaded
 from atl_desktop.gui.helpdialogs import AboutDialog, PreferencesDialog, ShortcutSheet
 from atl_desktop.gui.imageviewer import ImageViewer
 from atl_desktop.gui.jobrunner import JobRunner
@@ -223,6 +224,8 @@ class MainWindow(QMainWindow):
 
     def _engine_warmed(self, result) -> None:
         self.engine_ready = result is True  # an import error shows when a job starts
+        if self.engine_ready:
+            freeze_what_is_loaded()  # later full collections stay short
 
     # ---- set-up ----------------------------------------------------------------
 

@@ -59,3 +59,19 @@ def test_only_the_gui_thread_may_install_it(qapp):
     thread.start()
     thread.wait()
     assert results == [True]
+
+
+def test_what_is_loaded_is_left_out_of_later_collections():
+    gc.unfreeze()
+    loaded = [[]]
+    try:
+        gcguard.freeze_what_is_loaded()
+        assert gc.get_freeze_count() > 10_000  # the modules of this test run, at least
+        assert not any(obj is loaded for obj in gc.get_objects())  # no collection walks it
+        cycle = [[]]
+        cycle.append(cycle)
+        del cycle
+        assert gc.collect() >= 2  # what is made later is collected as usual
+    finally:
+        gc.unfreeze()
+    assert any(obj is loaded for obj in gc.get_objects())
