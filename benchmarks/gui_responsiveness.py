@@ -110,6 +110,19 @@ class GapRecorder:
                 "median_gap_ms": float(np.median(values)), "ticks": len(values)}
 
 
+def wait_until(condition, timeout_ms: int = 600_000) -> None:
+    """Run the real event loop until `condition()` holds. Not QTest.qWait: PySide6 keeps the
+    GIL through its sleeps, which starved the engine's import thread (50 s instead of 3.5 s)."""
+    loop = QEventLoop()
+    poll = QTimer()
+    poll.timeout.connect(lambda: loop.quit() if condition() else None)
+    poll.start(10)
+    QTimer.singleShot(timeout_ms, loop.quit)
+    if not condition():
+        loop.exec()
+    poll.stop()
+
+
 def run_job_measured(app: QApplication, window, start, name: str) -> dict[str, float]:
     recorder = GapRecorder()
     done = {"outcome": None}
@@ -183,8 +196,7 @@ def main() -> int:
         recorder = GapRecorder()
         recorder.start()
         began = time.perf_counter()
-        while not window.engine_ready:
-            QTest.qWait(10)
+        wait_until(lambda: window.engine_ready)
         assert "torch" in sys.modules
         startup = {**recorder.stop(), "seconds": time.perf_counter() - began}
         results = {
@@ -193,7 +205,7 @@ def main() -> int:
             "query": run_job_measured(app, window, lambda: window.start_query("entropy", args.batch),
                                       "query"),
         }
-        QTest.qWait(100)
+        wait_until(lambda: False, timeout_ms=100)
         latencies = label_latencies(app, window)
         window.close()
     results["label_latency_ms"] = {

@@ -69,11 +69,13 @@ class TrainingCurves(QWidget):
 
     def showEvent(self, event) -> None:
         super().showEvent(event)
-        self._ensure_plots()
+        self.ensure_plots()
 
-    def _ensure_plots(self) -> None:
+    def ensure_plots(self) -> None:
         """Build the plots when first needed: importing pyqtgraph takes seconds, which the
-        window's start-up should not wait for (the engine warm-up imports it meanwhile)."""
+        window's start-up should not wait for (the engine warm-up imports it meanwhile).
+        The window calls this once the engine is warm: built by the first progress of a
+        job started from another tab, they blocked the window for ~50 ms."""
         if self._plots_built:
             return
         self._plots_built = True
@@ -127,7 +129,7 @@ class TrainingCurves(QWidget):
 
     def add(self, step: int, metrics) -> None:
         """Record a Progress's metrics; the plot follows within REDRAW_MS."""
-        self._ensure_plots()
+        self.ensure_plots()
         for metric in SERIES:
             if metric in metrics:
                 xs, ys = self.points[metric]

@@ -36,7 +36,7 @@ from atl_desktop.gui.datadialogs import (
     import_job,
 )
 from atl_desktop.gui.demos import add_demo_menu, ask_report, connect_report
-from atl_desktop.gui.gcguard import freeze_what_is_loaded
+from atl_desktop.gui.gcguard import freeze_what_is_loaded, hold_until_frozen
 from atl_desktop.gui.helpdialogs import AboutDialog, PreferencesDialog, ShortcutSheet
 from atl_desktop.gui.imageviewer import ImageViewer
 from atl_desktop.gui.jobrunner import JobRunner
@@ -213,6 +213,7 @@ class MainWindow(QMainWindow):
         if settings is not None:
             remember_project(settings, project.path)
         if warm:
+            hold_until_frozen()  # released by _engine_warmed
             self._warmer.call(warm_engine, self._engine_warmed)
 
     def _dock(self, title: str, name: str, widget, area) -> QDockWidget:
@@ -224,8 +225,8 @@ class MainWindow(QMainWindow):
 
     def _engine_warmed(self, result) -> None:
         self.engine_ready = result is True  # an import error shows when a job starts
-        if self.engine_ready:
-            freeze_what_is_loaded()  # later full collections stay short
+        self.training.curves.ensure_plots()  # now, not in the middle of the first job
+        freeze_what_is_loaded()  # later full collections stay short
 
     # ---- set-up ----------------------------------------------------------------
 

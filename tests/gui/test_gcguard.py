@@ -75,3 +75,15 @@ def test_what_is_loaded_is_left_out_of_later_collections():
     finally:
         gc.unfreeze()
     assert any(obj is loaded for obj in gc.get_objects())
+
+
+def test_no_collection_while_the_engine_loads(monkeypatch):
+    collected = []
+    monkeypatch.setattr(gc, "collect", collected.append)
+    monkeypatch.setattr(gc, "freeze", lambda: collected.append("freeze"))
+    monkeypatch.setattr(gc, "get_count", lambda: (5000, 11, 11))
+    gcguard.hold_until_frozen()
+    assert gcguard.collect_due_generations() is None
+    gcguard.freeze_what_is_loaded()
+    assert gcguard.collect_due_generations() == 2
+    assert collected == ["freeze", 2]
