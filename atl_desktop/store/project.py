@@ -838,24 +838,14 @@ class Project(SlideStore):
                 (file, sha256, architecture, json.dumps(config or {}), json.dumps(metrics or {}), time.time()),
             ).lastrowid
 
-    @staticmethod
-    def _row_to_generator(row: sqlite3.Row) -> GeneratorRecord:
-        values = dict(row)
-        values["config"], values["metrics"] = json.loads(values["config"]), json.loads(values["metrics"])
-        return GeneratorRecord(**values)
-
     def generators(self) -> list[GeneratorRecord]:
-        return [self._row_to_generator(r) for r in self._query("SELECT * FROM generators ORDER BY id")]
+        return self._records("generators", GeneratorRecord)
 
     def generator(self, generator_id: int) -> GeneratorRecord:
-        row = self.db.execute("SELECT * FROM generators WHERE id = ?", (generator_id,)).fetchone()
-        if row is None:
-            raise ProjectError(f"No generator with id {generator_id} in {self.path.name}.")
-        return self._row_to_generator(row)
+        return self._record("generators", generator_id, GeneratorRecord, "generator")
 
     def latest_generator(self) -> GeneratorRecord | None:
-        row = self.db.execute("SELECT * FROM generators ORDER BY id DESC LIMIT 1").fetchone()
-        return None if row is None else self._row_to_generator(row)
+        return self._newest_record("generators", GeneratorRecord)
 
     def add_synthetic_image(
         self,
@@ -927,29 +917,41 @@ class Project(SlideStore):
             db.execute("DELETE FROM settings WHERE key = 'active_checkpoint'")
             return cursor.lastrowid
 
-    @staticmethod
-    def _row_to_checkpoint(row: sqlite3.Row) -> CheckpointRecord:
-        values = dict(row)
-        for key in ("classes", "metrics", "config"):
-            values[key] = json.loads(values[key])
-        return CheckpointRecord(**values)
-
     def checkpoints(self) -> list[CheckpointRecord]:
-        return [self._row_to_checkpoint(r) for r in self._query("SELECT * FROM checkpoints ORDER BY id")]
+        return self._records("checkpoints", CheckpointRecord)
 
     def checkpoint(self, checkpoint_id: int) -> CheckpointRecord:
-        row = self.db.execute("SELECT * FROM checkpoints WHERE id = ?", (checkpoint_id,)).fetchone()
-        if row is None:
-            raise ProjectError(f"No checkpoint with id {checkpoint_id} in {self.path.name}.")
-        return self._row_to_checkpoint(row)
+        return self._record("checkpoints", checkpoint_id, CheckpointRecord, "checkpoint")
 
     def latest_checkpoint(self) -> CheckpointRecord | None:
         """The active checkpoint: the one chosen by rollback, else the newest."""
         chosen = self.get_setting("active_checkpoint")
         if chosen is not None:
             return self.checkpoint(chosen)
-        row = self.db.execute("SELECT * FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()
-        return None if row is None else self._row_to_checkpoint(row)
+        return self._newest_record("checkpoints", CheckpointRecord)
+
+    # The JSON columns of the tables read through _records, _record and _newest_record.
+    _JSON_COLUMNS = {"checkpoints": ("classes", "metrics", "config"),
+                     "generators": ("config", "metrics")}
+
+    def _decoded(self, table: str, kind: type, row: sqlite3.Row):
+        values = dict(row)
+        for key in self._JSON_COLUMNS[table]:
+            values[key] = json.loads(values[key])
+        return kind(**values)
+
+    def _records(self, table: str, kind: type) -> list:
+        return [self._decoded(table, kind, r) for r in self._query(f"SELECT * FROM {table} ORDER BY id")]
+
+    def _record(self, table: str, record_id: int, kind: type, what: str):
+        row = self.db.execute(f"SELECT * FROM {table} WHERE id = ?", (record_id,)).fetchone()
+        if row is None:
+            raise ProjectError(f"No {what} with id {record_id} in {self.path.name}.")
+        return self._decoded(table, kind, row)
+
+    def _newest_record(self, table: str, kind: type):
+        row = self.db.execute(f"SELECT * FROM {table} ORDER BY id DESC LIMIT 1").fetchone()
+        return None if row is None else self._decoded(table, kind, row)
 
     def start_round(self, strategy: str, params: dict | None = None, checkpoint_id: int | None = None) -> int:
         with self.transaction() as db:
