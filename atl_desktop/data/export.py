@@ -133,7 +133,7 @@ def _who(event: LabelEvent) -> str:
 
 def export_csv(project: Project, out: str | os.PathLike, overwrite: bool = False) -> ExportReport:
     """One row per labelled image: path (absolute), label, who, round, confidence."""
-    out = _check_file_target(Path(out), overwrite)
+    out = check_file_target(Path(out), overwrite)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -151,7 +151,7 @@ def export_csv(project: Project, out: str | os.PathLike, overwrite: bool = False
 
 def export_json(project: Project, out: str | os.PathLike, overwrite: bool = False) -> ExportReport:
     """Classes, every image's current label and its whole label history (provenance)."""
-    out = _check_file_target(Path(out), overwrite)
+    out = check_file_target(Path(out), overwrite)
     document = json_document(project)
     atomic_write_text(out, json.dumps(document, indent=1, ensure_ascii=False) + "\n")
     labelled = sum(1 for image in document["images"] if image["label"] is not None)
@@ -200,7 +200,8 @@ def _event_json(event: LabelEvent, names: dict[int, str]) -> dict:
     return values
 
 
-def _check_file_target(out: Path, overwrite: bool) -> Path:
+def check_file_target(out: Path, overwrite: bool) -> Path:
+    """`out` itself, when a file may be written there; else an ExportError saying why."""
     if out.is_dir():
         raise ExportError(f"{out} is a folder; give a file name.")
     if out.exists() and not overwrite:

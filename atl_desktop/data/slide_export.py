@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from atl_desktop.data.export import ExportError, safe_name
+from atl_desktop.data.export import ExportError, check_file_target, safe_name
 from atl_desktop.store import Project
 from atl_desktop.store.files import atomic_write_text
 
@@ -79,7 +79,7 @@ def slide_results(project: Project, slide_id: int, predictions: PatchPredictions
 def export_slide_csv(project: Project, slide_id: int, out: str | Path,
                      predictions: PatchPredictions | None = None, overwrite: bool = False) -> int:
     """One row per patch: id, position and size in level-0 pixels, label, prediction, probabilities."""
-    out = _target(Path(out), overwrite)
+    out = check_file_target(Path(out), overwrite)
     class_names = project.class_names()
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -127,7 +127,7 @@ def geojson_document(project: Project, slide_id: int, predictions: PatchPredicti
 
 def export_slide_geojson(project: Project, slide_id: int, out: str | Path,
                          predictions: PatchPredictions | None = None, overwrite: bool = False) -> int:
-    out = _target(Path(out), overwrite)
+    out = check_file_target(Path(out), overwrite)
     document = geojson_document(project, slide_id, predictions)
     atomic_write_text(out, json.dumps(document) + "\n")
     return len(document["features"])
@@ -148,16 +148,6 @@ def export_slides(project: Project, slide_ids: Sequence[int], folder: str | Path
         write(project, slide_id, out, predictions, overwrite=overwrite)
         written.append(out)
     return written
-
-
-def _target(out: Path, overwrite: bool) -> Path:
-    if out.is_dir():
-        raise ExportError(f"{out} is a folder; give a file name.")
-    if out.exists() and not overwrite:
-        raise ExportError(f"{out} already exists; pass overwrite to replace it.")
-    if not out.parent.is_dir():
-        raise ExportError(f"Folder {out.parent} does not exist.")
-    return out
 
 
 def _num(value: float | None) -> str:
