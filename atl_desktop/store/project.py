@@ -25,7 +25,7 @@ from atl_desktop.store.errors import ClassError, ProjectError
 from atl_desktop.store.files import atomic_write_bytes
 from atl_desktop.store.lock import WriterLock
 from atl_desktop.store.schema import SCHEMA_VERSION, check_not_newer, migrate
-from atl_desktop.store.slides import PatchRef, SlideStore
+from atl_desktop.store.slides import PatchRef, SlideStore, file_state
 
 DOMAINS = ("source", "target")
 SPLITS = ("pool", "val", "test")
@@ -511,17 +511,9 @@ class Project(SlideStore):
                 elif patch.slide_id in slides["changed"]:
                     changed.append(record.id)
                 continue
-            path = self.image_path(record)
-            try:
-                st = path.stat()
-            except OSError:
-                missing.append(record.id)
-                continue
-            if record.file_size is not None and (
-                st.st_size != record.file_size
-                or (record.mtime is not None and abs(st.st_mtime - record.mtime) > 1e-3)
-            ):
-                changed.append(record.id)
+            state = file_state(self.image_path(record), record.file_size, record.mtime)
+            if state != "ok":
+                (missing if state == "missing" else changed).append(record.id)
         return {"missing": missing, "changed": changed}
 
     # ---- classes -------------------------------------------------------------

@@ -95,6 +95,20 @@ class PatchRow:
     tissue: float | None
 
 
+def file_state(path: Path, file_size: int | None, mtime: float | None) -> str:
+    """'missing', 'changed' (size or modification time differ from those recorded at import;
+    nothing recorded means nothing to compare) or 'ok'."""
+    try:
+        st = path.stat()
+    except OSError:
+        return "missing"
+    if file_size is not None and (
+        st.st_size != file_size or (mtime is not None and abs(st.st_mtime - mtime) > 1e-3)
+    ):
+        return "changed"
+    return "ok"
+
+
 def patch_location(slide_id: int, level: int, x: int, y: int, size: int, out_size: int) -> str:
     return f"{PATCH_SCHEME}{slide_id}/{level}/{x}/{y}/{size}/{out_size}"
 
@@ -257,14 +271,7 @@ class SlideStore:
         """Slides whose file is gone, or whose size or modification time changed since import."""
         missing, changed = [], []
         for record in self.slides():
-            try:
-                st = self.slide_path(record).stat()
-            except OSError:
-                missing.append(record.id)
-                continue
-            if record.file_size is not None and (
-                st.st_size != record.file_size
-                or (record.mtime is not None and abs(st.st_mtime - record.mtime) > 1e-3)
-            ):
-                changed.append(record.id)
+            state = file_state(self.slide_path(record), record.file_size, record.mtime)
+            if state != "ok":
+                (missing if state == "missing" else changed).append(record.id)
         return {"missing": missing, "changed": changed}
