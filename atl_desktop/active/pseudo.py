@@ -1,4 +1,4 @@
-"""CEAL pseudo-labels (Wang et al. 2016), as pure functions.
+"""CEAL pseudo-labels (Wang et al. 2017), as pure functions.
 
 Unlabelled samples whose predictive entropy is below a threshold delta get the
 predicted class as a pseudo-label. The threshold decays each round,

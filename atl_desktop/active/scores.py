@@ -3,7 +3,7 @@
 Convention: **higher score = more informative** (more worth labelling). Every
 function takes probabilities, not logits, and returns one float per sample.
 
-- `least_confidence`: 1 - max_c p_c (Settles 2009; CEAL, Wang et al. 2016).
+- `least_confidence`: 1 - max_c p_c (Settles 2009; CEAL, Wang et al. 2017).
 - `margin`: 1 - (p_(1) - p_(2)), the gap between the two most likely classes,
   flipped so that a small gap scores high.
 - `entropy`: -sum_c p_c ln p_c, in nats.

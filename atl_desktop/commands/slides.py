@@ -12,7 +12,7 @@ from atl_desktop.store import DOMAINS, SPLITS, Project, ProjectError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     slide = subparsers.add_parser(
-        "slide", help="whole-slide images: add as patches, list, relocate, export",
+        "slide", help="whole-slide images: add as patches, list, relocate, stain normalisation, export",
         description="Whole slides (SVS, pyramidal TIFF, NDPI/MRXS with OpenSlide, large PNG/JPEG) "
         "become pools of patches that are read from the slide when needed, never copied.",
     )

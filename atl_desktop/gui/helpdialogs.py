@@ -20,7 +20,7 @@ SHORTCUTS = (
     ("Labelling (query view)", ""),
     ("1–9 or a class's key", "Label the current image and move to the next"),
     ("Space", "Accept the model's suggestion"),
-    ("X", "Unsure: skip the image for now"),
+    ("X", "Unsure: skip the image (it is not asked again)"),
     ("Arrow keys", "Move between images"),
     ("Backspace", "Undo the last label"),
     ("Enter", "Open the image at full size"),
