@@ -116,6 +116,28 @@ def method_tooltip(info: dict[str, Any]) -> str:
     return text
 
 
+class WrappedNote(QLabel):
+    """A word-wrapped label that asks for the height its wrapped text needs at its real width.
+    QFormLayout works the height out at another width, which clipped a two-line note."""
+
+    def __init__(self):
+        super().__init__()
+        self.setWordWrap(True)
+
+    def setText(self, text: str) -> None:
+        super().setText(text)
+        self._fit()
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._fit()
+
+    def _fit(self) -> None:
+        self.setMinimumHeight(0)  # QLabel's heightForWidth never answers less than the minimum
+        if self.text():
+            self.setMinimumHeight(self.heightForWidth(self.width()))
+
+
 class TrainSettings(QWidget):
     """The form. With a checkpoint, training continues from it (its backbone and weights);
     "Start over" trains a new model from the chosen backbone and weights instead."""
@@ -162,8 +184,7 @@ class TrainSettings(QWidget):
         self.start_over.setToolTip("Otherwise training continues from the current checkpoint, "
                                    "keeping what it learnt (incremental fine-tuning)")
         self.start_over.toggled.connect(self._update_model_choice)
-        self.note = QLabel()
-        self.note.setWordWrap(True)
+        self.note = WrappedNote()
         self.note.setStyleSheet("color: palette(placeholder-text);")
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)

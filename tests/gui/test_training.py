@@ -167,3 +167,19 @@ def test_epoch_summary_and_smoothing_by_hand():
     smoother = Smoother(alpha=0.1)
     assert smoother.add(1.0) == 1.0  # bias-corrected: the first value is itself
     assert abs(smoother.add(0.0) - 0.09 / 0.19) < 1e-12  # (0.9*0.1*1 + 0.1*0) / (1 - 0.9**2)
+
+
+def test_the_settings_note_gets_the_height_its_wrapped_text_needs(qtbot):
+    from atl_desktop.gui.trainsettings import WrappedNote
+
+    note = WrappedNote()
+    qtbot.addWidget(note)
+    note.show()  # a hidden widget gets its resize events only once shown
+    note.resize(150, 10)
+    qtbot.waitUntil(lambda: note.width() == 150)
+    note.setText("Continues from checkpoint #4 (smallcnn): weights apply when starting over.")
+    one_line = note.fontMetrics().lineSpacing()
+    assert note.minimumHeight() >= 3 * one_line  # wrapped over three lines or more at 150 px
+    note.resize(2000, note.height())
+    qtbot.waitUntil(lambda: note.width() == 2000)
+    assert note.minimumHeight() < 2 * one_line  # one line once wide enough
