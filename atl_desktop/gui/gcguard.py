@@ -36,7 +36,7 @@ def hold_until_frozen() -> None:
 
 
 def freeze_what_is_loaded() -> None:
-    """Leave everything alive now out of all later collections, and collect again.
+    """Leave everything alive now out of all later collections; collections resume.
 
     Once torch is loaded, a full collection walks some 370,000 objects, nearly all of them
     modules' own, for ~150-230 ms on the GUI thread: a visible freeze. The interpreter's own

@@ -53,8 +53,8 @@ class ReviewView(QWidget):
         self.model = PseudoGroupModel(self)
         self._groups: dict[int, list[PseudoLabel]] = {}
         self._build()
-        workspace.changed.connect(RefreshWhenShown(self, self.refresh).request)
-        workspace.changed.connect(self._count_pending)  # the tab's count, even while hidden
+        # While hidden, only the tab's count is kept up to date (refresh emits it too).
+        workspace.changed.connect(RefreshWhenShown(self, self.refresh, self._count_pending).request)
         workspace.thumbs.ready.connect(lambda _: self.grid.viewport().update())
 
     def _build(self) -> None:

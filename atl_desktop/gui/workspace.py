@@ -59,15 +59,18 @@ class Workspace(QObject):
 
 
 class RefreshWhenShown(QObject):
-    """Calls `refresh` at once while `widget` is visible, else once when it is next shown.
+    """Calls `refresh` at once while `widget` is visible, else once when it is next shown
+    (and `while_hidden`, something cheaper, at once instead).
 
     Every label sends `Workspace.changed`; views in hidden tabs re-reading the store each
     time would add their queries to every key press. A window that is not shown at all
     (headless use) never sends Show events, so there it refreshes at once."""
 
-    def __init__(self, widget: QWidget, refresh: Callable[[], None]):
+    def __init__(self, widget: QWidget, refresh: Callable[[], None],
+                 while_hidden: Callable[[], None] | None = None):
         super().__init__(widget)
-        self._widget, self._refresh, self._stale = widget, refresh, False
+        self._widget, self._refresh, self._while_hidden = widget, refresh, while_hidden
+        self._stale = False
         widget.installEventFilter(self)
 
     def request(self) -> None:
@@ -76,6 +79,8 @@ class RefreshWhenShown(QObject):
             self._refresh()
         else:
             self._stale = True
+            if self._while_hidden is not None:
+                self._while_hidden()
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
         if event.type() == QEvent.Type.Show and self._stale:
