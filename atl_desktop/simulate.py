@@ -55,16 +55,25 @@ class Arm:
     pseudo: bool = False  # CEAL pseudo-labels in each round's fine-tune
     method: str = "finetune"  # transfer method of each round's fine-tune (transfer.methods.METHODS)
     params: Mapping[str, Any] = field(default_factory=dict)  # strategy parameters
+    # Steps of the first fine-tune, before any query (default: as every round's). With a
+    # domain-adaptation method this adapts the source model to the unlabelled pool first,
+    # as a user would before labelling: it costs no labels.
+    adapt_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ProjectError(f"Unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}.")
         if self.pseudo and "generative" in STRATEGIES[self.strategy].needs:
             raise ProjectError(f"CEAL pseudo-labels are not combined with {self.strategy} (it scores no pool).")
+        if self.adapt_steps < 0:
+            raise ProjectError("adapt_steps must be 0 or more.")
         object.__setattr__(self, "params", dict(self.params))
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if not self.adapt_steps:
+            del data["adapt_steps"]  # the key of runs saved before the field existed
+        return data
 
 
 @dataclass(frozen=True)
@@ -331,7 +340,10 @@ def _fine_tune(model, data: _Prepared, labelled: np.ndarray, pseudo: dict[int, i
         train_set = None
     if train_set is None and source is None:
         return None
-    cfg = _train_config(config, arm.method, _seed(seed, round_index, 11), config.epochs, config.max_steps)
+    epochs, steps = config.epochs, config.max_steps
+    if round_index == 0 and arm.adapt_steps:
+        epochs, steps = arm.adapt_steps, arm.adapt_steps  # an epoch is at least one step
+    cfg = _train_config(config, arm.method, _seed(seed, round_index, 11), epochs, steps)
     return (yield from train(model, train_set, cfg, val_set=data.val, source_set=source, target_set=target))
 
 
@@ -482,14 +494,15 @@ def _pseudo(scored, labelled: np.ndarray, round_index: int, config: SimulationCo
 # ---- the whole simulation ------------------------------------------------------------------
 
 
-def default_arms(strategies: Sequence[str], *, pseudo: bool = False, method: str = "finetune") -> list[Arm]:
+def default_arms(strategies: Sequence[str], *, pseudo: bool = False, method: str = "finetune",
+                 adapt_steps: int = 0) -> list[Arm]:
     """One arm per strategy, random (the baseline) always first and never with pseudo-labels
-    unless asked for with the others."""
+    unless asked for with the others; `adapt_steps`: see Arm."""
     names = [BASELINE] + [s for s in dict.fromkeys(strategies) if s != BASELINE]
     if pseudo:  # GAAL and ASAL score no pool, so CEAL has nothing to go on
         names = [s for s in names if s not in STRATEGIES or "generative" not in STRATEGIES[s].needs]
     suffix = ("+ceal" if pseudo else "") + ("" if method == "finetune" else f"+{method}")
-    return [Arm(s + suffix, s, pseudo=pseudo, method=method) for s in names]
+    return [Arm(s + suffix, s, pseudo=pseudo, method=method, adapt_steps=adapt_steps) for s in names]
 
 
 def _run_key(data: SimData, arm: Arm, config: SimulationConfig, seed: int, gan=None) -> str:

@@ -8,7 +8,9 @@ Initial 20 random labels, batches of 20, up to 500 labels, 3 seeds.
 Stage 1: random, entropy, margin, coreset, mmd, aift, hybrid.
 Stage 2: CEAL pseudo-labels on top of random and of the two best strategies.
 Stage 3: the best CEAL configuration again with a domain-adaptation method in
-each round's fine-tune.
+each round's fine-tune; with --adapt-steps N, also with N steps of that method
+on the source and the unlabelled pool before the first query (round 0), as a
+user adapts the source model before labelling (it costs no labels).
 "Best" = the largest area under the mean learning curve (AULC).
 
 Each round fine-tunes the last model for a fixed number of AdamW steps (16 by
@@ -139,6 +141,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--method", help="domain-adaptation method(s) of stage 3, comma-separated (default: "
                                          "the best in transfer_digits.json that uses target labels)")
+    parser.add_argument("--adapt-steps", type=int, default=0,
+                        help="stage 3 also runs each method with this many steps of adaptation to the "
+                             "unlabelled pool before the first query (0: not)")
     parser.add_argument("--stem", help="name of the result files (default al_digits)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -184,6 +189,9 @@ def main(argv=None) -> int:
     if methods and best_ceal is not None:
         base = next(a for a in stage2 if a.name == best_ceal)
         arms += [Arm(f"{best_ceal}+{m}", base.strategy, pseudo=True, method=m) for m in methods]
+        if args.adapt_steps:
+            arms += [Arm(f"{best_ceal}+{m}+adapt{args.adapt_steps}", base.strategy, pseudo=True, method=m,
+                         adapt_steps=args.adapt_steps) for m in methods]
         summary, timings = run(data, arms, config, out, args.quiet, filters)
 
     final = summary["random_final_labels"]
@@ -214,7 +222,10 @@ def main(argv=None) -> int:
         "best = largest area under the mean learning curve (AULC); "
         f"stage 1 ranking: {', '.join(plain)}; the two best: {', '.join(best_two)}",
         f"CEAL configurations ranked: {', '.join(rank(summary, ceal)) if ceal else 'none run'}",
-        f"domain adaptation in stage 3: {method or 'none'} ({why})",
+        f"domain adaptation in stage 3: {method or 'none'} ({why})"
+        + (f"; the '+adapt{args.adapt_steps}' configurations first adapt for {args.adapt_steps} steps of their "
+           "method on the source images and the unlabelled pool (with the 20 initial labels) before the first "
+           "query" if args.adapt_steps else ""),
         f"labels_to_match_random_{final}: fewest labels at which the mean curve reaches random's mean "
         f"accuracy at {final} labels (null: never within the budget)",
         f"wall time of all runs: {seconds:.0f} s ({seconds / 60:.1f} min; this invocation "

@@ -27,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
     parser.add_argument("--pseudo", action="store_true", help="add arms with CEAL pseudo-labels")
     parser.add_argument("--method", default="finetune", help="transfer method of each fine-tune")
+    parser.add_argument("--adapt-steps", type=int, default=0, metavar="N",
+                        help="steps of the first fine-tune, before any query: with a domain-adaptation "
+                             "--method, the model adapts to the unlabelled pool first (default: as every round)")
     parser.add_argument("--backbone", default="smallcnn")
     parser.add_argument("--image-size", type=int, default=28, help="folder images are resized to this")
     parser.add_argument("--epochs", type=int, default=5, help="epochs per round's fine-tune")
@@ -60,9 +63,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise ProjectError(f"Unknown method {args.method!r}; choose one of {', '.join(METHODS)}.")
     if args.seeds < 1:
         raise ProjectError("--seeds must be at least 1.")
-    arms = default_arms(strategies, method=args.method)
+    arms = default_arms(strategies, method=args.method, adapt_steps=args.adapt_steps)
     if args.pseudo:
-        arms += default_arms(strategies, pseudo=True, method=args.method)
+        arms += default_arms(strategies, pseudo=True, method=args.method, adapt_steps=args.adapt_steps)
     config = SimulationConfig(
         budget=args.budget, batch=args.batch, initial=args.initial, rounds=args.rounds,
         seeds=tuple(range(args.seeds)), backbone=args.backbone, epochs=args.epochs,

@@ -18,6 +18,7 @@ from atl_desktop.simulate import (
     simulate_job,
     summarise,
 )
+from atl_desktop.store import ProjectError
 from tests.conftest import TESTDATA
 
 
@@ -157,3 +158,34 @@ def test_every_arm_of_a_large_comparison_has_its_own_colour():
     colours = [tuple(line.get_color()) if not isinstance(line.get_color(), str) else line.get_color()
                for line in figure.axes[0].get_lines()[:13]]
     assert len(set(colours)) == 13
+
+
+def test_adapt_steps_lengthen_only_the_first_fine_tune(files, monkeypatch):
+    """An arm's adaptation to the unlabelled pool before the first query: round 0's fine-tune
+    runs adapt_steps steps with the arm's method, later rounds the configured steps."""
+    import atl_desktop.transfer.train as train_module
+
+    steps: dict[str, list[int]] = {}
+    real_train = train_module.train
+
+    def counting_train(model, train_set, config, **kwargs):
+        result = yield from real_train(model, train_set, config, **kwargs)
+        steps.setdefault(config.method, []).append(result.steps)
+        return result
+
+    monkeypatch.setattr(train_module, "train", counting_train)
+    data = load_simulation_data(*files)
+    arms = [Arm("random", "random"), Arm("margin+dann+adapt", "margin", method="dann", adapt_steps=7)]
+    config = SimulationConfig(budget=20, batch=10, initial=10, seeds=(0,), epochs=3, max_steps=2,
+                              source_epochs=1, batch_size=16)
+    summary = run_job(simulate_job(data, arms, config))
+    assert steps["finetune"][1:] == [2, 2]  # after source pre-training: rounds 0 and 1 of random
+    assert steps["dann"] == [7, 2]
+    assert summary["arms"]["margin+dann+adapt"]["labels"] == [10, 20]
+
+
+def test_an_arm_without_adaptation_steps_keeps_its_saved_key():
+    assert "adapt_steps" not in Arm("margin", "margin").to_json()  # runs saved before stay valid
+    assert Arm("m", "margin", method="dann", adapt_steps=300).to_json()["adapt_steps"] == 300
+    with pytest.raises(ProjectError, match="adapt_steps"):
+        Arm("m", "margin", adapt_steps=-1)
