@@ -395,7 +395,7 @@ def run_arm_job(data: _Prepared, arm: Arm, config: SimulationConfig, seed: int, 
             labelled = np.sort(np.concatenate([labelled, picks]))  # the oracle answers: labels[picks]
             if arm.pseudo:
                 pseudo = _pseudo(probs, labelled, r - 1, config)
-        if r > 0 or len(labelled):
+        if r > 0 or len(labelled) or (arm.adapt_steps and data.source is not None):
             yield from relabel(_fine_tune(model, data, labelled, pseudo, arm, config, seed, r, synthetic),
                                f"{arm.name} seed {seed} round {r}: fine-tuning")
         elif data.source is None:

@@ -183,6 +183,13 @@ def test_adapt_steps_lengthen_only_the_first_fine_tune(files, monkeypatch):
     assert steps["dann"] == [7, 2]
     assert summary["arms"]["margin+dann+adapt"]["labels"] == [10, 20]
 
+    steps.clear()  # a cold start adapts too, on the source and the pool alone
+    cold = SimulationConfig(budget=10, batch=10, initial=0, seeds=(0,), epochs=3, max_steps=2,
+                            source_epochs=1, batch_size=16)
+    summary = run_job(simulate_job(data, arms, cold))
+    assert steps["dann"] == [7, 2]
+    assert summary["arms"]["margin+dann+adapt"]["labels"] == [0, 10]
+
 
 def test_an_arm_without_adaptation_steps_keeps_its_saved_key():
     assert "adapt_steps" not in Arm("margin", "margin").to_json()  # runs saved before stay valid
