@@ -65,7 +65,9 @@ METHOD_ORDER = ("source_only", "ddc", "dan", "jan", "dann", "confusion", "adda",
 ADAPTED = ("ddc", "dan", "jan", "dann", "confusion", "adda", "autodial")
 SEEDS = (0, 1, 2)
 SOURCE_EPOCHS = 6  # source_only and target_supervised
-ADAPT_STEPS = 300
+# 1,000 steps (was 300): the papers train for 10,000-20,000; 300 left M->U pad 0.8 points short
+# of its bar, and 1,000 was probed on that task's seed 0 before this table (see the README).
+ADAPT_STEPS = 1000
 BATCH = 64
 LR = 1e-3
 # Method options and learning rates, from the papers (nothing tuned on target labels).
