@@ -53,7 +53,7 @@ def test_two_process_training_through_the_job_runner_finishes_the_round(qtbot, t
 
 
 def _show_where_it_hangs(messages: list[str]) -> None:
-    """A hang was seen once in ~10 runs and never reproduced: leave evidence next time."""
+    """A hang was seen once locally and not in 17 reruns: leave evidence if it comes back."""
     print("job progress so far:", messages, file=sys.stderr)
     faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)  # needs a real file
     tree = subprocess.run(["ps", "-eo", "pid,ppid,stat,etime,args", "--forest"], capture_output=True, text=True)
