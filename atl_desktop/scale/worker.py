@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from atl_desktop.jobs import Progress, relabel, run_job
-from atl_desktop.scale.context import SINGLE, DistContext, start, stop
+from atl_desktop.scale.context import SINGLE, DistContext, leave_process, start, stop
 from atl_desktop.store import Project, ProjectError
 
 PROGRESS_MARK = "@atl-progress "
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write_text(run_dir / OUTCOME_FILE, json.dumps(outcome))
     except BaseException as error:  # noqa: BLE001 - every failure is reported, then the rank exits
         _report_failure(run_dir, context, error)
-        os._exit(1)  # at once: a clean shutdown could wait forever on ranks that are gone
+        leave_process(1)  # at once: a clean shutdown could wait forever on ranks that are gone
     stop(context)
     return 0
 
@@ -276,4 +276,4 @@ def _report_failure(run_dir: Path, context: DistContext, error: BaseException) -
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    leave_process(main())  # not the interpreter's teardown: see leave_process

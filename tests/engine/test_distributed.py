@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,7 +28,15 @@ from atl_desktop.active.scoring import (
 )
 from atl_desktop.jobs import run_job
 from atl_desktop.models.classifier import Classifier, InputSpec, Stage
-from atl_desktop.scale.context import DistContext, Ranks, ranks_from_environment, start, stop
+from atl_desktop.scale import context as scale_context
+from atl_desktop.scale.context import (
+    DistContext,
+    Ranks,
+    leave_process,
+    ranks_from_environment,
+    start,
+    stop,
+)
 from atl_desktop.scale.launch import (
     LaunchOptions,
     failure_message,
@@ -211,6 +221,7 @@ def _train_rank(rank: int, world: int, port: int, out: str) -> None:
         Path(f"{out}/rank{rank}.json").write_text(json.dumps(result.metrics))
     finally:
         stop(context)
+    leave_process(0)  # as the worker does: gloo sometimes aborts in the interpreter's teardown
 
 
 def _free_port() -> int:
@@ -235,3 +246,20 @@ def test_two_ranks_train_exactly_as_one_process_on_the_same_batches(tmp_path):
     # Validation is shared out (5 + 4 images) and summed back.
     assert metrics[0]["val_accuracy"] == pytest.approx(alone.metrics["val_accuracy"])
     assert metrics[0]["val_loss"] == pytest.approx(alone.metrics["val_loss"], rel=1e-4)
+
+
+def test_leave_process_flushes_its_output_and_keeps_the_exit_code():
+    script = ("import sys; from atl_desktop.scale.context import leave_process; "
+              "print('done', end=''); print('note', end='', file=sys.stderr); leave_process(3)")
+    ended = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert (ended.returncode, ended.stdout, ended.stderr) == (3, "done", "note")
+
+
+def test_a_cli_rank_leaves_without_teardown_with_its_command_s_code(monkeypatch, tmp_path, capsys):
+    from atl_desktop.cli import main
+
+    left = []
+    monkeypatch.setattr(scale_context, "leave_process", left.append)
+    assert main(["info", str(tmp_path / "missing.atl")]) == 1 and left == []  # no group joined
+    monkeypatch.setattr(scale_context, "_joined_a_group", True)
+    assert main(["info", str(tmp_path / "missing.atl")]) == 1 and left == [1]
