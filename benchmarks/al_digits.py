@@ -224,8 +224,8 @@ def main(argv=None) -> int:
         f"CEAL configurations ranked: {', '.join(rank(summary, ceal)) if ceal else 'none run'}",
         f"domain adaptation in stage 3: {method or 'none'} ({why})"
         + (f"; the '+adapt{args.adapt_steps}' configurations first adapt for {args.adapt_steps} steps of their "
-           "method on the source images and the unlabelled pool (with the 20 initial labels) before the first "
-           "query" if args.adapt_steps else ""),
+           f"method on the source images and the unlabelled pool (with the {config.initial} initial labels) before "
+           "the first query" if args.adapt_steps else ""),
         f"labels_to_match_random_{final}: fewest labels at which the mean curve reaches random's mean "
         f"accuracy at {final} labels (null: never within the budget)",
         f"wall time of all runs: {seconds:.0f} s ({seconds / 60:.1f} min; this invocation "
