@@ -154,7 +154,7 @@ def _to_hf(state: dict[str, torch.Tensor], dinov2: bool = False) -> dict[str, to
         src, dst = f"blocks.{i}.", f"encoder.layer.{i}."
         for leaf in ("weight", "bias"):
             q, k, v = state[f"{src}attn.qkv.{leaf}"].chunk(3, dim=0)
-            for part, t in zip(("query", "key", "value"), (q, k, v)):
+            for part, t in zip(("query", "key", "value"), (q, k, v), strict=True):
                 out[f"{dst}attention.attention.{part}.{leaf}"] = t.clone()
             for timm_name, hf_name in names.items():
                 out[f"{dst}{hf_name}.{leaf}"] = state[f"{src}{timm_name}.{leaf}"]
