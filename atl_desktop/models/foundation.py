@@ -21,9 +21,9 @@ model is published in:
 
 Input size: every model runs at 224 px, the resolution each was evaluated at by
 linear probing. DINOv2's ViTs are built by timm at 518 px (their last training
-stage); at 224 a ViT-S/14 sees 257 tokens instead of 1,370, a fifth of the cost or less. The 37x37 grid of
-position embeddings is resampled once, at load, to 16x16 (bicubic, no
-anti-aliasing, as DINOv2's own code interpolates).
+stage); at 224 a ViT-S/14 sees 257 tokens instead of 1,370, a fifth of the cost
+or less. The 37x37 grid of position embeddings is resampled once, at load, to
+16x16 (bicubic, no anti-aliasing, as DINOv2's own code interpolates).
 
 Embedding (what a linear probe reads, as each model's authors use it):
 - DINOv2: the final-norm class token concatenated with the mean of the patch
