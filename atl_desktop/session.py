@@ -12,19 +12,19 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from atl_desktop.active.coldstart import fit_prototypes, prototype_probs
+from atl_desktop.active.heads import HEADS, head_probs
 from atl_desktop.active.pseudo import PseudoLabelConfig, pseudo_labels_for_round
 from atl_desktop.active.scores import PROB_SCORES
 from atl_desktop.active.scoring import (
     ScoreTable,
     ScoringConfig,
-    model_fingerprint,
     score_pool,
     scores_dir,
     write_meta,
 )
 from atl_desktop.active.strategies import STRATEGIES, SelectionInput, aift_scores, bald, select
 from atl_desktop.jobs import Progress, relabel
+from atl_desktop.models.encoders import COLD_START_BACKBONE, UNTRAINED, EncoderChoice
 from atl_desktop.rounds import (
     ROUND_STATE,
     OnCommit,
@@ -40,6 +40,9 @@ from atl_desktop.rounds import (
 from atl_desktop.store import Project, ProjectError
 
 SKIPPED_SETTING = "skipped_images"  # images the expert marked unsure (the window's x key)
+ENCODER_SETTING = "encoder"  # models.encoders.EncoderChoice as JSON: the cold start's encoder
+HEAD_CHOICES = ("auto", "model", *HEADS)  # auto: the model's own head if trained, else logreg
+COLD_START_STRATEGY = "typiclust"  # for strategies that need predictions while nothing is labelled
 TOP_PREDICTIONS = 3
 
 
@@ -79,22 +82,44 @@ class QueryResult:
 
 
 def load_model(project: Project, choice: ModelChoice):
-    """(model, cache key, checkpoint id) for `choice`."""
-    if choice.pretrained and choice.checkpoint_id is None:
-        from atl_desktop.models import build_model
+    """(model, cache key, checkpoint id) for `choice`.
 
-        n_classes = max(1, len(project.class_names()))
-        model = build_model(choice.pretrained, n_classes, weights=choice.weights)
-        return model, model_fingerprint(model), None
-    if choice.checkpoint_id is None and project.latest_checkpoint() is None:
-        raise ProjectError(
-            f"{project.path.name} has no checkpoint yet: train a model first, or use a strategy "
-            "that needs no model (random), or a pretrained backbone for a cold start."
-        )
+    With no checkpoint and no encoder named, the cold start uses the project's encoder
+    setting (ENCODER_SETTING), else an untrained backbone: weak features, but enough to
+    pick typical images before anything is labelled (see models.encoders).
+    """
+    from atl_desktop.models.encoders import build_encoder, encoder_key
+
+    n_classes = max(1, len(project.class_names()))
+    encoder = None
+    if choice.pretrained and choice.checkpoint_id is None:
+        encoder = EncoderChoice(choice.pretrained, choice.weights)
+    elif choice.checkpoint_id is None and project.latest_checkpoint() is None:
+        encoder = cold_start_encoder(project)
+    if encoder is not None:
+        model = build_encoder(encoder, n_classes)
+        return model, encoder_key(model), None
     from atl_desktop.models.checkpoints import load_checkpoint
 
     model, record = load_checkpoint(project, choice.checkpoint_id)
     return model, record.sha256, record.id
+
+
+def cold_start_encoder(project: Project) -> EncoderChoice:
+    """The encoder used before any checkpoint exists: the project's choice, else an untrained one."""
+    saved = project.get_setting(ENCODER_SETTING)
+    return EncoderChoice.from_json(saved) if saved else EncoderChoice(UNTRAINED + COLD_START_BACKBONE)
+
+
+def trained_head(project: Project, checkpoint_id: int | None) -> bool:
+    """Whether the scoring model's own head predicts the project's classes: a checkpoint
+    trained on labels. Encoders (self-supervised, pretrained, untrained) have none."""
+    from atl_desktop.transfer.selfsup import is_encoder_only
+
+    if checkpoint_id is None:
+        return False
+    record = project.checkpoint(checkpoint_id)
+    return not is_encoder_only(record) and list(record.classes) == project.class_names()
 
 
 def score_job(
@@ -143,15 +168,22 @@ def unlabelled_pool(project: Project, *, include_skipped: bool = False) -> tuple
 
 
 def selection_input(project: Project, scored: ScoredPool | None, unlabelled: np.ndarray,
-                    labelled: dict[int, int], prototypes: bool = False) -> SelectionInput:
+                    labelled: dict[int, int], head: str = "model") -> SelectionInput:
+    """What the strategy sees. With a head ("logreg", "prototype"), the probabilities come
+    from that head fitted on the labelled images' cached embeddings, not from the model's
+    own head (None while nothing is labelled)."""
     if scored is None:
         return SelectionInput(probs=np.zeros((len(unlabelled), 1)))
     lab_ids = np.asarray(sorted(labelled), dtype=np.int64)
     data = pool_selection_input(scored.target, unlabelled, lab_ids, scored.source)
-    if prototypes:
-        position = project.class_index()
-        labels = np.asarray([position[labelled[i]] for i in lab_ids], dtype=np.int64)
-        probs = prototype_probs(data.features, fit_prototypes(data.labelled_features, labels, len(position)))
+    if head in HEADS:
+        probs = None
+        if len(lab_ids):
+            position = project.class_index()
+            labels = np.asarray([position[labelled[i]] for i in lab_ids], dtype=np.int64)
+            both = np.concatenate([data.features, data.labelled_features])
+            rows = np.arange(len(data.features), len(both))
+            probs = head_probs(head, both, rows, labels, len(position))[: len(data.features)]
         data = replace(data, probs=probs)
     return data
 
@@ -191,12 +223,24 @@ def query_job(
     seed: int = 0,
     model: ModelChoice | None = None,
     scoring: ScoringConfig | None = None,
+    head: str = "auto",
 ) -> Generator[Progress, None, QueryResult]:
-    """Score the pool as the strategy needs, choose `batch` images, record them as a round."""
+    """Score the pool as the strategy needs, choose `batch` images, record them as a round.
+
+    head: where predictions come from. "model": the scoring model's own head;
+    "logreg" or "prototype": a head fitted on the labelled images' cached embeddings
+    (the embedding-first loop); "auto": the model's head when it was trained on this
+    project's classes, else logreg. `prototypes` is the older spelling of head="prototype".
+    While nothing is labelled, a strategy that needs predictions is replaced by
+    COLD_START_STRATEGY (typical images first), and the round records that.
+    """
     if strategy not in STRATEGIES:
         raise ProjectError(f"Unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
     if batch < 1:
         raise ProjectError("The batch size must be at least 1.")
+    if head not in HEAD_CHOICES:
+        raise ProjectError(f"Unknown head {head!r}; choose one of {', '.join(HEAD_CHOICES)}.")
+    head = "prototype" if prototypes else head
     params = dict(params or {})
     needs = STRATEGIES[strategy].needs
     if "generative" in needs:  # GAAL, ASAL: a GAN and the classifier, no scoring pass
@@ -209,19 +253,26 @@ def query_job(
     if not len(unlabelled):
         raise ProjectError("Every target pool image is labelled or skipped; nothing to choose from.")
     scored = None
-    if needs or prototypes:
+    if needs or head != "model":
         config = scoring_config_for(strategy, params, scoring or ScoringConfig(seed=seed))
         choice = model or ModelChoice(checkpoint_id=checkpoint_id)
         scored = yield from score_job(project, model=choice, config=config,
                                       source="source_features" in needs)
+        if head == "auto":
+            head = "model" if trained_head(project, scored.checkpoint_id) else "logreg"
     yield Progress(0, None, f"choosing {batch} images ({strategy})")
-    data = selection_input(project, scored, unlabelled, labelled, prototypes)
-    picks = select(strategy, data, batch, np.random.default_rng(seed), **params)
-    items = describe_picks(strategy, data, picks, unlabelled, params)
+    data = selection_input(project, scored, unlabelled, labelled, head)
+    chosen_by = strategy
+    if "probs" in needs and data.probs is None:
+        chosen_by, params = COLD_START_STRATEGY, {}
+    picks = select(chosen_by, data, batch, np.random.default_rng(seed), **params)
+    items = describe_picks(chosen_by, data, picks, unlabelled, params)
     record = {
         "batch": batch, "chosen": [it.image_id for it in items], "params": params, "seed": seed,
-        "prototypes": prototypes, "pool_size": int(len(unlabelled)),
+        "head": head, "pool_size": int(len(unlabelled)),
     }
+    if chosen_by != strategy:
+        record["cold_start"] = chosen_by
     round_id = project.start_round(strategy, record,
                                    checkpoint_id=None if scored is None else scored.checkpoint_id)
     return QueryResult(round_id, strategy, items, int(len(unlabelled)), params)

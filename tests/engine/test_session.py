@@ -75,14 +75,56 @@ def test_coreset_reason_names_the_distance(project):
     assert result.items[0].score >= result.items[-1].score > 0
 
 
-def test_query_without_checkpoint_explains(tmp_path):
+def test_unknown_strategy_and_head_are_refused(tmp_path):
     with Project.create(tmp_path / "q.atl") as p:
         p.add_class("a")
-        p.add_image(sha256="0" * 64, location="x.png")
-        with pytest.raises(ProjectError, match="no checkpoint yet"):
-            run_job(query_job(p, strategy="entropy", batch=1))
         with pytest.raises(ProjectError, match="Unknown strategy"):
             run_job(query_job(p, strategy="psychic", batch=1))
+        with pytest.raises(ProjectError, match="Unknown head"):
+            run_job(query_job(p, strategy="random", batch=1, head="oracle"))
+
+
+@pytest.fixture
+def fresh(tmp_path):
+    """A project with images and classes but no checkpoint at all (offline, no weights)."""
+    from atl_desktop.data.importers import ImportOptions, import_source
+
+    with Project.create(tmp_path / "fresh.atl") as p:
+        run_job(import_source(p, TESTDATA / "pathmnist_270.npz",
+                              ImportOptions(domain="target", split="pool", labels="truth")))
+        yield p
+
+
+def test_cold_start_without_checkpoint_picks_typical_images(fresh):
+    # entropy needs predictions; with nothing labelled and no checkpoint the query uses
+    # an untrained encoder's embeddings and TypiClust instead of refusing.
+    result = run_job(query_job(fresh, strategy="entropy", batch=6))
+    assert len(result.items) == 6 and len({it.image_id for it in result.items}) == 6
+    (rnd,) = fresh.rounds()
+    assert rnd.params["cold_start"] == "typiclust" and rnd.params["head"] == "logreg"
+    assert rnd.checkpoint_id is None
+    # The embeddings are cached: the same query again reads them (same key, same picks).
+    again = run_job(query_job(fresh, strategy="typiclust", batch=6))
+    assert [it.image_id for it in again.items] == [it.image_id for it in result.items]
+
+
+def test_labels_drive_a_logistic_head_on_embeddings(fresh):
+    truth = fresh.truth()
+    # Two labels in each of the first three classes, from the hidden ground truth.
+    given = {}
+    for image_id, class_id in sorted(truth.items()):
+        if sum(1 for c in given.values() if c == class_id) < 2 and len(set(given.values()) | {class_id}) <= 3:
+            given[image_id] = class_id
+    for image_id, class_id in given.items():
+        fresh.set_label(image_id, class_id)
+    result = run_job(query_job(fresh, strategy="margin", batch=5))
+    (rnd,) = fresh.rounds()
+    assert "cold_start" not in rnd.params and rnd.params["head"] == "logreg"
+    position = {c.id: k for k, c in enumerate(fresh.classes())}
+    seen = {position[c] for c in given.values()}
+    for item in result.items:
+        assert {c for c, _ in item.top} <= seen | {c for c, p in item.top if p == 0.0}
+        assert item.top[0][0] in seen  # a class never labelled is never suggested
 
 
 def test_pseudo_labels_respect_threshold_and_rejections(project):
