@@ -61,6 +61,7 @@ class ScoredPool:
     target: ScoreTable
     source: ScoreTable | None
     checkpoint_id: int | None
+    key: str = ""  # the score cache's folder: the embeddings' key
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def score_job(
     write_meta(cache, {"checkpoint_id": checkpoint_id, "key": key, "config": config.to_json()})
     if tables["target"] is None:
         raise ProjectError(f"{project.path.name} has no target images in the pool.")
-    return ScoredPool(tables["target"], tables.get("source"), checkpoint_id)
+    return ScoredPool(tables["target"], tables.get("source"), checkpoint_id, key)
 
 
 def unlabelled_pool(project: Project, *, include_skipped: bool = False) -> tuple[np.ndarray, dict[int, int]]:
@@ -273,9 +274,68 @@ def query_job(
     }
     if chosen_by != strategy:
         record["cold_start"] = chosen_by
+    if scored is not None and head in HEADS:
+        record["embeddings"] = scored.key  # the live head reads them again (live_suggestions)
     round_id = project.start_round(strategy, record,
                                    checkpoint_id=None if scored is None else scored.checkpoint_id)
     return QueryResult(round_id, strategy, items, int(len(unlabelled)), params)
+
+
+# ---- suggestions refitted after every label (the embedding-first loop) ------------------
+
+
+@dataclass(frozen=True)
+class LiveHead:
+    """What `live_suggestions` needs, read from the project on its own thread."""
+
+    cache: str  # the score cache folder holding the round's embeddings
+    head: str
+    pool_ids: np.ndarray  # every real target pool image, ascending
+    labels: dict[int, int]  # image id -> class position, the current labels
+    num_classes: int
+
+
+def live_head(project: Project, round_id: int | None) -> LiveHead | None:
+    """The round's head and labels, when the round was chosen on cached embeddings."""
+    record = next((r for r in project.rounds() if r.id == round_id), None)
+    if record is None or record.params.get("head") not in HEADS or not record.params.get("embeddings"):
+        return None
+    position = project.class_index()
+    labels = {i: position[c] for i, c in project.current_labels(domain="target", split="pool").items()
+              if c in position}
+    cache = scores_dir(project.data_dir, record.params["embeddings"], ScoringConfig())
+    pool = np.asarray(sorted(project.image_ids(domain="target", split="pool", synthetic=False)), dtype=np.int64)
+    return LiveHead(str(cache), record.params["head"], pool, labels, len(position))
+
+
+def live_suggestions(live: LiveHead, image_ids) -> dict[int, list[tuple[int, float]]]:
+    """Refit the head on every current label and predict `image_ids`: (class position,
+    probability) best first, TOP_PREDICTIONS of them. Numpy and files only, so any thread
+    may call it; a few milliseconds for hundreds of labels. {} when nothing is labelled
+    or the embeddings are gone."""
+    from atl_desktop.active.heads import fit_scaler, make_head
+    from atl_desktop.active.scoring import MissingScores, load_scores
+
+    in_pool = set(live.pool_ids.tolist())
+    labelled = np.asarray(sorted(i for i in live.labels if i in in_pool), dtype=np.int64)
+    if not len(labelled):
+        return {}
+    try:
+        table = load_scores(live.cache, live.pool_ids)
+    except (MissingScores, OSError):
+        return {}
+    scaler = fit_scaler(table.features)
+    y = np.asarray([live.labels[i] for i in labelled], dtype=np.int64)
+    head = make_head(live.head, live.num_classes).fit(scaler(table.features[table.rows(labelled)]), y)
+    wanted = np.asarray([i for i in image_ids if i in in_pool], dtype=np.int64)
+    if not len(wanted):
+        return {}
+    probs = head.predict_proba(scaler(table.features[table.rows(wanted)]))
+    out = {}
+    for image_id, p in zip(wanted, probs, strict=True):
+        order = np.argsort(-p, kind="stable")[:TOP_PREDICTIONS]
+        out[int(image_id)] = [(int(c), float(p[c])) for c in order]
+    return out
 
 
 # ---- why each image was chosen, in words ---------------------------------------------

@@ -159,3 +159,34 @@ def test_train_job_finishes_the_open_round_with_a_child_checkpoint(project):
     (rnd,) = project.rounds()
     assert rnd.finished is not None and rnd.checkpoint_id == new_id
     assert project.latest_checkpoint().id == new_id
+
+
+def test_live_suggestions_match_the_query_and_follow_new_labels(fresh):
+    from atl_desktop.session import live_head, live_suggestions
+
+    labelled = {}
+    for image_id, class_id in sorted(fresh.truth().items()):
+        if list(labelled.values()).count(class_id) < 2:
+            labelled[image_id] = class_id
+        if len(labelled) == 8:
+            break
+    for image_id, class_id in labelled.items():
+        fresh.set_label(image_id, class_id)
+    result = run_job(query_job(fresh, strategy="margin", batch=4))
+    live = live_head(fresh, result.round_id)
+    assert live is not None and live.head == "logreg"
+    ids = [it.image_id for it in result.items]
+    before = live_suggestions(live, ids)
+    for item in result.items:  # the same fit as the query's: the same suggestions
+        assert [c for c, _ in before[item.image_id]] == [c for c, _ in item.top]
+        assert [p for _, p in before[item.image_id]] == pytest.approx([p for _, p in item.top], abs=1e-3)
+    fresh.set_label(ids[0], fresh.truth()[ids[0]])
+    after = live_suggestions(live_head(fresh, result.round_id), ids[1:])
+    assert any(after[i] != before[i] for i in ids[1:])
+
+
+def test_no_live_head_for_a_round_on_the_models_own_head(project):
+    from atl_desktop.session import live_head
+
+    result = run_job(query_job(project, strategy="entropy", batch=2, head="model"))
+    assert live_head(project, result.round_id) is None
