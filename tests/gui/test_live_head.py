@@ -39,3 +39,16 @@ def test_suggestions_are_refitted_after_a_label(qtbot, open_window, tmp_path):
     qtbot.keyClick(view.grid, key)
     qtbot.waitUntil(lambda: any(t.top != before[t.image_id] for t in view.model.tiles()[1:]), timeout=10000)
     assert view.model.tiles()[0].top == before[first]  # a labelled tile keeps what it showed
+
+
+def test_the_model_menu_learns_an_encoder_as_a_job(qtbot, open_window, tmp_path, monkeypatch):
+    from atl_desktop.gui import mainwindow
+    from atl_desktop.transfer.selfsup import SelfSupConfig, is_encoder_only, pretrain_project
+
+    monkeypatch.setattr(mainwindow, "default_pretrain_job", lambda project, device=None: pretrain_project(
+        project, SelfSupConfig(backbone="smallcnn", image_size=16, steps=2, batch_size=8)))
+    window = open_window(_labelled_project(tmp_path))
+    window.pretrain_action.trigger()
+    qtbot.waitUntil(lambda: not window.runner.is_running(), timeout=60000)
+    assert is_encoder_only(window.ws.project.latest_checkpoint())
+    assert "Encoder learnt" in window.statusBar().currentMessage()
