@@ -38,6 +38,7 @@ from atl_desktop.rounds import (
     training_labels,
 )
 from atl_desktop.store import Project, ProjectError
+from atl_desktop.store.keys import TRAIN_SETTING
 
 SKIPPED_SETTING = "skipped_images"  # images the expert marked unsure (the window's x key)
 ENCODER_SETTING = "encoder"  # models.encoders.EncoderChoice as JSON: the cold start's encoder
@@ -456,7 +457,6 @@ def pseudo_label_job(
 
 # ---- fine-tuning and the round as a whole ------------------------------------------------
 
-TRAIN_SETTING = "train_config"  # the project's TrainConfig fields, as JSON
 PSEUDO_SETTING = "pseudo_labels"  # the project's PseudoLabelConfig fields, as JSON
 
 
@@ -468,7 +468,10 @@ def project_train_config(project: Project, **overrides):
     latest = project.latest_checkpoint()
     if "backbone" not in saved and latest is not None:
         saved["backbone"] = latest.backbone  # fine-tuning continues the same architecture
+    if "input_size" not in saved and latest is not None and latest.config.get("input_size"):
+        saved["input_size"] = latest.config["input_size"]  # e.g. a self-supervised encoder's size
     return TrainConfig.from_dict({**saved, **overrides})
+
 
 
 def train_job(project: Project, *, config=None, from_scratch: bool = False,

@@ -37,3 +37,13 @@ def test_encoder_setting_is_checked_shown_and_used(tmp_path, capsys):
     assert main(["encoder", str(path)]) == 0
     assert "untrained smallcnn" in capsys.readouterr().out
     assert main(["query", str(path), "--strategy", "typiclust", "--batch", "3", "--quiet"]) == 0
+
+
+def test_a_new_project_fine_tunes_at_least_the_default_steps(tmp_path):
+    from atl_desktop.session import project_train_config
+    from atl_desktop.store.keys import DEFAULT_MIN_STEPS
+
+    path = _project(tmp_path)
+    with Project.open(path) as p:
+        assert project_train_config(p).min_steps == DEFAULT_MIN_STEPS
+        assert project_train_config(p, min_steps=None).min_steps is None
