@@ -47,3 +47,18 @@ def test_a_new_project_fine_tunes_at_least_the_default_steps(tmp_path):
     with Project.open(path) as p:
         assert project_train_config(p).min_steps == DEFAULT_MIN_STEPS
         assert project_train_config(p, min_steps=None).min_steps is None
+
+
+def test_the_report_names_the_encoder_and_the_head(tmp_path):
+    from atl_desktop.report import methods_used
+
+    path = _project(tmp_path)
+    assert main(["pretrain", str(path), "--backbone", "smallcnn", "--image-size", "16", "--steps", "1",
+                 "--batch-size", "4", "--quiet"]) == 0
+    assert main(["query", str(path), "--strategy", "typiclust", "--batch", "2", "--quiet"]) == 0
+    with Project.open(path, readonly=True) as p:
+        used = {m["name"]: m for m in methods_used(p, p.rounds(), p.checkpoints())}
+    assert "SimCLR" in used["SimCLR (self-supervised)"]["references"][0] or \
+        "Contrastive" in used["SimCLR (self-supervised)"]["references"][0]
+    assert used["head on cached embeddings"]["where"] == "round 1 (logreg)"
+    assert "ICML 2022" in used["typiclust"]["references"][0]
