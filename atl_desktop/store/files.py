@@ -36,7 +36,9 @@ def open_regular(path: str | os.PathLike, *, follow_symlinks: bool = True) -> tu
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise NotRegularFileError(f"{os.fsdecode(path)} is not a regular file")
+            kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                    else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device")
+            raise NotRegularFileError(f"is {kind}, not a regular file")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
     except BaseException:
@@ -51,13 +53,13 @@ def read_regular(path: str | os.PathLike, max_bytes: int = MAX_READ_BYTES, *,
     fd, st = open_regular(path, follow_symlinks=follow_symlinks)
     try:
         if st.st_size > max_bytes:
-            raise FileTooLargeError(f"{os.fsdecode(path)} is larger than {max_bytes >> 20} MB")
+            raise FileTooLargeError(f"is larger than {max_bytes >> 20} MB, the most read from one file")
         chunks, size = [], 0
         while chunk := os.read(fd, _CHUNK * 16):
             chunks.append(chunk)
             size += len(chunk)
             if size > max_bytes:  # it grew since fstat
-                raise FileTooLargeError(f"{os.fsdecode(path)} is larger than {max_bytes >> 20} MB")
+                raise FileTooLargeError(f"is larger than {max_bytes >> 20} MB, the most read from one file")
     finally:
         os.close(fd)
     return b"".join(chunks), st
@@ -100,10 +102,11 @@ def sha256_file(path: str | os.PathLike, *, follow_symlinks: bool = True) -> str
     return digest.hexdigest()
 
 
-def copy_regular(source: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Copy a regular file without following a link at `source`'s last component; `target`
-    must not exist yet (O_EXCL: nothing is written through a link planted there)."""
-    fd, st = open_regular(source, follow_symlinks=False)
+def copy_regular(source: str | os.PathLike, target: str | os.PathLike, *,
+                 follow_symlinks: bool = False) -> None:
+    """Copy a regular file (by default not through a link at `source`'s last component);
+    `target` must not exist yet (O_EXCL: nothing is written through a link planted there)."""
+    fd, st = open_regular(source, follow_symlinks=follow_symlinks)
     with os.fdopen(fd, "rb") as src:
         out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_BINARY", 0), 0o644)
         with os.fdopen(out, "wb") as dst:

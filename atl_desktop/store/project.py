@@ -25,7 +25,13 @@ from typing import Any, NamedTuple
 from atl_desktop.store.errors import ClassError, ProjectError
 from atl_desktop.store.files import atomic_write_bytes
 from atl_desktop.store.lock import WriterLock
-from atl_desktop.store.schema import SCHEMA_VERSION, check_not_newer, file_version, migrate, refuse_newer
+from atl_desktop.store.schema import (
+    SCHEMA_VERSION,
+    check_not_newer,
+    file_version,
+    migrate,
+    refuse_newer,
+)
 from atl_desktop.store.slides import PatchRef, SlideStore, file_state
 
 DOMAINS = ("source", "target")
@@ -444,12 +450,16 @@ class Project(SlideStore):
         except ValueError:  # another drive on Windows
             return str(absolute)
 
-    def store_media(self, data: bytes, sha256: str, suffix: str = ".png") -> str:
-        """Copy bytes into the content-addressed media folder; return their location."""
+    def store_media(self, data: bytes, sha256: str, suffix: str = ".png",
+                    written: list[Path] | None = None) -> str:
+        """Copy bytes into the content-addressed media folder; return their location.
+        A new file is appended to `written` (so that a failed batch can remove it)."""
         location = f"media/{sha256[:2]}/{sha256}{suffix}"
         target = self.data_dir / location
         if not target.exists():
             atomic_write_bytes(target, data)
+            if written is not None:
+                written.append(target)
         return location
 
     def add_image(

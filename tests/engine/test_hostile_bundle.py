@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from atl_desktop.jobs import run_job
 from atl_desktop.models import build_model
 from atl_desktop.models.checkpoints import checkpoint_bytes, checkpoint_metadata
 from atl_desktop.scale.bundle import pack, unpack_results
-from atl_desktop.jobs import run_job
 from atl_desktop.store import Project, ProjectError
 from atl_desktop.store.files import sha256_bytes
 from tests.engine.test_bundle import CLASSES, make_project
