@@ -303,7 +303,8 @@ def _refuse_folder_of(project: Project, out: Path, sources: set[str]) -> None:
     real = os.path.realpath(out)
     _refuse_owned(project, real, out)
     owned = [os.path.realpath(project.path), os.path.realpath(project.data_dir)]
-    inside = next((p for p in (*owned, *sources) if is_within(p, real)), None)
+    below = real.rstrip(os.sep) + os.sep  # all paths here are resolved already
+    inside = next((p for p in (*owned, *sources) if p == real or p.startswith(below)), None)
     if inside is not None:
         raise ExportError(f"{out} holds files of {project.path.name} (first: {inside}); exporting "
                           "there could overwrite them. Choose a folder outside.")

@@ -317,7 +317,7 @@ class Project(SlideStore):
         db = None
         try:
             db = _connect(path, readonly)
-            version = check_not_newer(db, path.name)  # written in between: still never altered
+            version = check_not_newer(db, path.name)  # again, on the connection to be used
             if not readonly:
                 cls._configure(db)
                 migrate(db, path.name)
