@@ -236,6 +236,10 @@ def refuse_project_files(project: Project, out: Path) -> None:
     real = os.path.realpath(out)
     _refuse_owned(project, real, out)
     if os.path.exists(real):  # an existing file may be an imported image: compare the few of its size
+        for slide in project.slides():
+            if os.path.realpath(project.slide_path(slide)) == real:
+                raise ExportError(f"{out} is slide {slide.id} of {project.path.name}; writing there "
+                                  "would destroy it. Choose another file name.")
         size = os.path.getsize(real)
         for record in project.images():
             path = project.image_path(record)
@@ -252,9 +256,10 @@ def _refuse_owned(project: Project, real: str, out: Path) -> None:
 
 
 def _source_paths(project: Project) -> set[str]:
-    """The real paths of every file the project reads its images from."""
+    """The real paths of every file the project reads its images from (slides included)."""
     paths = (project.image_path(record) for record in project.images())
-    return {os.path.realpath(p) for p in paths if not isinstance(p, PatchRef)}
+    slides = (project.slide_path(slide) for slide in project.slides())
+    return {os.path.realpath(p) for p in (*paths, *slides) if not isinstance(p, PatchRef)}
 
 
 # ---- class folders -------------------------------------------------------------------------------
