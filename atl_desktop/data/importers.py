@@ -168,10 +168,10 @@ def import_source(
     yield Progress(0, None, f"reading {source.name}")
     plan = _PLANNERS[fmt](project, source, options)
     report = ImportReport(
-        source=str(source), format=fmt, labels=options.labels, skipped=list(plan.skipped)
+        source=printable(str(source)), format=fmt, labels=options.labels, skipped=list(plan.skipped)
     )
     class_ids = _create_classes(project, plan.classes, options, report)
-    writer = _Writer(project, options, class_ids, report, label_source=source.name)
+    writer = _Writer(project, options, class_ids, report, label_source=printable(source.name))
     yield from _run(project, plan.items, options, writer, report)
     return report
 
@@ -232,6 +232,8 @@ def class_names_in(source: str | os.PathLike) -> list[str]:
 def _plan_folder(project: Project, source: Path, options: ImportOptions) -> _Plan:
     split = options.split or "pool"
     if source.is_file():
+        if not _utf8(str(source)):
+            return _Plan([], [], [(printable(str(source)), _NOT_UTF8)])
         return _Plan([_Item(str(source), split, None, path=str(source), link=source.is_symlink())], [], [])
     files, skipped = _walk_images(source, project)
     return _Plan([_Item(p, split, None, p, link) for p, link in files], [], skipped)

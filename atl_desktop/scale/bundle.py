@@ -35,6 +35,7 @@ from pathlib import Path
 
 from atl_desktop.jobs import Progress
 from atl_desktop.store import Project, ProjectError
+from atl_desktop.store.errors import storage_error
 from atl_desktop.store.files import atomic_write_text, confined, copy_regular, sha256_file
 from atl_desktop.store.slides import PatchRef
 from atl_desktop.store.snapshot import copy_database, relocate
@@ -221,8 +222,12 @@ def unpack_results(project: Project, bundle: str | os.PathLike) -> dict:
         if part.is_symlink():  # its files must be the bundle's own
             raise ProjectError(f"{part} is a symbolic link; a bundle's files must be inside it. Nothing was merged.")
     with Project.open(bundle / PROJECT_FILE, readonly=True) as remote:
-        new = _copy_checkpoints(project, remote)
-        caches = _copy_score_caches(project, remote)
+        try:
+            new = _copy_checkpoints(project, remote)
+            caches = _copy_score_caches(project, remote)
+        except OSError as error:  # a link or a FIFO where a file should be; a full disk
+            raise storage_error(error, project.data_dir) or ProjectError(
+                f"The bundle's files cannot be copied ({error}); nothing was merged.") from None
         ids = _record_checkpoints(project, remote, new, provenance, caches)
     return {"checkpoints": ids, "score_caches": caches, "bundle_id": info["id"]}
 
@@ -272,7 +277,11 @@ def _copy_score_caches(project: Project, remote: Project) -> list[str]:
             target.mkdir(parents=True, exist_ok=True)
             hidden = target / f".tmp-{part.name}"
             shutil.rmtree(hidden, ignore_errors=True)
-            _copy_tree(part, hidden)
+            try:
+                _copy_tree(part, hidden)
+            except BaseException:
+                shutil.rmtree(hidden, ignore_errors=True)
+                raise
             os.replace(hidden, target / part.name)
         if (variant / "meta.json").exists() and not (target / "meta.json").exists():
             _copy_atomically(variant / "meta.json", target / "meta.json")
@@ -287,7 +296,9 @@ def _subfolders(root: Path, depth: int) -> list[Path]:
     for _ in range(depth):
         below = []
         for folder in folders:
-            for entry in os.scandir(folder):
+            with os.scandir(folder) as scan:
+                entries = list(scan)
+            for entry in entries:
                 if entry.is_symlink():
                     raise ProjectError(f"{entry.path} in the bundle is a symbolic link; nothing was merged.")
                 if entry.is_dir(follow_symlinks=False):
@@ -304,8 +315,10 @@ def _copy_tree(source: Path, target: Path) -> None:
         copy_regular(source, target)  # a FIFO or device: NotRegularFileError
         return
     target.mkdir()
-    for entry in os.scandir(source):
-        _copy_tree(Path(entry.path), target / entry.name)
+    with os.scandir(source) as scan:
+        names = [entry.name for entry in scan]
+    for name in names:
+        _copy_tree(source / name, target / name)
 
 
 def _copy_atomically(source: Path, target: Path) -> None:

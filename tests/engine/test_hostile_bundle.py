@@ -96,6 +96,24 @@ def test_a_good_row_with_an_odd_name_is_stored_under_its_hash(packed_lab, tmp_pa
     assert (lab.parent / "lab.atl.d" / record.file).read_bytes() == data
 
 
+def test_a_linked_score_cache_file_is_refused(packed_lab, tmp_path):
+    lab = tmp_path / "lab.atl"
+    _copy_project(packed_lab, lab)
+    bundle = tmp_path / "bundle"
+    with Project.open(lab, readonly=True) as project:
+        run_job(pack(project, bundle))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private")
+    variant = bundle / "project.atl.d" / "scores" / "k" / "v"
+    variant.mkdir(parents=True)
+    (variant / "part-0").mkdir()
+    (variant / "part-0" / "probs.npy").symlink_to(secret)
+    with Project.open(lab) as project, pytest.raises(ProjectError, match="symbolic link"):
+        unpack_results(project, bundle)
+    assert not list((tmp_path / "lab.atl.d").rglob("probs.npy"))
+    assert not list((tmp_path / "lab.atl.d").rglob(".tmp-*"))
+
+
 def _copy_project(source: Path, target: Path) -> None:
     """A fresh copy of a project whose images stay where they are (absolute original paths)."""
     import shutil

@@ -158,6 +158,13 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_named_not_fatal(tmp_path, c
     assert main(["import", str(project), str(folder), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "1 new images" in out and "caf\\xe9.png" in out and "UTF-8" in out
+    inside = os.path.join(os.fsencode(tmp_path), b"d\xe9j\xe0")  # the folder itself, and one file
+    os.mkdir(inside)
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(os.path.join(inside, b"a.png"), format="PNG")
+    for source in (os.fsdecode(inside), os.fsdecode(os.path.join(inside, b"a.png"))):
+        assert main(["import", str(project), source, "--quiet"]) == 0
+        out = capsys.readouterr().out
+        assert "0 new images" in out and "d\\xe9j\\xe0" in out and "UTF-8" in out
 
 
 # ---- case 5: FIFOs, devices, huge files ------------------------------------------------------
