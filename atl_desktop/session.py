@@ -339,6 +339,38 @@ def live_suggestions(live: LiveHead, image_ids) -> dict[int, list[tuple[int, flo
     return out
 
 
+# ---- more like this --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimilarImage:
+    image_id: int
+    similarity: float  # cosine, in the encoder's embedding space
+
+
+def similar_job(project: Project, image_id: int, *, k: int = 20, model: ModelChoice | None = None,
+                scoring: ScoringConfig | None = None) -> Generator[Progress, None, list[SimilarImage]]:
+    """The k unlabelled target pool images nearest to `image_id` in the embedding space of
+    the model a query would use (cached embeddings; the pool is embedded once)."""
+    from atl_desktop.active.similar import SimilarIndex
+
+    if k < 1:
+        raise ProjectError("k must be at least 1.")
+    project.image(image_id)  # a one-line error for an unknown id
+    scored = yield from score_job(project, model=model or ModelChoice(), config=scoring or ScoringConfig())
+    table = scored.target
+    try:
+        query_row = int(table.rows([image_id])[0])
+    except KeyError:
+        raise ProjectError(f"Image {image_id} is not in the target pool; "
+                           "more like this starts from a pool image.") from None
+    unlabelled, _ = unlabelled_pool(project)
+    allowed = np.isin(table.image_ids, unlabelled) & (table.image_ids != image_id)
+    yield Progress(0, None, f"finding images like {image_id}")
+    rows, sims = SimilarIndex(table.features).search(np.asarray(table.features[query_row]), k, allowed)
+    return [SimilarImage(int(table.image_ids[r]), float(v)) for r, v in zip(rows, sims, strict=True)]
+
+
 # ---- why each image was chosen, in words ---------------------------------------------
 
 _SCORE_WORDS = {

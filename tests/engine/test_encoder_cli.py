@@ -62,3 +62,15 @@ def test_the_report_names_the_encoder_and_the_head(tmp_path):
         "Contrastive" in used["SimCLR (self-supervised)"]["references"][0]
     assert used["head on cached embeddings"]["where"] == "round 1 (logreg)"
     assert "ICML 2022" in used["typiclust"]["references"][0]
+
+
+def test_similar_prints_unlabelled_neighbours(tmp_path, capsys):
+    import json
+
+    path = _project(tmp_path)
+    capsys.readouterr()
+    assert main(["similar", str(path), "1", "--k", "3", "--json", "--quiet"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert len(found) == 3 and all(f["id"] != 1 for f in found)
+    assert [f["similarity"] for f in found] == sorted((f["similarity"] for f in found), reverse=True)
+    assert main(["similar", str(path), "99999", "--quiet"]) == 1
