@@ -22,7 +22,14 @@ from atl_desktop.active.scoring import (
     scores_dir,
     write_meta,
 )
-from atl_desktop.active.strategies import STRATEGIES, SelectionInput, aift_scores, bald, select
+from atl_desktop.active.strategies import (
+    STRATEGIES,
+    SelectionInput,
+    aift_scores,
+    auto_phase,
+    bald,
+    select,
+)
 from atl_desktop.jobs import Progress, relabel
 from atl_desktop.models.encoders import COLD_START_BACKBONE, UNTRAINED, EncoderChoice
 from atl_desktop.rounds import (
@@ -404,6 +411,16 @@ def describe_picks(strategy: str, data: SelectionInput, picks: np.ndarray,
 def _reason_scores(strategy: str, data: SelectionInput, picks: np.ndarray,
                    params: Mapping) -> tuple[np.ndarray, list[str]]:
     n = len(picks)
+    if strategy == "auto":
+        labelled = 0 if data.labelled_features is None else len(data.labelled_features)
+        classes = data.probs.shape[1] if data.probs is not None else 1
+        typical = data.probs is None or classes < 2 or auto_phase(
+            labelled, classes, float(params.get("typical_per_class", 5.0))) == "typical"
+        strategy, params = ("typiclust", {}) if typical else ("hybrid", {"score": "margin"})
+    if strategy == "typiclust":
+        return np.zeros(n), ["typical of a cluster that has no label yet (TypiClust)"] * n
+    if strategy == "probcover":
+        return np.zeros(n), ["covers the most unlabelled images nearby (ProbCover)"] * n
     score_name = params.get("score", "entropy") if strategy == "hybrid" else strategy
     if score_name in PROB_SCORES and data.probs is not None and data.probs.shape[1] > 1:
         scores = PROB_SCORES[score_name](np.asarray(data.probs))
