@@ -241,8 +241,17 @@ class QueryView(QWidget):
         self.grid.setFocus()
 
     def load_saved(self) -> None:
-        items = self.ws.project.get_setting(LAST_QUERY, [])
-        self._show_items(items or [], self.ws.project.get_setting(LAST_QUERY_ROUND))
+        """The last batch shown here; or, when a newer round was opened elsewhere (`atl query`),
+        that round's images, whose suggestions the live head then fills in."""
+        project = self.ws.project
+        items, round_id = project.get_setting(LAST_QUERY, []) or [], project.get_setting(LAST_QUERY_ROUND)
+        newest = next((r for r in reversed(project.rounds()) if r.finished is None), None)
+        if newest is not None and newest.id != round_id and newest.params.get("chosen"):
+            reason = f"chosen by {newest.strategy} in round {newest.id}"
+            items = [{"image_id": int(i), "score": 0.0, "reason": reason, "top": []}
+                     for i in newest.params["chosen"]]
+            round_id = newest.id
+        self._show_items(items, round_id)
 
     def _show_items(self, items: list[dict], round_id: int | None) -> None:
         project = self.ws.project
