@@ -378,6 +378,38 @@ def similar_job(project: Project, image_id: int, *, k: int = 20, model: ModelCho
     return [SimilarImage(int(table.image_ids[r]), float(v)) for r, v in zip(rows, sims, strict=True)]
 
 
+# ---- possible label errors ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelSuspect:
+    image_id: int
+    given: int  # class id of the label
+    likely: int  # class id confident learning puts it in
+    margin: float  # p(likely) - p(given), out of fold
+
+
+def check_labels_job(project: Project, *, folds: int = 5, model: ModelChoice | None = None,
+                     scoring: ScoringConfig | None = None) -> Generator[Progress, None, list[LabelSuspect]]:
+    """Confident learning (active.label_errors) over the target pool's labels, on the cached
+    embeddings of the model a query would use; most suspicious first."""
+    from atl_desktop.active.label_errors import find_label_errors, out_of_fold_probs
+
+    labelled = project.current_labels(domain="target", split="pool")
+    classes = project.classes()
+    position = {c.id: k for k, c in enumerate(classes)}
+    ids = np.asarray(sorted(i for i, c in labelled.items() if c in position), dtype=np.int64)
+    labels = np.asarray([position[labelled[i]] for i in ids], dtype=np.int64)
+    if len(ids) < 2 * folds or len(np.unique(labels)) < 2:
+        raise ProjectError(f"Checking labels needs at least {2 * folds} labelled images in two classes or more.")
+    scored = yield from score_job(project, model=model or ModelChoice(), config=scoring or ScoringConfig())
+    yield Progress(0, None, f"cross-validating a head over {len(ids)} labels")
+    features = np.asarray(scored.target.features[scored.target.rows(ids)])
+    probs = out_of_fold_probs(features, labels, len(classes), folds=folds)
+    return [LabelSuspect(int(ids[s.row]), classes[s.given].id, classes[s.likely].id, s.margin)
+            for s in find_label_errors(probs, labels)]
+
+
 # ---- why each image was chosen, in words ---------------------------------------------
 
 _SCORE_WORDS = {
