@@ -97,6 +97,7 @@ def encoder_embeddings(x_pool: np.ndarray, x_all: np.ndarray, steps: int, backbo
     """SimCLR on the pool's images, then embeddings of every image; cached by settings."""
     import torch
 
+    from atl_desktop.models.checkpoints import load_model_file, save_model_file
     from atl_desktop.models.encoders import EncoderChoice, build_encoder
     from atl_desktop.simulate import _embed
     from atl_desktop.transfer.selfsup import SelfSupConfig, pretrain
@@ -106,14 +107,20 @@ def encoder_embeddings(x_pool: np.ndarray, x_all: np.ndarray, steps: int, backbo
         with np.load(path, allow_pickle=False) as f:
             return f["e"], json.loads(str(f["info"]))
     config = SelfSupConfig(backbone=backbone, image_size=SIZE, steps=steps, device="cpu")
-    model = build_encoder(EncoderChoice("untrained:" + backbone, input_size=SIZE), 8)
-    started = time.perf_counter()
-    cpu = time.process_time()
-    metrics = run_job(pretrain(model, x_pool, config),
-                      on_progress=lambda p: p.done % 25 == 0 and print(f"  SimCLR step {p.done}/{p.total} "
-                                                                        f"loss {p.metrics['loss']:.3f}",
-                                                                        flush=True))
-    ssl_wall, ssl_cpu = time.perf_counter() - started, time.process_time() - cpu
+    saved = RUNS / f"encoder-{backbone}-{steps}-{SIZE}.safetensors"  # kept: a later failure loses no training
+    if saved.is_file():
+        model, meta = load_model_file(saved, classes=[str(i) for i in range(8)])
+        metrics, ssl_wall, ssl_cpu = meta["metrics"], meta["config"]["wall"], meta["config"]["cpu"]
+    else:
+        model = build_encoder(EncoderChoice("untrained:" + backbone, input_size=SIZE), 8)
+        started = time.perf_counter()
+        cpu = time.process_time()
+        metrics = run_job(pretrain(model, x_pool, config),
+                          on_progress=lambda p: p.done % 25 == 0 and print(
+                              f"  SimCLR step {p.done}/{p.total} loss {p.metrics['loss']:.3f}", flush=True))
+        ssl_wall, ssl_cpu = time.perf_counter() - started, time.process_time() - cpu
+        save_model_file(saved, model, classes=[str(i) for i in range(8)], metrics=metrics,
+                        config={"wall": ssl_wall, "cpu": ssl_cpu}, seed=0)
     started = time.perf_counter()
     e = run_job(_embed(model, x_all, SimulationConfig(device="cpu"), "embedding"))
     embed_wall = time.perf_counter() - started
