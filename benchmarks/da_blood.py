@@ -60,6 +60,17 @@ def load_bccd(size: int) -> tuple[np.ndarray, np.ndarray]:
     return x, np.asarray([k for _, k in paths], dtype=np.int64)
 
 
+def chosen_l2(summary: Path, wait_minutes: float = 60) -> float:
+    """The head's L2 penalty as al_pbc.py chose it on pbc_dev's validation split (waiting for
+    it when that benchmark is still running beside this one)."""
+    deadline = time.time() + 60 * wait_minutes
+    while not summary.is_file():
+        if time.time() > deadline:
+            raise SystemExit(f"{summary} is missing: run benchmarks/al_pbc.py first.")
+        time.sleep(20)
+    return float(json.loads(summary.read_text())["chosen"]["head_options"]["l2"])
+
+
 def head_scores(e_train, y_train, e_test, y_test, l2: float) -> dict:
     scaler = fit_scaler(np.concatenate([e_train, e_test]))
     head = LogisticHead(len(SHARED), l2=l2).fit(scaler(e_train), y_train)
@@ -96,6 +107,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300, help="SimCLR steps")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--summary", type=Path, default=RESULTS / "al_pbc_summary.json",
+                        help="al_pbc.py's result, for the head's L2 penalty chosen on validation")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -108,9 +121,8 @@ def main() -> int:
     xb, yb = load_bccd(SIZE)
     test = stratified_mask(yb, 0.5, 7)
     x_pool, y_pool, x_test, y_test = xb[~test], yb[~test], xb[test], yb[test]
-    l2 = json.loads((RESULTS / "al_pbc_summary.json").read_text())["chosen"]["head_options"]["l2"]
     record.update(source_images=int(len(y_src)), target_pool=int(len(y_pool)), target_test=int(len(y_test)),
-                  l2=l2, target_test_counts=dict(zip(SHARED, np.bincount(y_test, minlength=5).tolist(), strict=True)))
+                  target_test_counts=dict(zip(SHARED, np.bincount(y_test, minlength=5).tolist(), strict=True)))
 
     config = SelfSupConfig(image_size=SIZE, steps=args.steps, device="cpu")
     model = build_encoder(EncoderChoice("untrained:" + config.backbone, input_size=SIZE), len(SHARED))
@@ -119,6 +131,8 @@ def main() -> int:
     run_job(pretrain(model, unlabelled, config),
             on_progress=lambda p: p.done % 50 == 0 and print(f"  SimCLR step {p.done}", flush=True))
     record["selfsup"] = {**config.to_dict(), "images": int(len(unlabelled)), "seconds": time.perf_counter() - t}
+    l2 = chosen_l2(args.summary)
+    record["l2"] = l2
     sim = SimulationConfig(device="cpu")
     e_src = run_job(_embed(model, x_src, sim, "source"))
     e_test = run_job(_embed(model, x_test, sim, "target test"))
