@@ -319,8 +319,8 @@ def live_head(project: Project, round_id: int | None) -> LiveHead | None:
 def live_suggestions(live: LiveHead, image_ids) -> dict[int, list[tuple[int, float]]]:
     """Refit the head on every current label and predict `image_ids`: (class position,
     probability) best first, TOP_PREDICTIONS of them. Numpy and files only, so any thread
-    may call it; a few milliseconds for hundreds of labels. {} when nothing is labelled
-    or the embeddings are gone."""
+    may call it (tens of milliseconds for thousands of pool images and hundreds of labels;
+    benchmarks/al_pbc.py times the fit). {} when nothing is labelled or the embeddings are gone."""
     from atl_desktop.active.heads import fit_scaler, make_head
     from atl_desktop.active.scoring import MissingScores, load_scores
 
