@@ -46,6 +46,7 @@ from atl_desktop.store import ProjectError
 BASELINE = "random"
 METRICS = ("accuracy", "balanced_accuracy")
 NEW_CONFIG_DEFAULTS = {"encoder": "selfsup", "encoder_weights": None, "selfsup": {}, "metric": "accuracy"}
+ENCODER_FIELDS = ("encoder", "encoder_weights", "selfsup")
 RUN_VERSION = 2  # part of a saved run's key: raise it when a change alters the curves
 
 
@@ -129,13 +130,14 @@ class SimulationConfig:
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
-    def run_fields(self) -> dict:
+    def run_fields(self, embedding: bool = False) -> dict:
         """What a saved run depends on: fields added later are left out at their defaults,
-        so runs saved before they existed are still found."""
+        so runs saved before they existed are still found, and the encoder's fields count
+        only for the embedding-first arms (`embedding`)."""
         data = {k: v for k, v in self.to_json().items() if k not in ("seeds", "device")}
         for name, default in NEW_CONFIG_DEFAULTS.items():
-            if data.get(name) == default:
-                del data[name]
+            if data.get(name) == default or (not embedding and name in ENCODER_FIELDS):
+                data.pop(name, None)
         return data
 
     def pseudo_config(self) -> PseudoLabelConfig:
@@ -687,7 +689,7 @@ def _accepted(strategy: str, params: Mapping[str, Any]) -> dict:
 
 def _run_key(data: SimData, arm: Arm, config: SimulationConfig, seed: int, gan=None) -> str:
     fields = {"version": RUN_VERSION, "data": data.fingerprint(), "arm": arm.to_json(), "seed": seed,
-              "config": config.run_fields()}
+              "config": config.run_fields(embedding=arm.head is not None)}
     if "generative" in STRATEGIES[arm.strategy].needs:  # GAAL, ASAL: their GAN too
         fields["gan"] = gan.to_json()
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
