@@ -15,7 +15,8 @@ from pathlib import Path
 
 from platformdirs import user_log_dir
 
-APP_NAME = "ATL Desktop"
+from atl_desktop.userconfig import APP_NAME
+
 USAGE = "usage: atl-desktop PROJECT.atl   (make a project with `atl new PROJECT.atl`)"
 
 
