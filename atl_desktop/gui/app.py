@@ -49,9 +49,9 @@ def choose_project(args: argparse.Namespace, settings) -> str | None:
 
 
 def is_demo(path: str | Path) -> bool:
-    from atl_desktop.demo import user_demo_dir
+    from atl_desktop.demo import is_demo_copy
 
-    return Path(path).resolve().parent == user_demo_dir().resolve()
+    return is_demo_copy(path)
 
 
 def ask_annotator(settings, *, ask: bool = True) -> str:
