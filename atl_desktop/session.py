@@ -9,20 +9,13 @@ from __future__ import annotations
 import math
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from atl_desktop.active.coldstart import fit_prototypes, prototype_probs
 from atl_desktop.active.pseudo import PseudoLabelConfig, pseudo_labels_for_round
 from atl_desktop.active.scores import PROB_SCORES
-from atl_desktop.active.scoring import (
-    ScoreTable,
-    ScoringConfig,
-    model_fingerprint,
-    score_pool,
-    scores_dir,
-    write_meta,
-)
 from atl_desktop.active.strategies import STRATEGIES, SelectionInput, aift_scores, bald, select
 from atl_desktop.jobs import Progress, relabel
 from atl_desktop.rounds import (
@@ -43,6 +36,11 @@ from atl_desktop.rounds import (
 )
 from atl_desktop.store import Project, ProjectError
 
+if TYPE_CHECKING:
+    from atl_desktop.active.scoring import ScoreTable, ScoringConfig
+
+# The scoring pass (torch) is imported where a model is used, so a query that needs no model
+# (random) starts as fast as `atl info`.
 SKIPPED_SETTING = "skipped_images"  # images the expert marked unsure (the window's x key)
 TOP_PREDICTIONS = 3
 
@@ -85,6 +83,7 @@ class QueryResult:
 def load_model(project: Project, choice: ModelChoice):
     """(model, cache key, checkpoint id) for `choice`."""
     if choice.pretrained and choice.checkpoint_id is None:
+        from atl_desktop.active.scoring import model_fingerprint
         from atl_desktop.models import build_model
 
         n_classes = max(1, len(project.class_names()))
@@ -109,6 +108,7 @@ def score_job(
     source: bool = False,
 ) -> Generator[Progress, None, ScoredPool]:
     """Score the target pool (and the source pool, if asked); cached per checkpoint."""
+    from atl_desktop.active.scoring import ScoringConfig, score_pool, scores_dir, write_meta
     from atl_desktop.data.datasets import AugmentedCopies, project_dataset
     from atl_desktop.models.transforms import input_transform
     from atl_desktop.store import PatchRef
@@ -176,6 +176,8 @@ def pool_selection_input(target: ScoreTable, unlabelled: np.ndarray, labelled: n
 
 def scoring_config_for(strategy: str, params: Mapping, base: ScoringConfig) -> ScoringConfig:
     """The scoring pass a strategy needs: augmented copies for AIFT, MC-dropout for BALD."""
+    from atl_desktop.active.scoring import ScoringConfig
+
     needs = STRATEGIES[strategy].needs
     return ScoringConfig(**{
         **base.to_json(),
@@ -215,6 +217,8 @@ def query_job(
         raise ProjectError("Every target pool image is labelled or skipped; nothing to choose from.")
     scored = None
     if needs or prototypes:
+        from atl_desktop.active.scoring import ScoringConfig
+
         config = scoring_config_for(strategy, params, scoring or ScoringConfig(seed=seed))
         choice = model or ModelChoice(checkpoint_id=checkpoint_id)
         scored = yield from score_job(project, model=choice, config=config,
@@ -321,6 +325,8 @@ def pseudo_label_job(
     committed with them. The entropy threshold decays with the number of rounds
     finished so far. Pairs the expert rejected before are never proposed again.
     """
+    from atl_desktop.active.scoring import ScoringConfig
+
     config = config or PseudoLabelConfig(**project.get_setting(PSEUDO_SETTING, {}))
     if round_id is None:
         current = open_round(project)
@@ -424,6 +430,8 @@ def finish_round_job(
     if not state.reached("trained"):
         check_can_finish(project, round_id)
     if pseudo is not None and not state.reached("pseudo-labelled"):
+        from atl_desktop.active.scoring import ScoringConfig
+
         yield from relabel(pseudo_label_job(project, config=pseudo, round_id=round_id,
                                             scoring=ScoringConfig(device=device)), "pseudo-labelling")
         notify(on_commit, "pseudo-labelled")

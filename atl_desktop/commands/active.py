@@ -104,12 +104,15 @@ def parse_params(items: list[str]) -> dict:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    from atl_desktop.active.strategies import STRATEGIES
     from atl_desktop.session import query_job
 
+    # The scoring settings load torch: only for a strategy that asks the model.
+    scores = bool(STRATEGIES[args.strategy].needs) or args.prototypes
     with Project.open(args.project) as project:
         job = query_job(project, strategy=args.strategy, batch=args.batch, params=parse_params(args.param),
                         prototypes=args.prototypes, seed=args.seed, model=_choice(args),
-                        scoring=_config(args, 0, args.mc_samples))
+                        scoring=_config(args, 0, args.mc_samples) if scores else None)
         result = run_with_tqdm(job, desc="query", quiet=args.quiet)
         rows = query_rows(project, result)
     if args.json:

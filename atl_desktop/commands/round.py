@@ -64,13 +64,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from atl_desktop.active.scoring import ScoringConfig
+    from atl_desktop.active.strategies import STRATEGIES
     from atl_desktop.commands.active import format_query_rows, parse_params, query_rows
     from atl_desktop.session import query_job
 
+    scoring = None
+    if STRATEGIES[args.strategy].needs:  # the scoring settings load torch: only for a model
+        from atl_desktop.active.scoring import ScoringConfig
+
+        scoring = ScoringConfig(seed=args.seed, device=args.device)
     with Project.open(args.project) as project:
         job = query_job(project, strategy=args.strategy, batch=args.batch, params=parse_params(args.param),
-                        seed=args.seed, scoring=ScoringConfig(seed=args.seed, device=args.device))
+                        seed=args.seed, scoring=scoring)
         result = run_with_tqdm(job, desc="query", quiet=args.quiet)
         rows = query_rows(project, result)
     if args.json:
