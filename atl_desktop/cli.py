@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "atl_desktop.commands.data",
     "atl_desktop.commands.train",
     "atl_desktop.commands.active",
+    "atl_desktop.commands.encoder",
     "atl_desktop.commands.round",
     "atl_desktop.commands.simulate",
     "atl_desktop.commands.gan",

@@ -9,15 +9,22 @@ from __future__ import annotations
 import math
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from atl_desktop.active.coldstart import fit_prototypes, prototype_probs
+from atl_desktop.active.heads import HEADS, head_probs
 from atl_desktop.active.pseudo import PseudoLabelConfig, pseudo_labels_for_round
 from atl_desktop.active.scores import PROB_SCORES
+from atl_desktop.active.scoring import (
+    ScoreTable,
+    ScoringConfig,
+    score_pool,
+    scores_dir,
+    write_meta,
+)
 from atl_desktop.active.strategies import STRATEGIES, SelectionInput, aift_scores, bald, select
 from atl_desktop.jobs import Progress, relabel
+from atl_desktop.models.encoders import COLD_START_BACKBONE, UNTRAINED, EncoderChoice
 from atl_desktop.rounds import (
     ROUND_STATE,
     OnCommit,
@@ -36,12 +43,10 @@ from atl_desktop.rounds import (
 )
 from atl_desktop.store import Project, ProjectError
 
-if TYPE_CHECKING:
-    from atl_desktop.active.scoring import ScoreTable, ScoringConfig
-
-# The scoring pass (torch) is imported where a model is used, so a query that needs no model
-# (random) starts as fast as `atl info`.
 SKIPPED_SETTING = "skipped_images"  # images the expert marked unsure (the window's x key)
+ENCODER_SETTING = "encoder"  # models.encoders.EncoderChoice as JSON: the cold start's encoder
+HEAD_CHOICES = ("auto", "model", *HEADS)  # auto: the model's own head if trained, else logreg
+COLD_START_STRATEGY = "typiclust"  # for strategies that need predictions while nothing is labelled
 TOP_PREDICTIONS = 3
 
 
@@ -60,6 +65,7 @@ class ScoredPool:
     target: ScoreTable
     source: ScoreTable | None
     checkpoint_id: int | None
+    key: str = ""  # the score cache's folder: the embeddings' key
 
 
 @dataclass(frozen=True)
@@ -81,23 +87,44 @@ class QueryResult:
 
 
 def load_model(project: Project, choice: ModelChoice):
-    """(model, cache key, checkpoint id) for `choice`."""
-    if choice.pretrained and choice.checkpoint_id is None:
-        from atl_desktop.active.scoring import model_fingerprint
-        from atl_desktop.models import build_model
+    """(model, cache key, checkpoint id) for `choice`.
 
-        n_classes = max(1, len(project.class_names()))
-        model = build_model(choice.pretrained, n_classes, weights=choice.weights)
-        return model, model_fingerprint(model), None
-    if choice.checkpoint_id is None and project.latest_checkpoint() is None:
-        raise ProjectError(
-            f"{project.path.name} has no checkpoint yet: train a model first, or use a strategy "
-            "that needs no model (random), or a pretrained backbone for a cold start."
-        )
+    With no checkpoint and no encoder named, the cold start uses the project's encoder
+    setting (ENCODER_SETTING), else an untrained backbone: weak features, but enough to
+    pick typical images before anything is labelled (see models.encoders).
+    """
+    from atl_desktop.models.encoders import build_encoder, encoder_key
+
+    n_classes = max(1, len(project.class_names()))
+    encoder = None
+    if choice.pretrained and choice.checkpoint_id is None:
+        encoder = EncoderChoice(choice.pretrained, choice.weights)
+    elif choice.checkpoint_id is None and project.latest_checkpoint() is None:
+        encoder = cold_start_encoder(project)
+    if encoder is not None:
+        model = build_encoder(encoder, n_classes)
+        return model, encoder_key(model), None
     from atl_desktop.models.checkpoints import load_checkpoint
 
     model, record = load_checkpoint(project, choice.checkpoint_id)
     return model, record.sha256, record.id
+
+
+def cold_start_encoder(project: Project) -> EncoderChoice:
+    """The encoder used before any checkpoint exists: the project's choice, else an untrained one."""
+    saved = project.get_setting(ENCODER_SETTING)
+    return EncoderChoice.from_json(saved) if saved else EncoderChoice(UNTRAINED + COLD_START_BACKBONE)
+
+
+def trained_head(project: Project, checkpoint_id: int | None) -> bool:
+    """Whether the scoring model's own head predicts the project's classes: a checkpoint
+    trained on labels. Encoders (self-supervised, pretrained, untrained) have none."""
+    from atl_desktop.transfer.selfsup import is_encoder_only
+
+    if checkpoint_id is None:
+        return False
+    record = project.checkpoint(checkpoint_id)
+    return not is_encoder_only(record) and list(record.classes) == project.class_names()
 
 
 def score_job(
@@ -108,7 +135,6 @@ def score_job(
     source: bool = False,
 ) -> Generator[Progress, None, ScoredPool]:
     """Score the target pool (and the source pool, if asked); cached per checkpoint."""
-    from atl_desktop.active.scoring import ScoringConfig, score_pool, scores_dir, write_meta
     from atl_desktop.data.datasets import AugmentedCopies, project_dataset
     from atl_desktop.models.transforms import input_transform
     from atl_desktop.store import PatchRef
@@ -133,7 +159,7 @@ def score_job(
     write_meta(cache, {"checkpoint_id": checkpoint_id, "key": key, "config": config.to_json()})
     if tables["target"] is None:
         raise ProjectError(f"{project.path.name} has no target images in the pool.")
-    return ScoredPool(tables["target"], tables.get("source"), checkpoint_id)
+    return ScoredPool(tables["target"], tables.get("source"), checkpoint_id, key)
 
 
 def unlabelled_pool(project: Project, *, include_skipped: bool = False) -> tuple[np.ndarray, dict[int, int]]:
@@ -147,15 +173,22 @@ def unlabelled_pool(project: Project, *, include_skipped: bool = False) -> tuple
 
 
 def selection_input(project: Project, scored: ScoredPool | None, unlabelled: np.ndarray,
-                    labelled: dict[int, int], prototypes: bool = False) -> SelectionInput:
+                    labelled: dict[int, int], head: str = "model") -> SelectionInput:
+    """What the strategy sees. With a head ("logreg", "prototype"), the probabilities come
+    from that head fitted on the labelled images' cached embeddings, not from the model's
+    own head (None while nothing is labelled)."""
     if scored is None:
         return SelectionInput(probs=np.zeros((len(unlabelled), 1)))
     lab_ids = np.asarray(sorted(labelled), dtype=np.int64)
     data = pool_selection_input(scored.target, unlabelled, lab_ids, scored.source)
-    if prototypes:
-        position = project.class_index()
-        labels = np.asarray([position[labelled[i]] for i in lab_ids], dtype=np.int64)
-        probs = prototype_probs(data.features, fit_prototypes(data.labelled_features, labels, len(position)))
+    if head in HEADS:
+        probs = None
+        if len(lab_ids):
+            position = project.class_index()
+            labels = np.asarray([position[labelled[i]] for i in lab_ids], dtype=np.int64)
+            both = np.concatenate([data.features, data.labelled_features])
+            rows = np.arange(len(data.features), len(both))
+            probs = head_probs(head, both, rows, labels, len(position))[: len(data.features)]
         data = replace(data, probs=probs)
     return data
 
@@ -176,8 +209,6 @@ def pool_selection_input(target: ScoreTable, unlabelled: np.ndarray, labelled: n
 
 def scoring_config_for(strategy: str, params: Mapping, base: ScoringConfig) -> ScoringConfig:
     """The scoring pass a strategy needs: augmented copies for AIFT, MC-dropout for BALD."""
-    from atl_desktop.active.scoring import ScoringConfig
-
     needs = STRATEGIES[strategy].needs
     return ScoringConfig(**{
         **base.to_json(),
@@ -197,13 +228,25 @@ def query_job(
     seed: int = 0,
     model: ModelChoice | None = None,
     scoring: ScoringConfig | None = None,
+    head: str = "auto",
 ) -> Generator[Progress, None, QueryResult]:
-    """Score the pool as the strategy needs, choose `batch` images, record them as a round."""
+    """Score the pool as the strategy needs, choose `batch` images, record them as a round.
+
+    head: where predictions come from. "model": the scoring model's own head;
+    "logreg" or "prototype": a head fitted on the labelled images' cached embeddings
+    (the embedding-first loop); "auto": the model's head when it was trained on this
+    project's classes, else logreg. `prototypes` is the older spelling of head="prototype".
+    While nothing is labelled, a strategy that needs predictions is replaced by
+    COLD_START_STRATEGY (typical images first), and the round records that.
+    """
     if strategy not in STRATEGIES:
         raise ProjectError(f"Unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
     if batch < 1:
         raise ProjectError("The batch size must be at least 1.")
     check_can_query(project)
+    if head not in HEAD_CHOICES:
+        raise ProjectError(f"Unknown head {head!r}; choose one of {', '.join(HEAD_CHOICES)}.")
+    head = "prototype" if prototypes else head
     params = dict(params or {})
     needs = STRATEGIES[strategy].needs
     if "generative" in needs:  # GAAL, ASAL: a GAN and the classifier, no scoring pass
@@ -216,24 +259,88 @@ def query_job(
     if not len(unlabelled):
         raise ProjectError("Every target pool image is labelled or skipped; nothing to choose from.")
     scored = None
-    if needs or prototypes:
-        from atl_desktop.active.scoring import ScoringConfig
-
+    if needs or head != "model":
         config = scoring_config_for(strategy, params, scoring or ScoringConfig(seed=seed))
         choice = model or ModelChoice(checkpoint_id=checkpoint_id)
         scored = yield from score_job(project, model=choice, config=config,
                                       source="source_features" in needs)
+        if head == "auto":
+            head = "model" if trained_head(project, scored.checkpoint_id) else "logreg"
     yield Progress(0, None, f"choosing {batch} images ({strategy})")
-    data = selection_input(project, scored, unlabelled, labelled, prototypes)
-    picks = select(strategy, data, batch, np.random.default_rng(seed), **params)
-    items = describe_picks(strategy, data, picks, unlabelled, params)
+    data = selection_input(project, scored, unlabelled, labelled, head)
+    chosen_by = strategy
+    if "probs" in needs and data.probs is None:
+        chosen_by, params = COLD_START_STRATEGY, {}
+    picks = select(chosen_by, data, batch, np.random.default_rng(seed), **params)
+    items = describe_picks(chosen_by, data, picks, unlabelled, params)
     record = {
         "batch": batch, "chosen": [it.image_id for it in items], "params": params, "seed": seed,
-        "prototypes": prototypes, "pool_size": int(len(unlabelled)), "shown": shown_suggestions(items),
+        "head": head, "pool_size": int(len(unlabelled)), "shown": shown_suggestions(items),
     }
+    if chosen_by != strategy:
+        record["cold_start"] = chosen_by
+    if scored is not None and head in HEADS:
+        record["embeddings"] = scored.key  # the live head reads them again (live_suggestions)
     round_id = project.start_round(strategy, record,
                                    checkpoint_id=None if scored is None else scored.checkpoint_id)
     return QueryResult(round_id, strategy, items, int(len(unlabelled)), params)
+
+
+# ---- suggestions refitted after every label (the embedding-first loop) ------------------
+
+
+@dataclass(frozen=True)
+class LiveHead:
+    """What `live_suggestions` needs, read from the project on its own thread."""
+
+    cache: str  # the score cache folder holding the round's embeddings
+    head: str
+    pool_ids: np.ndarray  # every real target pool image, ascending
+    labels: dict[int, int]  # image id -> class position, the current labels
+    num_classes: int
+
+
+def live_head(project: Project, round_id: int | None) -> LiveHead | None:
+    """The round's head and labels, when the round was chosen on cached embeddings."""
+    record = next((r for r in project.rounds() if r.id == round_id), None)
+    if record is None or record.params.get("head") not in HEADS or not record.params.get("embeddings"):
+        return None
+    position = project.class_index()
+    labels = {i: position[c] for i, c in project.current_labels(domain="target", split="pool").items()
+              if c in position}
+    cache = scores_dir(project.data_dir, record.params["embeddings"], ScoringConfig())
+    pool = np.asarray(sorted(project.image_ids(domain="target", split="pool", synthetic=False)), dtype=np.int64)
+    return LiveHead(str(cache), record.params["head"], pool, labels, len(position))
+
+
+def live_suggestions(live: LiveHead, image_ids) -> dict[int, list[tuple[int, float]]]:
+    """Refit the head on every current label and predict `image_ids`: (class position,
+    probability) best first, TOP_PREDICTIONS of them. Numpy and files only, so any thread
+    may call it; a few milliseconds for hundreds of labels. {} when nothing is labelled
+    or the embeddings are gone."""
+    from atl_desktop.active.heads import fit_scaler, make_head
+    from atl_desktop.active.scoring import MissingScores, load_scores
+
+    in_pool = set(live.pool_ids.tolist())
+    labelled = np.asarray(sorted(i for i in live.labels if i in in_pool), dtype=np.int64)
+    if not len(labelled):
+        return {}
+    try:
+        table = load_scores(live.cache, live.pool_ids)
+    except (MissingScores, OSError):
+        return {}
+    scaler = fit_scaler(table.features)
+    y = np.asarray([live.labels[i] for i in labelled], dtype=np.int64)
+    head = make_head(live.head, live.num_classes).fit(scaler(table.features[table.rows(labelled)]), y)
+    wanted = np.asarray([i for i in image_ids if i in in_pool], dtype=np.int64)
+    if not len(wanted):
+        return {}
+    probs = head.predict_proba(scaler(table.features[table.rows(wanted)]))
+    out = {}
+    for image_id, p in zip(wanted, probs, strict=True):
+        order = np.argsort(-p, kind="stable")[:TOP_PREDICTIONS]
+        out[int(image_id)] = [(int(c), float(p[c])) for c in order]
+    return out
 
 
 # ---- why each image was chosen, in words ---------------------------------------------
@@ -325,8 +432,6 @@ def pseudo_label_job(
     committed with them. The entropy threshold decays with the number of rounds
     finished so far. Pairs the expert rejected before are never proposed again.
     """
-    from atl_desktop.active.scoring import ScoringConfig
-
     config = config or PseudoLabelConfig(**project.get_setting(PSEUDO_SETTING, {}))
     if round_id is None:
         current = open_round(project)
@@ -430,8 +535,6 @@ def finish_round_job(
     if not state.reached("trained"):
         check_can_finish(project, round_id)
     if pseudo is not None and not state.reached("pseudo-labelled"):
-        from atl_desktop.active.scoring import ScoringConfig
-
         yield from relabel(pseudo_label_job(project, config=pseudo, round_id=round_id,
                                             scoring=ScoringConfig(device=device)), "pseudo-labelling")
         notify(on_commit, "pseudo-labelled")

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
+from atl_desktop.active.heads import HEADS, fit_scaler, make_head
 from atl_desktop.active.pseudo import PseudoLabelConfig, pseudo_labels_for_round
 from atl_desktop.active.scoring import ScoringConfig, score_pool
 from atl_desktop.active.strategies import STRATEGIES, select
@@ -43,6 +44,8 @@ from atl_desktop.session import pool_selection_input, scoring_config_for
 from atl_desktop.store import ProjectError
 
 BASELINE = "random"
+METRICS = ("accuracy", "balanced_accuracy")
+NEW_CONFIG_DEFAULTS = {"encoder": "selfsup", "encoder_weights": None, "selfsup": {}, "metric": "accuracy"}
 RUN_VERSION = 2  # part of a saved run's key: raise it when a change alters the curves
 
 
@@ -59,6 +62,10 @@ class Arm:
     # domain-adaptation method this adapts the source model to the unlabelled pool first,
     # as a user would before labelling: it costs no labels.
     adapt_steps: int = 0
+    # The embedding-first loop: a head ("logreg", "prototype") refitted on frozen embeddings
+    # after every batch, instead of fine-tuning (see run_embedding_arm).
+    head: str | None = None
+    head_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -67,12 +74,18 @@ class Arm:
             raise ProjectError(f"CEAL pseudo-labels are not combined with {self.strategy} (it scores no pool).")
         if self.adapt_steps < 0:
             raise ProjectError("adapt_steps must be 0 or more.")
+        if self.head is not None and self.head not in HEADS:
+            raise ProjectError(f"Unknown head {self.head!r}; choose one of {', '.join(HEADS)}.")
+        if self.head is not None and (self.pseudo or "generative" in STRATEGIES[self.strategy].needs):
+            raise ProjectError("A head on embeddings is not combined with CEAL, GAAL or ASAL.")
         object.__setattr__(self, "params", dict(self.params))
+        object.__setattr__(self, "head_options", dict(self.head_options))
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)
-        if not self.adapt_steps:
-            del data["adapt_steps"]  # the key of runs saved before the field existed
+        for name in ("adapt_steps", "head", "head_options"):
+            if not data[name]:
+                del data[name]  # the key of runs saved before the field existed
         return data
 
 
@@ -97,14 +110,33 @@ class SimulationConfig:
     pseudo_max_per_class: int | None = None
     device: str = "cpu"
     scoring_batch: int = 256
+    # Arms with a head: the encoder of their embeddings. "selfsup": SimCLR on the pool's
+    # images (no labels), with `selfsup` as its SelfSupConfig fields; else an encoder name
+    # of models.encoders with `encoder_weights`.
+    encoder: str = "selfsup"
+    encoder_weights: str | None = None
+    selfsup: Mapping[str, Any] = field(default_factory=dict)
+    metric: str = "accuracy"  # the curves' metric: "accuracy" or "balanced_accuracy"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "selfsup", dict(self.selfsup))
+        if self.metric not in METRICS:
+            raise ProjectError(f"metric must be one of {', '.join(METRICS)}")
         if self.batch < 1 or self.initial < 0 or self.budget < max(1, self.initial):
             raise ProjectError("Need batch >= 1, initial >= 0 and a budget of at least the initial labels.")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
+
+    def run_fields(self) -> dict:
+        """What a saved run depends on: fields added later are left out at their defaults,
+        so runs saved before they existed are still found."""
+        data = {k: v for k, v in self.to_json().items() if k not in ("seeds", "device")}
+        for name, default in NEW_CONFIG_DEFAULTS.items():
+            if data.get(name) == default:
+                del data[name]
+        return data
 
     def pseudo_config(self) -> PseudoLabelConfig:
         return PseudoLabelConfig(delta0=self.pseudo_delta0, decay=self.pseudo_decay,
@@ -491,23 +523,171 @@ def _pseudo(scored, labelled: np.ndarray, round_index: int, config: SimulationCo
     return {p.image_id: p.class_id for p in chosen}
 
 
+# ---- the embedding-first loop ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    pool: np.ndarray  # (N, D) float32, the pool's rows in order
+    test: np.ndarray
+    info: dict
+
+
+def _embed(model, x: np.ndarray, config: SimulationConfig, message: str) -> Generator[Progress, None, np.ndarray]:
+    import torch
+
+    from atl_desktop.transfer.train import resolve_device
+
+    data = TensorData.from_arrays(x, None, model.spec)
+    device = resolve_device(config.device)
+    model.to(device).eval()
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(data), config.scoring_batch):
+            parts.append(model.features(data.x[start:start + config.scoring_batch].to(device)).float().cpu().numpy())
+            yield Progress(min(start + config.scoring_batch, len(data)), len(data), message)
+    return np.concatenate(parts) if parts else np.zeros((0, model.feature_dim), np.float32)
+
+
+def _rgb(x: np.ndarray) -> np.ndarray:
+    return np.repeat(x[..., None], 3, axis=-1) if x.ndim == 3 else x
+
+
+def embeddings_job(data: SimData, config: SimulationConfig,
+                   out_dir: str | Path | None = None) -> Generator[Progress, None, Embeddings]:
+    """Embeddings of the pool and test images by the configured encoder, once per simulation
+    (cached in out_dir/runs). "selfsup" first trains SimCLR on the pool images, without labels."""
+    import time
+
+    from atl_desktop.models.encoders import EncoderChoice, build_encoder
+    from atl_desktop.transfer.selfsup import SelfSupConfig, pretrain
+
+    x_pool, _ = _pool_arrays(data, config)
+    fields = {"version": RUN_VERSION, "data": data.fingerprint(), "pool": config.pool_size,
+              "encoder": config.encoder, "weights": config.encoder_weights, "selfsup": config.selfsup}
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    path = None if out_dir is None else Path(out_dir) / "runs" / f"embeddings-{key}.npz"
+    if path is not None and path.is_file():
+        with np.load(path, allow_pickle=False) as saved:
+            return Embeddings(saved["pool"], saved["test"], json.loads(str(saved["info"])))
+    started = time.perf_counter()
+    info: dict = {"encoder": config.encoder}
+    if config.encoder == "selfsup":
+        ssl = SelfSupConfig.from_dict({"image_size": x_pool.shape[1], **config.selfsup, "device": config.device})
+        model = build_encoder(EncoderChoice("untrained:" + ssl.backbone, input_size=ssl.image_size),
+                              len(data.classes))
+        model = _fast_layout(model)
+        info["selfsup"] = ssl.to_dict()
+        info["selfsup_metrics"] = yield from relabel(pretrain(model, _rgb(x_pool), ssl),
+                                                     "self-supervised pre-training")
+    else:
+        model = build_encoder(EncoderChoice(config.encoder, config.encoder_weights), len(data.classes))
+    info["pretrain_seconds"] = time.perf_counter() - started
+    started = time.perf_counter()
+    pool = yield from _embed(model, x_pool, config, "embedding the pool")
+    test = yield from _embed(model, data.x_test, config, "embedding the test images")
+    info["embed_seconds"] = time.perf_counter() - started
+    info["images_embedded"] = int(len(pool) + len(test))
+    if path is not None:
+        import io
+
+        from atl_desktop.store.files import atomic_write_bytes
+
+        buffer = io.BytesIO()
+        np.savez(buffer, pool=pool, test=test, info=np.asarray(json.dumps(info)))
+        atomic_write_bytes(path, buffer.getvalue())
+    return Embeddings(pool, test, info)
+
+
+def _pool_arrays(data: SimData, config: SimulationConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The pool as the simulation uses it (the same subsample as _prepare)."""
+    x, y = data.x_pool, data.y_pool
+    if config.pool_size is not None and config.pool_size < len(y):
+        keep = np.sort(np.random.default_rng(0).choice(len(y), config.pool_size, replace=False))
+        x, y = x[keep], y[keep]
+    return x, y
+
+
+def _head_metrics(head, scaler, embeddings: Embeddings, y_test: np.ndarray, classes) -> dict:
+    probs = head.predict_proba(scaler(embeddings.test))
+    return evaluation_metrics(probs, y_test, classes)
+
+
+def run_embedding_arm(embeddings: Embeddings, y_pool: np.ndarray, y_test: np.ndarray, arm: Arm,
+                      config: SimulationConfig, seed: int, classes: Sequence[str]
+                      ) -> Generator[Progress, None, list[dict]]:
+    """One learning curve of the embedding-first loop: after every batch the oracle's labels
+    refit the head on the frozen embeddings, and the test split is scored. The choice sees
+    what a project query sees (session.query_job): the head's probabilities of the
+    unlabelled rows, their embeddings and the labelled ones; a strategy that needs
+    predictions while nothing is labelled takes the cold start's TypiClust instead."""
+    from atl_desktop.active.strategies import SelectionInput
+    from atl_desktop.session import COLD_START_STRATEGY
+
+    n, c = len(y_pool), len(classes)
+    rng = np.random.default_rng([seed, 1])
+    labelled = np.sort(rng.choice(n, size=min(config.initial, n), replace=False)).astype(np.int64)
+    scaler = fit_scaler(embeddings.pool)
+    z_pool = scaler(embeddings.pool)
+    max_rounds = config.rounds if config.rounds is not None else -(-(config.budget - len(labelled)) // config.batch)
+    records: list[dict] = []
+    head = None
+    for r in range(max_rounds + 1):
+        if r > 0:
+            unlabelled = np.setdiff1d(np.arange(n), labelled)
+            batch = min(config.batch, config.budget - len(labelled)) if config.rounds is None else config.batch
+            if not len(unlabelled) or batch <= 0:
+                break
+            probs = None if head is None else head.predict_proba(z_pool[unlabelled])
+            data = SelectionInput(probs=probs, features=embeddings.pool[unlabelled],
+                                  labelled_features=embeddings.pool[labelled])
+            strategy, params = arm.strategy, arm.params
+            if "probs" in STRATEGIES[strategy].needs and probs is None:
+                strategy, params = COLD_START_STRATEGY, {}
+            picks = select(strategy, data, batch, np.random.default_rng([seed, r, 2]), **params)
+            labelled = np.sort(np.concatenate([labelled, unlabelled[picks]]))
+        if not len(labelled):
+            continue  # nothing to fit a head on yet
+        head = make_head(arm.head, c, **arm.head_options).fit(z_pool[labelled], y_pool[labelled])
+        result = _head_metrics(head, scaler, embeddings, y_test, classes)
+        records.append(_record(r, labelled, {}, y_pool, result, {"kappa": None, "stop": False}))
+        yield Progress(r + 1, max_rounds + 1, f"{arm.name} seed {seed}",
+                       {"labels": int(len(labelled)), config.metric: result[config.metric]})
+    return records
+
+
 # ---- the whole simulation ------------------------------------------------------------------
 
 
 def default_arms(strategies: Sequence[str], *, pseudo: bool = False, method: str = "finetune",
-                 adapt_steps: int = 0) -> list[Arm]:
+                 adapt_steps: int = 0, params: Mapping[str, Any] | None = None, head: str | None = None,
+                 head_options: Mapping[str, Any] | None = None) -> list[Arm]:
     """One arm per strategy, random (the baseline) always first and never with pseudo-labels
-    unless asked for with the others; `adapt_steps`: see Arm."""
+    unless asked for with the others; `adapt_steps`, `head`: see Arm. `params` go to every
+    strategy that takes them (random takes none)."""
     names = [BASELINE] + [s for s in dict.fromkeys(strategies) if s != BASELINE]
     if pseudo:  # GAAL and ASAL score no pool, so CEAL has nothing to go on
         names = [s for s in names if s not in STRATEGIES or "generative" not in STRATEGIES[s].needs]
     suffix = ("+ceal" if pseudo else "") + ("" if method == "finetune" else f"+{method}")
-    return [Arm(s + suffix, s, pseudo=pseudo, method=method, adapt_steps=adapt_steps) for s in names]
+    return [Arm(s + suffix, s, pseudo=pseudo, method=method, adapt_steps=adapt_steps,
+                params=_accepted(s, params or {}), head=head, head_options=head_options or {})
+            for s in names]
+
+
+def _accepted(strategy: str, params: Mapping[str, Any]) -> dict:
+    """The parameters the strategy's function takes."""
+    import inspect
+
+    if not params or strategy not in STRATEGIES:
+        return {}
+    signature = inspect.signature(STRATEGIES[strategy].select).parameters
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in signature.values())
+    return {k: v for k, v in params.items() if takes_any or k in signature}
 
 
 def _run_key(data: SimData, arm: Arm, config: SimulationConfig, seed: int, gan=None) -> str:
     fields = {"version": RUN_VERSION, "data": data.fingerprint(), "arm": arm.to_json(), "seed": seed,
-              "config": {k: v for k, v in config.to_json().items() if k not in ("seeds", "device")}}
+              "config": config.run_fields()}
     if "generative" in STRATEGIES[arm.strategy].needs:  # GAAL, ASAL: their GAN too
         fields["gan"] = gan.to_json()
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
@@ -522,12 +702,14 @@ def simulate_job(data: SimData, arms: Sequence[Arm], config: SimulationConfig,
     from atl_desktop.simulate_gan import GanSimConfig, prepare_job
 
     gan = gan or GanSimConfig()
-    if not any(a.strategy == BASELINE and not a.pseudo and a.method == "finetune" for a in arms):
+    if not any(a.name == BASELINE for a in arms):
         arms = [Arm(BASELINE, BASELINE), *arms]
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
         raise ProjectError("Arm names must be unique.")
-    prepared = _prepare(data, config)
+    fine_tuned = [a for a in arms if a.head is None]
+    prepared = _prepare(data, config) if fine_tuned else None
+    embeddings = None
     runs: dict[str, dict[int, list[dict]]] = {a.name: {} for a in arms}
     run_dir = None if out_dir is None else Path(out_dir) / "runs"
     todo = len(arms) * len(config.seeds)
@@ -538,6 +720,12 @@ def simulate_job(data: SimData, arms: Sequence[Arm], config: SimulationConfig,
             for arm in arms:
                 key = _run_key(data, arm, config, seed, gan)
                 saved = _load_run(run_dir, arm, seed, key)
+                if saved is None and arm.head is not None:
+                    if embeddings is None:
+                        embeddings = yield from embeddings_job(data, config, out_dir)
+                    saved = yield from run_embedding_arm(embeddings, _pool_arrays(data, config)[1], data.y_test,
+                                                         arm, config, seed, data.classes)
+                    _save_run(run_dir, arm, seed, key, saved)
                 if saved is None:
                     if start is None:
                         start = yield from _cached_initial_model(prepared, config, seed, data, out_dir)
@@ -551,6 +739,10 @@ def simulate_job(data: SimData, arms: Sequence[Arm], config: SimulationConfig,
                 done += 1
                 yield Progress(done, todo, f"{arm.name} seed {seed} done")
     summary = summarise(runs, arms, config, data)
+    if any(a.head is not None for a in arms):
+        if embeddings is None:  # every run was reused: so are the embeddings, with their timings
+            embeddings = yield from embeddings_job(data, config, out_dir)
+        summary["embeddings"] = embeddings.info
     if any("generative" in STRATEGIES[a.strategy].needs for a in arms):
         if prepared.gan is None:  # every run was reused: the GAN and oracle are, too (their facts go in)
             prepared.gan = yield from prepare_job(prepared, config, gan, data.fingerprint(), list(data.classes),
@@ -619,10 +811,10 @@ def area_under_curve(labels: Sequence[int], accuracy: Sequence[float]) -> float 
     return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2) / (x[-1] - x[0]))
 
 
-def _curve(per_seed: dict[int, list[dict]]) -> dict:
-    """Mean and std over seeds, round by round, up to the shortest run."""
+def _curve(per_seed: dict[int, list[dict]], metric: str = "accuracy") -> dict:
+    """Mean and std of `metric` over seeds, round by round, up to the shortest run."""
     length = min(len(r) for r in per_seed.values())
-    acc = np.asarray([[rec["accuracy"] for rec in r[:length]] for r in per_seed.values()])
+    acc = np.asarray([[rec[metric] for rec in r[:length]] for r in per_seed.values()])
     labels = [int(np.mean([r[k]["labels"] for r in per_seed.values()])) for k in range(length)]
     return {"labels": labels, "mean": acc.mean(0).tolist(), "std": acc.std(0).tolist()}
 
@@ -630,7 +822,7 @@ def _curve(per_seed: dict[int, list[dict]]) -> dict:
 def summarise(runs: dict[str, dict[int, list[dict]]], arms: Sequence[Arm], config: SimulationConfig,
               data: SimData | None = None) -> dict:
     """Curves per arm, labels each arm needs to reach random's final accuracy, and AULC."""
-    curves = {name: _curve(per_seed) for name, per_seed in runs.items() if per_seed}
+    curves = {name: _curve(per_seed, config.metric) for name, per_seed in runs.items() if per_seed}
     baseline = curves[BASELINE]
     target = baseline["mean"][-1]
     final_labels = baseline["labels"][-1]
@@ -643,6 +835,8 @@ def summarise(runs: dict[str, dict[int, list[dict]]], arms: Sequence[Arm], confi
         out_arms[arm.name] = {
             **arm.to_json(), **curve,
             "accuracy_per_seed": {str(s): [rec["accuracy"] for rec in r] for s, r in runs[arm.name].items()},
+            "balanced_accuracy_per_seed": {str(s): [rec.get("balanced_accuracy") for rec in r]
+                                           for s, r in runs[arm.name].items()},
             "labels_per_seed": {str(s): [rec["labels"] for rec in r] for s, r in runs[arm.name].items()},
             "rounds": {str(s): r for s, r in runs[arm.name].items()},
             "labels_to_match_random": need,
@@ -651,7 +845,7 @@ def summarise(runs: dict[str, dict[int, list[dict]]], arms: Sequence[Arm], confi
             "final_accuracy": curve["mean"][-1],
         }
     return {
-        "config": config.to_json(), "classes": list(data.classes) if data else None,
+        "config": config.to_json(), "metric": config.metric, "classes": list(data.classes) if data else None,
         "pool": None if data is None else int(min(len(data.y_pool), config.pool_size or len(data.y_pool))),
         "test": None if data is None else int(len(data.y_test)),
         "random_final_accuracy": target, "random_final_labels": final_labels, "arms": out_arms,
@@ -713,7 +907,7 @@ def learning_curve_figure(summary: dict, *, title: str = "Learning curves"):
         ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.12, linewidth=0)
     ax.axhline(summary["random_final_accuracy"], color="grey", linewidth=0.8, linestyle=":")
     ax.set_xlabel("labelled target images")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel("test " + summary.get("metric", "accuracy").replace("_", " "))
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from atl_desktop.active.coldstart import as_float, kmeans_select, row_chunks, sq_norms
+from atl_desktop.active.coldstart import as_float, kmeans, kmeans_select, row_chunks, sq_norms
 from atl_desktop.active.scores import EPS, PROB_SCORES, bald, entropy_of
 
 
@@ -470,6 +470,217 @@ def select_kmeans(data: SelectionInput, batch: int, rng: np.random.Generator,
     return kmeans_select(data.features, batch, rng, iterations=iterations)
 
 
+# ---- cold-start-aware selection in embedding space ---------------------------------------
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def knn_mean_distance(x: np.ndarray, k: int) -> np.ndarray:
+    """Mean Euclidean distance of every row to its k nearest other rows (row chunks, no N x N)."""
+    n = len(x)
+    k = min(k, n - 1)
+    out = np.zeros(n)
+    if k < 1:
+        return out
+    norms = sq_norms(x)
+    for rows in row_chunks(n, n):
+        d = norms[rows][:, None] - 2.0 * (x[rows] @ x.T) + norms[None, :]
+        d[np.arange(d.shape[0]), np.arange(rows.start, rows.stop)] = np.inf  # not itself
+        nearest = np.partition(d, k - 1, axis=1)[:, :k]
+        out[rows] = np.sqrt(np.maximum(nearest, 0.0)).mean(axis=1)
+    return out
+
+
+def typiclust(
+    features: np.ndarray,
+    labelled: np.ndarray | None,
+    b: int,
+    rng: np.random.Generator,
+    *,
+    knn: int = 20,
+    min_cluster_size: int = 5,
+    max_clusters: int = 500,
+) -> np.ndarray:
+    """TypiClust (Hacohen, Dekel & Weinshall, ICML 2022): typical images of uncovered clusters.
+
+    The pool and the labelled images are clustered together by k-means into
+    min(|L| + b, max_clusters) clusters. b times: among clusters larger than
+    `min_cluster_size`, take the one holding the fewest labelled or chosen images
+    (ties: the largest), and from it the unlabelled member of highest typicality,
+    1 / (mean distance to its min(knn, size // 2) nearest members of the cluster).
+    Embeddings are L2-normalised first, as the paper's self-supervised features are.
+    """
+    pool = _unit_rows(features)
+    lab = _unit_rows(labelled) if labelled is not None and len(labelled) else np.zeros((0, pool.shape[1]))
+    n = len(pool)
+    b = min(b, n)
+    if b <= 0:
+        return np.empty(0, dtype=np.int64)
+    x = np.concatenate([pool, lab])
+    k = min(len(lab) + b, max_clusters, len(x))
+    _, assignment = kmeans(x, k, rng)
+    sizes = np.bincount(assignment, minlength=k)
+    covered = np.bincount(assignment[n:], minlength=k)  # labelled images per cluster
+    chosen: list[int] = []
+    taken = np.zeros(n, dtype=bool)
+    eligible = sizes > min_cluster_size
+    if not eligible.any():
+        eligible = sizes > 0
+    while len(chosen) < b:
+        free = np.array([eligible[c] and bool((~taken[assignment[:n] == c]).any()) for c in range(k)])
+        if not free.any():
+            rest = np.flatnonzero(~taken)
+            chosen.extend(int(i) for i in rng.permutation(rest)[: b - len(chosen)])
+            break
+        order = np.lexsort((-sizes, covered))  # fewest covered first, then the largest
+        cluster = int(next(c for c in order if free[c]))
+        members = np.flatnonzero(assignment == cluster)
+        typicality = 1.0 / (knn_mean_distance(x[members], min(knn, len(members) // 2)) + 1e-12)
+        candidates = [(t, i) for t, i in zip(typicality, members, strict=True) if i < n and not taken[i]]
+        best = max(candidates, key=lambda pair: (pair[0], -pair[1]))[1]
+        chosen.append(int(best))
+        taken[best] = True
+        covered[cluster] += 1
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def impure_distance(x: np.ndarray, pseudo: np.ndarray) -> np.ndarray:
+    """Distance from every row to its nearest row of another pseudo-class (inf if none)."""
+    out = np.full(len(x), np.inf)
+    norms = sq_norms(x)
+    for rows in row_chunks(len(x), len(x)):
+        d = norms[rows][:, None] - 2.0 * (x[rows] @ x.T) + norms[None, :]
+        d[pseudo[rows][:, None] == pseudo[None, :]] = np.inf
+        out[rows] = np.sqrt(np.maximum(d.min(axis=1), 0.0))
+    return out
+
+
+def probcover_radius(x: np.ndarray, num_classes: int, rng: np.random.Generator,
+                     purity: float = 0.95) -> float:
+    """ProbCover's ball radius: the largest delta for which at least `purity` of the balls
+    B(x, delta) = {x' : ||x - x'|| < delta} hold one k-means cluster only (k = the number of
+    classes). A ball is pure exactly when delta <= the distance to the nearest point of
+    another cluster, so delta is that distance's (1 - purity) quantile, found exactly
+    (the paper searches a grid)."""
+    k = max(2, min(num_classes, len(x)))
+    _, pseudo = kmeans(x, k, rng)
+    d = np.sort(impure_distance(x, pseudo))
+    allowed_impure = int(math.floor((1.0 - purity) * len(d) + 1e-9))
+    return float(d[min(allowed_impure, len(d) - 1)])
+
+
+def ball_edges(x: np.ndarray, delta: float) -> list[np.ndarray]:
+    """For every row, the rows inside its open ball of radius delta (itself included)."""
+    norms = sq_norms(x)
+    edges: list[np.ndarray] = []
+    for rows in row_chunks(len(x), len(x)):
+        d = norms[rows][:, None] - 2.0 * (x[rows] @ x.T) + norms[None, :]
+        inside = d < delta * delta
+        inside[np.arange(d.shape[0]), np.arange(rows.start, rows.stop)] = True
+        edges.extend(np.flatnonzero(row).astype(np.int64) for row in inside)
+    return edges
+
+
+def probcover(
+    features: np.ndarray,
+    labelled: np.ndarray | None,
+    b: int,
+    rng: np.random.Generator,
+    *,
+    delta: float | None = None,
+    num_classes: int = 10,
+    purity: float = 0.95,
+) -> np.ndarray:
+    """ProbCover (Yehuda et al., NeurIPS 2022): greedy max coverage of the delta-ball graph.
+
+    Points covered by a labelled image's ball are removed first; then b times the
+    unlabelled point whose ball holds the most uncovered points is taken and
+    everything in its ball marked covered. Once nothing is left to cover, the rest
+    is drawn at random, as in the paper. Embeddings are L2-normalised; delta
+    defaults to `probcover_radius` over the pool and the labelled images.
+    """
+    pool = _unit_rows(features)
+    lab = _unit_rows(labelled) if labelled is not None and len(labelled) else np.zeros((0, pool.shape[1]))
+    n = len(pool)
+    b = min(b, n)
+    if b <= 0:
+        return np.empty(0, dtype=np.int64)
+    x = np.concatenate([pool, lab])
+    if delta is None:
+        delta = probcover_radius(x, num_classes, rng, purity)
+    edges = ball_edges(x, delta)
+    covered = np.zeros(len(x), dtype=bool)
+    for i in range(n, len(x)):
+        covered[edges[i]] = True
+    degree = np.array([int((~covered[e]).sum()) for e in edges[:n]])
+    taken = np.zeros(n, dtype=bool)
+    chosen: list[int] = []
+    while len(chosen) < b:
+        degree[taken] = -1
+        best = int(np.argmax(degree))  # ties: the lowest row
+        if degree[best] <= 0:
+            rest = np.flatnonzero(~taken)
+            chosen.extend(int(i) for i in rng.permutation(rest)[: b - len(chosen)])
+            break
+        chosen.append(best)
+        taken[best] = True
+        newly = edges[best][~covered[edges[best]]]
+        covered[newly] = True
+        # Only points whose ball reaches a newly covered point lose degree; balls are symmetric.
+        for j in newly:
+            for i in edges[j]:
+                if i < n and not taken[i]:
+                    degree[i] -= 1
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def select_typiclust(data: SelectionInput, batch: int, rng: np.random.Generator, knn: int = 20,
+                     min_cluster_size: int = 5, max_clusters: int = 500) -> np.ndarray:
+    """TypiClust on the pool's embeddings, the labelled images counting as covered."""
+    data.require("features")
+    return typiclust(data.features, data.labelled_features, batch, rng, knn=knn,
+                     min_cluster_size=min_cluster_size, max_clusters=max_clusters)
+
+
+def select_probcover(data: SelectionInput, batch: int, rng: np.random.Generator,
+                     delta: float | None = None, purity: float = 0.95,
+                     num_classes: int | None = None) -> np.ndarray:
+    """ProbCover on the pool's embeddings; delta from `purity` unless given."""
+    data.require("features")
+    if num_classes is None:
+        num_classes = data.probs.shape[1] if data.probs is not None and data.probs.shape[1] > 1 else 10
+    return probcover(data.features, data.labelled_features, batch, rng, delta=delta,
+                     num_classes=num_classes, purity=purity)
+
+
+def auto_phase(labelled: int, num_classes: int, typical_per_class: float) -> str:
+    """"typical" while fewer than `typical_per_class` labels per class exist, then "uncertain"."""
+    return "typical" if labelled < typical_per_class * max(1, num_classes) else "uncertain"
+
+
+def select_auto(data: SelectionInput, batch: int, rng: np.random.Generator,
+                typical_per_class: float = 5.0, k: int = 10) -> np.ndarray:
+    """Typical images first, uncertain and diverse ones once labels have grown.
+
+    The low-budget regime (Hacohen et al. 2022: below a few labels per class,
+    representative beats uncertain) takes TypiClust; after that, the k*b images
+    of smallest margin are shortlisted and thinned by k-centre, so a batch is not
+    b near-copies of one ambiguous image (uncertainty with diversity, as in
+    Citovsky et al. 2021's cluster-margin). Without a model's probabilities the
+    first phase is kept.
+    """
+    data.require("features")
+    n_labelled = 0 if data.labelled_features is None else len(data.labelled_features)
+    has_model = data.probs is not None and data.probs.shape[1] > 1
+    num_classes = data.probs.shape[1] if has_model else 1
+    if not has_model or auto_phase(n_labelled, num_classes, typical_per_class) == "typical":
+        return select_typiclust(data, batch, rng)
+    return select_hybrid(data, batch, rng, score="margin", k=k, diversity="kcentre")
+
+
 def select_gaal(data: SelectionInput, batch: int, rng: np.random.Generator, **params):
     """GAAL: new images that maximise the classifier's entropy (a gansampling.SyntheticBatch)."""
     from atl_desktop.active.gansampling import gaal_synthesise
@@ -509,6 +720,12 @@ STRATEGIES: dict[str, Strategy] = {
     "mmd": _s(select_mmd, "features labelled_features source_features", "greedy MMD reduction"),
     "hybrid": _s(select_hybrid, "probs features labelled_features", "uncertainty shortlist, then diversity"),
     "kmeans": _s(select_kmeans, "features", "cold start: one sample per k-means cluster"),
+    "typiclust": _s(select_typiclust, "features labelled_features",
+                    "TypiClust: the most typical image of each uncovered cluster (cold start)"),
+    "probcover": _s(select_probcover, "features labelled_features",
+                    "ProbCover: greedy coverage of the embedding space by pure balls (cold start)"),
+    "auto": _s(select_auto, "probs features labelled_features",
+               "typical first (TypiClust), then smallest margin with diversity"),
     "gaal": _s(select_gaal, "generative", "GAAL: GAN-made images of maximal entropy, labelled as they are",
                synthetic=True),
     "asal": _s(select_asal, "generative", "ASAL: pool images nearest to GAN-made high-entropy images"),

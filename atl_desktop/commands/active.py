@@ -34,6 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="strategy parameter, VALUE in JSON (e.g. k=10, diversity='\"mmd\"', balance=true)")
     query.add_argument("--prototypes", action="store_true",
                        help="few-shot: predict with class means of labelled features instead of the head")
+    query.add_argument("--head", default="auto", choices=("auto", "model", "logreg", "prototype"),
+                       help="where predictions come from: the model's own head, or a head fitted on the "
+                            "labelled images' embeddings (auto: the model's head once it was trained on "
+                            "labels, else logreg)")
     query.add_argument("--json", action="store_true", help="print JSON")
     _model_options(query)
     query.set_defaults(func=cmd_query)
@@ -104,15 +108,12 @@ def parse_params(items: list[str]) -> dict:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from atl_desktop.active.strategies import STRATEGIES
     from atl_desktop.session import query_job
 
-    # The scoring settings load torch: only for a strategy that asks the model.
-    scores = bool(STRATEGIES[args.strategy].needs) or args.prototypes
     with Project.open(args.project) as project:
         job = query_job(project, strategy=args.strategy, batch=args.batch, params=parse_params(args.param),
-                        prototypes=args.prototypes, seed=args.seed, model=_choice(args),
-                        scoring=_config(args, 0, args.mc_samples) if scores else None)
+                        prototypes=args.prototypes, seed=args.seed, model=_choice(args), head=args.head,
+                        scoring=_config(args, 0, args.mc_samples))
         result = run_with_tqdm(job, desc="query", quiet=args.quiet)
         rows = query_rows(project, result)
     if args.json:

@@ -41,12 +41,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="asal: the feature space in which pool images are matched")
     parser.add_argument("--synthetic-oracle", default="classifier", choices=("classifier", "nearest"),
                         help="gaal: who labels synthetic images in a simulation (see README)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of each fine-tune")
+    parser.add_argument("--max-steps", type=int, help="cap on each round's optimiser steps")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per optimiser step")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="strategy parameter for every arm, VALUE in JSON (see `atl query --param`)")
+    parser.add_argument("--pseudo-max-per-class", type=int, help="CEAL: at most this many per class and round")
+    parser.add_argument("--head", choices=("logreg", "prototype"),
+                        help="the embedding-first loop: refit this head on frozen embeddings after every "
+                             "batch instead of fine-tuning")
+    parser.add_argument("--head-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="head option, e.g. l2=0.01 (logreg) or temperature=0.1 (prototype)")
+    parser.add_argument("--encoder", default="selfsup",
+                        help="with --head: selfsup (SimCLR on the pool's images, no labels) or an encoder "
+                             "name (a torchvision backbone, a foundation model, untrained:resnet18)")
+    parser.add_argument("--encoder-weights", help="weights of --encoder: imagenet, or a file or folder")
+    parser.add_argument("--selfsup-backbone", default="resnet18")
+    parser.add_argument("--selfsup-steps", type=int, default=300)
+    parser.add_argument("--selfsup-batch", type=int, default=128)
+    parser.add_argument("--metric", default="accuracy", choices=("accuracy", "balanced_accuracy"),
+                        help="the curves' metric (balanced_accuracy where classes are imbalanced)")
     parser.add_argument("--out", type=Path, required=True, help="folder for simulation.json/.csv/.png")
     parser.add_argument("--quiet", action="store_true")
     parser.set_defaults(func=cmd_simulate)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from atl_desktop.commands.active import parse_params
     from atl_desktop.simulate import (
         BASELINE,
         SimulationConfig,
@@ -63,17 +84,25 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise ProjectError(f"Unknown method {args.method!r}; choose one of {', '.join(METHODS)}.")
     if args.seeds < 1:
         raise ProjectError("--seeds must be at least 1.")
-    arms = default_arms(strategies, method=args.method, adapt_steps=args.adapt_steps)
+    params, head_options = parse_params(args.param), parse_params(args.head_option)
+    arms = default_arms(strategies, method=args.method, adapt_steps=args.adapt_steps, params=params,
+                        head=args.head, head_options=head_options)
     if args.pseudo:
-        arms += default_arms(strategies, pseudo=True, method=args.method, adapt_steps=args.adapt_steps)
+        arms += default_arms(strategies, pseudo=True, method=args.method, adapt_steps=args.adapt_steps,
+                             params=params)
     config = SimulationConfig(
         budget=args.budget, batch=args.batch, initial=args.initial, rounds=args.rounds,
         seeds=tuple(range(args.seeds)), backbone=args.backbone, epochs=args.epochs,
-        source_epochs=args.source_epochs, pool_size=args.pool_size, device=args.device)
+        source_epochs=args.source_epochs, pool_size=args.pool_size, device=args.device, lr=args.lr,
+        max_steps=args.max_steps, batch_size=args.batch_size, pseudo_max_per_class=args.pseudo_max_per_class,
+        encoder=args.encoder, encoder_weights=args.encoder_weights, metric=args.metric,
+        selfsup={"backbone": args.selfsup_backbone, "steps": args.selfsup_steps,
+                 "batch_size": args.selfsup_batch})
     data = load_simulation_data(args.target, args.source, image_size=args.image_size)
     gan = GanSimConfig(steps=args.gan_steps, space=args.gan_space, oracle=args.synthetic_oracle)
     summary = run_with_tqdm(simulate_job(data, arms, config, args.out, gan=gan), desc="simulate", quiet=args.quiet)
-    paths = write_outputs(summary, args.out, title=f"{args.target.name}: test accuracy against labels")
+    metric = args.metric.replace("_", " ")
+    paths = write_outputs(summary, args.out, title=f"{args.target.name}: test {metric} against labels")
     print(f"Random reaches {summary['random_final_accuracy']:.4f} with {summary['random_final_labels']} labels.")
     for name, arm in summary["arms"].items():
         need = arm["labels_to_match_random"]

@@ -54,7 +54,8 @@ from atl_desktop.store import Project, ProjectError
 
 JOB_TITLES = {"query": "Scoring the pool", "train": "Training", "pseudo": "Proposing pseudo-labels",
               "import": "Importing images", "export": "Exporting labels",
-              "setup": "Setting up the project", "evaluate": "Evaluating", "score": "Scoring the pool"}
+              "setup": "Setting up the project", "evaluate": "Evaluating", "score": "Scoring the pool",
+              "pretrain": "Learning an encoder from your images"}
 RECENT_LIMIT = 8
 
 
@@ -100,6 +101,13 @@ def default_pseudo_label_job(project, device: str | None = None, **kwargs):
     if device is not None:
         kwargs["scoring"] = ScoringConfig(device=device)
     return pseudo_label_job(project, **kwargs)
+
+
+def default_pretrain_job(project, device: str | None = None):
+    """SimCLR on the project's own images (the encoder of the embedding-first loop)."""
+    from atl_desktop.transfer.selfsup import SelfSupConfig, pretrain_project
+
+    return pretrain_project(project, SelfSupConfig(device=device or "auto"))
 
 
 def default_score_job(project):
@@ -276,6 +284,10 @@ class MainWindow(QMainWindow):
                      QKeySequence("Ctrl+R"))
         self._action(jobs, "&Train", self.training.start, QKeySequence("Ctrl+T"))
         self._action(jobs, "&Propose pseudo-labels", self.start_pseudo)
+        self.pretrain_action = self._action(jobs, "&Learn an encoder from these images (self-supervised)",
+                                            self.start_pretrain)
+        self.pretrain_action.setToolTip("SimCLR on the unlabelled images: no weights or labels needed. "
+                                        "Queries then fit a light head on its embeddings after every label.")
         self._action(jobs, "&Cancel the running job", self.status.cancel_current,
                      QKeySequence("Ctrl+."))
 
@@ -399,6 +411,11 @@ class MainWindow(QMainWindow):
     def start_pseudo(self) -> bool:
         return self.start_job("pseudo")
 
+    def start_pretrain(self) -> bool:
+        device = self.settings.value("device", "auto", type=str) if self.settings is not None else "auto"
+        return self._start_other("pretrain", default_pretrain_job, JOB_TITLES["pretrain"], "model",
+                                 **({} if device == "auto" else {"device": device}))
+
     def _update_busy(self) -> None:
         busy = self.runner.is_running()
         self.query_view.set_busy(busy)
@@ -462,6 +479,9 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"{len(result.items)} images to label.", 8000)
         elif name == "train":
             self.statusBar().showMessage(f"Training finished: checkpoint #{result}.", 8000)
+        elif name == "pretrain":
+            self.statusBar().showMessage(f"Encoder learnt: checkpoint #{result}. Queries now fit a head "
+                                         "on its embeddings after every label.", 12000)
         elif name == "pseudo":
             self.tabs.setCurrentWidget(self.review_view)
             self.statusBar().showMessage(f"{result} pseudo-labels proposed for review.", 8000)

@@ -8,6 +8,7 @@ group shows at once.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from PySide6.QtCore import QAbstractListModel, QAbstractTableModel, QModelIndex, Qt
@@ -198,6 +199,15 @@ class QueryBatchModel(_LazyTileModel):
 
     def label(self, image_id: int) -> ClassRecord | None:
         return self._labels.get(image_id)
+
+    def update_predictions(self, top: dict[int, tuple[Prediction, ...]]) -> None:
+        """New suggestions for some tiles (the live head refitted after a label)."""
+        for row, tile in enumerate(self._rows):
+            new = top.get(tile.image_id)
+            if new is not None and new != tile.top:
+                self._rows[row] = dataclasses.replace(tile, top=new)
+                if row < self._shown:
+                    self._changed(row)
 
     def data(self, index, role=Qt.ItemDataRole.DisplayRole):
         tile: QueryTile | None = self.row_data(index.row())

@@ -51,8 +51,11 @@ def registered_strategies() -> dict[str, str]:
 
 
 def _class_names_for_round(project: Project, round_id: int | None) -> list[str]:
-    """The names behind the model's output positions: the round's checkpoint, else the latest."""
+    """The names behind the model's output positions: the project's classes for a head fitted
+    on embeddings, else the round's checkpoint's, else the latest's."""
     record = next((r for r in project.rounds() if r.id == round_id), None)
+    if record is not None and record.params.get("embeddings"):
+        return project.class_names()
     checkpoint = None
     if record is not None and record.checkpoint_id is not None:
         checkpoint = project.checkpoint(record.checkpoint_id)
@@ -138,6 +141,9 @@ class QueryView(QWidget):
         workspace.blind_changed.connect(lambda _: self.grid.viewport().update())
         workspace.thumbs.ready.connect(lambda _: self.grid.viewport().update())
         self._background = Background(self)
+        self._live = Background(self)  # the live head's refits, one at a time
+        self._live_busy = self._live_again = False
+        self._live_pool: tuple[int | None, Any] = (None, None)  # (round, its pool ids), read once
         if load_strategies:  # the fixed list until the registry has been imported
             self._background.call(registered_strategies, self.set_strategies)
 
@@ -201,6 +207,7 @@ class QueryView(QWidget):
 
     def shutdown(self) -> None:
         self._background.wait()
+        self._live.wait()
 
     def set_busy(self, busy: bool) -> None:
         """While a model job runs, starting another is pointless; labelling goes on."""
@@ -264,6 +271,7 @@ class QueryView(QWidget):
         if not tiles:
             self.summary.setText("")
             return
+        self._refit_suggestions()
         labelled = sum(1 for t in tiles if self.model.label(t.image_id) is not None)
         skips = sum(1 for t in tiles if t.image_id in skipped and self.model.label(t.image_id) is None)
         parts = [f"Round {self.round_id}" if self.round_id is not None else "Last batch"]
@@ -274,6 +282,58 @@ class QueryView(QWidget):
         parts.append(f"{len(tiles)} images: {labelled} labelled, {skips} skipped, "
                      f"{len(tiles) - labelled - skips} to go")
         self.summary.setText(" · ".join(parts))
+
+    # ---- the live head: suggestions refitted after every label -----------------------
+
+    def _refit_suggestions(self) -> None:
+        """When the batch was chosen on cached embeddings, refit its head on every label so
+        far, off the GUI thread, and show the new suggestions on the tiles still to label."""
+        if self._live_busy:
+            self._live_again = True  # one more refit once this one is back
+            return
+        live = self._live_inputs()
+        if live is None:
+            return
+        wanted = [t.image_id for t in self.model.tiles() if self.model.label(t.image_id) is None]
+        if not wanted:
+            return
+        from atl_desktop.session import live_suggestions
+
+        self._live_busy = True
+        self._live.call(lambda: live_suggestions(live, wanted), self._show_suggestions)
+
+    def _live_inputs(self):
+        from dataclasses import replace
+
+        from atl_desktop.session import live_head
+
+        project = self.ws.project
+        if self.round_id is None:
+            return None
+        if self._live_pool[0] != self.round_id:
+            live = live_head(project, self.round_id)
+            self._live_pool = (self.round_id, live)
+            return live
+        cached = self._live_pool[1]
+        if cached is None:
+            return None
+        position = project.class_index()  # only the labels are read again
+        labels = {i: position[c] for i, c in project.current_labels(domain="target", split="pool").items()
+                  if c in position}
+        return replace(cached, labels=labels, num_classes=len(position))
+
+    def _show_suggestions(self, result) -> None:
+        self._live_busy = False
+        if isinstance(result, dict) and result:
+            names = self.ws.project.class_names()
+            by_name = {c.name: c.id for c in self.ws.project.classes()}
+            top = {image_id: tuple(Prediction(by_name.get(names[c]), names[c], p) for c, p in pairs
+                                   if 0 <= c < len(names))
+                   for image_id, pairs in result.items()}
+            self.model.update_predictions(top)
+        if self._live_again:
+            self._live_again = False
+            self._refit_suggestions()
 
     def _first_unlabelled(self) -> int:
         for row, tile in enumerate(self.model.tiles()):

@@ -75,14 +75,56 @@ def test_coreset_reason_names_the_distance(project):
     assert result.items[0].score >= result.items[-1].score > 0
 
 
-def test_query_without_checkpoint_explains(tmp_path):
+def test_unknown_strategy_and_head_are_refused(tmp_path):
     with Project.create(tmp_path / "q.atl") as p:
         p.add_class("a")
-        p.add_image(sha256="0" * 64, location="x.png")
-        with pytest.raises(ProjectError, match="no checkpoint yet"):
-            run_job(query_job(p, strategy="entropy", batch=1))
         with pytest.raises(ProjectError, match="Unknown strategy"):
             run_job(query_job(p, strategy="psychic", batch=1))
+        with pytest.raises(ProjectError, match="Unknown head"):
+            run_job(query_job(p, strategy="random", batch=1, head="oracle"))
+
+
+@pytest.fixture
+def fresh(tmp_path):
+    """A project with images and classes but no checkpoint at all (offline, no weights)."""
+    from atl_desktop.data.importers import ImportOptions, import_source
+
+    with Project.create(tmp_path / "fresh.atl") as p:
+        run_job(import_source(p, TESTDATA / "pathmnist_270.npz",
+                              ImportOptions(domain="target", split="pool", labels="truth")))
+        yield p
+
+
+def test_cold_start_without_checkpoint_picks_typical_images(fresh):
+    # entropy needs predictions; with nothing labelled and no checkpoint the query uses
+    # an untrained encoder's embeddings and TypiClust instead of refusing.
+    result = run_job(query_job(fresh, strategy="entropy", batch=6))
+    assert len(result.items) == 6 and len({it.image_id for it in result.items}) == 6
+    (rnd,) = fresh.rounds()
+    assert rnd.params["cold_start"] == "typiclust" and rnd.params["head"] == "logreg"
+    assert rnd.checkpoint_id is None
+    # The embeddings are cached: the same query again reads them (same key, same picks).
+    again = run_job(query_job(fresh, strategy="typiclust", batch=6))
+    assert [it.image_id for it in again.items] == [it.image_id for it in result.items]
+
+
+def test_labels_drive_a_logistic_head_on_embeddings(fresh):
+    truth = fresh.truth()
+    # Two labels in each of the first three classes, from the hidden ground truth.
+    given = {}
+    for image_id, class_id in sorted(truth.items()):
+        if sum(1 for c in given.values() if c == class_id) < 2 and len(set(given.values()) | {class_id}) <= 3:
+            given[image_id] = class_id
+    for image_id, class_id in given.items():
+        fresh.set_label(image_id, class_id)
+    result = run_job(query_job(fresh, strategy="margin", batch=5))
+    (rnd,) = fresh.rounds()
+    assert "cold_start" not in rnd.params and rnd.params["head"] == "logreg"
+    position = {c.id: k for k, c in enumerate(fresh.classes())}
+    seen = {position[c] for c in given.values()}
+    for item in result.items:
+        assert {c for c, _ in item.top} <= seen | {c for c, p in item.top if p == 0.0}
+        assert item.top[0][0] in seen  # a class never labelled is never suggested
 
 
 def test_pseudo_labels_respect_threshold_and_rejections(project):
@@ -117,3 +159,34 @@ def test_train_job_finishes_the_open_round_with_a_child_checkpoint(project):
     (rnd,) = project.rounds()
     assert rnd.finished is not None and rnd.checkpoint_id == new_id
     assert project.latest_checkpoint().id == new_id
+
+
+def test_live_suggestions_match_the_query_and_follow_new_labels(fresh):
+    from atl_desktop.session import live_head, live_suggestions
+
+    labelled = {}
+    for image_id, class_id in sorted(fresh.truth().items()):
+        if list(labelled.values()).count(class_id) < 2:
+            labelled[image_id] = class_id
+        if len(labelled) == 8:
+            break
+    for image_id, class_id in labelled.items():
+        fresh.set_label(image_id, class_id)
+    result = run_job(query_job(fresh, strategy="margin", batch=4))
+    live = live_head(fresh, result.round_id)
+    assert live is not None and live.head == "logreg"
+    ids = [it.image_id for it in result.items]
+    before = live_suggestions(live, ids)
+    for item in result.items:  # the same fit as the query's: the same suggestions
+        assert [c for c, _ in before[item.image_id]] == [c for c, _ in item.top]
+        assert [p for _, p in before[item.image_id]] == pytest.approx([p for _, p in item.top], abs=1e-3)
+    fresh.set_label(ids[0], fresh.truth()[ids[0]])
+    after = live_suggestions(live_head(fresh, result.round_id), ids[1:])
+    assert any(after[i] != before[i] for i in ids[1:])
+
+
+def test_no_live_head_for_a_round_on_the_models_own_head(project):
+    from atl_desktop.session import live_head
+
+    result = run_job(query_job(project, strategy="entropy", batch=2, head="model"))
+    assert live_head(project, result.round_id) is None

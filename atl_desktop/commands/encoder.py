@@ -1,0 +1,68 @@
+"""`atl pretrain` and `atl encoder`: the encoder of the embedding-first loop."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from atl_desktop.jobs import run_with_tqdm
+from atl_desktop.store import Project
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    pretrain = subparsers.add_parser(
+        "pretrain", help="learn an encoder from the project's own images (self-supervised)",
+        description="SimCLR (Chen et al. 2020) on the target pool's images, labelled or not (never the "
+                    "test split): no pretrained weights and no labels needed. The encoder becomes the "
+                    "current checkpoint; queries then fit a light head on its embeddings after every "
+                    "label, and `atl train` fine-tunes from it.")
+    pretrain.add_argument("project", type=Path)
+    pretrain.add_argument("--backbone", default="resnet18", help="architecture of the encoder")
+    pretrain.add_argument("--image-size", type=int, default=64, help="images are resized to this (pixels)")
+    pretrain.add_argument("--steps", type=int, default=300, help="optimiser steps")
+    pretrain.add_argument("--batch-size", type=int, default=128, help="images per step (two views each)")
+    pretrain.add_argument("--lr", type=float, default=1e-3)
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: CUDA if present)")
+    pretrain.add_argument("--quiet", action="store_true", help="no progress bar")
+    pretrain.set_defaults(func=cmd_pretrain)
+
+    encoder = subparsers.add_parser(
+        "encoder", help="show or set the encoder used before any checkpoint exists",
+        description="Before the project has a checkpoint, queries embed images with this encoder: a "
+                    "torchvision backbone with local weights, a foundation model from a file or folder "
+                    "you have (dinov2_vits14, dinov2_vitb14, uni_vitl16, phikon_vitb16), or "
+                    "untrained:resnet18 (no weights; the default). Nothing is downloaded.")
+    encoder.add_argument("project", type=Path)
+    encoder.add_argument("name", nargs="?", help="encoder name; omit to show the current one")
+    encoder.add_argument("--weights", help="imagenet, or the weights file or folder")
+    encoder.add_argument("--input-size", type=int, help="torchvision backbones: image size in pixels")
+    encoder.set_defaults(func=cmd_encoder)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from atl_desktop.transfer.selfsup import SelfSupConfig, pretrain_project
+
+    config = SelfSupConfig(backbone=args.backbone, image_size=args.image_size, steps=args.steps,
+                           batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device)
+    with Project.open(args.project) as project:
+        checkpoint_id = run_with_tqdm(pretrain_project(project, config), desc="pretrain", quiet=args.quiet)
+        loss = project.checkpoint(checkpoint_id).metrics.get("loss")
+    print(f"Encoder trained ({args.steps} steps, final loss {loss:.3f}): checkpoint {checkpoint_id}, now current.")
+    return 0
+
+
+def cmd_encoder(args: argparse.Namespace) -> int:
+    from atl_desktop.models.encoders import EncoderChoice, build_encoder
+    from atl_desktop.session import ENCODER_SETTING, cold_start_encoder
+
+    if args.name is None:
+        with Project.open(args.project, readonly=True) as project:
+            print(f"Cold-start encoder: {cold_start_encoder(project).describe()}")
+        return 0
+    choice = EncoderChoice(args.name, args.weights, input_size=args.input_size)
+    build_encoder(choice, 1)  # fails now, in one line, when the weights are missing or do not fit
+    with Project.open(args.project) as project:
+        project.set_setting(ENCODER_SETTING, choice.to_json())
+    print(f"Cold-start encoder set to {choice.describe()}.")
+    return 0
