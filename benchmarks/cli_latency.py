@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     atl = str(Path(sys.executable).with_name("atl"))
+    host = machine()  # before the runs, so its load average is the one they start at
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="atl-latency-") as folder:
         project = str(Path(folder) / "small.atl")
@@ -72,7 +73,7 @@ def main() -> None:
     from atl_desktop import __version__
 
     results = {
-        "machine": machine(),
+        "machine": host,
         "load_average_start": [round(x, 2) for x in load_start],
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "versions": {"python": sys.version.split()[0], "atl_desktop": __version__},
