@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from atl_desktop import __version__
 from atl_desktop.jobs import Cancelled
 from atl_desktop.store import ProjectError
+from atl_desktop.store.errors import storage_error
 
 # Each module registers its own subcommands; a missing optional area is skipped
 # only if the module itself is absent, never when it fails to import.
@@ -83,9 +84,12 @@ def run_command(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("atl: interrupted.", file=sys.stderr)
         return 130
-    except Exception as error:  # only user mistakes are caught; the rest re-raise
+    except Exception as error:  # only user mistakes (and full or read-only disks) are caught
         if not isinstance(error, user_errors()):
-            raise
+            where = getattr(error, "filename", None) or getattr(args, "project", None) or "the project"
+            error = storage_error(error, where)
+            if error is None:
+                raise
         print(f"atl: error: {error}", file=sys.stderr)
         return 1
 

@@ -36,6 +36,13 @@ PACKAGES = ("atl-desktop", "torch", "torchvision", "numpy", "pillow", "safetenso
 KIND_WORDS = {"human": "{who}", "import": "imported ({who})", "accepted-pseudo": "pseudo-label accepted by {who}"}
 
 REFERENCES = {
+    "typiclust": "G. Hacohen, A. Dekel, D. Weinshall, “Active Learning on a Budget: Opposite Strategies "
+                 "Suit High and Low Budgets”, ICML 2022.",
+    "probcover": "O. Yehuda, A. Dekel, G. Hacohen, D. Weinshall, “Active Learning Through a Covering Lens”, "
+                 "NeurIPS 2022.",
+    "clustermargin": "G. Citovsky et al., “Batch Active Learning at Scale”, NeurIPS 2021.",
+    "simclr": "T. Chen, S. Kornblith, M. Norouzi, G. Hinton, “A Simple Framework for Contrastive Learning "
+              "of Visual Representations”, ICML 2020.",
     "settles": "B. Settles, “Active Learning Literature Survey”, Computer Sciences Technical Report 1648, "
                "University of Wisconsin–Madison, 2009.",
     "ceal": "K. Wang, D. Zhang, Y. Li, R. Zhang, L. Lin, “Cost-Effective Active Learning for Deep Image "
@@ -87,6 +94,9 @@ STRATEGY_PAPERS = {
     "mmd": ("greedy reduction of the MMD between labelled and unlabelled features", ()),
     "hybrid": ("uncertainty shortlist, then diversity", ("settles", "coreset")),
     "kmeans": ("cold start: one image per k-means cluster", ()),
+    "typiclust": ("TypiClust: the most typical image of each uncovered cluster", ("typiclust",)),
+    "probcover": ("ProbCover: greedy coverage of the embedding space by pure balls", ("probcover",)),
+    "auto": ("typical first (TypiClust), then smallest margin with diversity", ("typiclust", "clustermargin")),
     "gaal": ("GAAL: generated images of maximal entropy", ("gaal",)),
     "asal": ("ASAL: pool images nearest to generated high-entropy images", ("asal",)),
 }
@@ -185,6 +195,18 @@ def methods_used(project: Project, rounds: Sequence, checkpoints: Sequence) -> l
         used.append({"kind": "query strategy", "name": name, "what": what,
                      "where": ", ".join(f"round {r.id}" for r in project.rounds() if r.strategy == name),
                      "references": [REFERENCES[k] for k in keys]})
+    heads = [r for r in project.rounds() if r.params.get("head") in ("logreg", "prototype")]
+    if heads:
+        used.append({"kind": "embedding-first loop", "name": "head on cached embeddings",
+                     "what": "a logistic-regression or prototype head refitted on the encoder's embeddings "
+                             "after every label; the encoder stays frozen",
+                     "where": ", ".join(f"round {r.id} ({r.params['head']})" for r in heads), "references": []})
+    selfsup = [c for c in checkpoints if c.config.get("phase") == "self-supervised"]
+    if selfsup:
+        used.append({"kind": "encoder", "name": "SimCLR (self-supervised)",
+                     "what": "an encoder learnt from the project's own unlabelled images",
+                     "where": ", ".join(f"checkpoint {c.id}" for c in selfsup),
+                     "references": [REFERENCES["simclr"]]})
     if project.pseudo_labels(None):
         used.append({"kind": "pseudo-labels", "name": "CEAL", "what": "confident predictions proposed as "
                      "labels, threshold decaying per round", "where": "review of pseudo-labels",

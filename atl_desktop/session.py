@@ -22,7 +22,14 @@ from atl_desktop.active.scoring import (
     scores_dir,
     write_meta,
 )
-from atl_desktop.active.strategies import STRATEGIES, SelectionInput, aift_scores, bald, select
+from atl_desktop.active.strategies import (
+    STRATEGIES,
+    SelectionInput,
+    aift_scores,
+    auto_phase,
+    bald,
+    select,
+)
 from atl_desktop.jobs import Progress, relabel
 from atl_desktop.models.encoders import COLD_START_BACKBONE, UNTRAINED, EncoderChoice
 from atl_desktop.rounds import (
@@ -42,6 +49,7 @@ from atl_desktop.rounds import (
     training_labels,
 )
 from atl_desktop.store import Project, ProjectError
+from atl_desktop.store.keys import TRAIN_SETTING
 
 SKIPPED_SETTING = "skipped_images"  # images the expert marked unsure (the window's x key)
 ENCODER_SETTING = "encoder"  # models.encoders.EncoderChoice as JSON: the cold start's encoder
@@ -343,6 +351,70 @@ def live_suggestions(live: LiveHead, image_ids) -> dict[int, list[tuple[int, flo
     return out
 
 
+# ---- more like this --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimilarImage:
+    image_id: int
+    similarity: float  # cosine, in the encoder's embedding space
+
+
+def similar_job(project: Project, image_id: int, *, k: int = 20, model: ModelChoice | None = None,
+                scoring: ScoringConfig | None = None) -> Generator[Progress, None, list[SimilarImage]]:
+    """The k unlabelled target pool images nearest to `image_id` in the embedding space of
+    the model a query would use (cached embeddings; the pool is embedded once)."""
+    from atl_desktop.active.similar import SimilarIndex
+
+    if k < 1:
+        raise ProjectError("k must be at least 1.")
+    project.image(image_id)  # a one-line error for an unknown id
+    scored = yield from score_job(project, model=model or ModelChoice(), config=scoring or ScoringConfig())
+    table = scored.target
+    try:
+        query_row = int(table.rows([image_id])[0])
+    except KeyError:
+        raise ProjectError(f"Image {image_id} is not in the target pool; "
+                           "more like this starts from a pool image.") from None
+    unlabelled, _ = unlabelled_pool(project)
+    allowed = np.isin(table.image_ids, unlabelled) & (table.image_ids != image_id)
+    yield Progress(0, None, f"finding images like {image_id}")
+    rows, sims = SimilarIndex(table.features).search(np.asarray(table.features[query_row]), k, allowed)
+    return [SimilarImage(int(table.image_ids[r]), float(v)) for r, v in zip(rows, sims, strict=True)]
+
+
+# ---- possible label errors ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelSuspect:
+    image_id: int
+    given: int  # class id of the label
+    likely: int  # class id confident learning puts it in
+    margin: float  # p(likely) - p(given), out of fold
+
+
+def check_labels_job(project: Project, *, folds: int = 5, model: ModelChoice | None = None,
+                     scoring: ScoringConfig | None = None) -> Generator[Progress, None, list[LabelSuspect]]:
+    """Confident learning (active.label_errors) over the target pool's labels, on the cached
+    embeddings of the model a query would use; most suspicious first."""
+    from atl_desktop.active.label_errors import find_label_errors, out_of_fold_probs
+
+    labelled = project.current_labels(domain="target", split="pool")
+    classes = project.classes()
+    position = {c.id: k for k, c in enumerate(classes)}
+    ids = np.asarray(sorted(i for i, c in labelled.items() if c in position), dtype=np.int64)
+    labels = np.asarray([position[labelled[i]] for i in ids], dtype=np.int64)
+    if len(ids) < 2 * folds or len(np.unique(labels)) < 2:
+        raise ProjectError(f"Checking labels needs at least {2 * folds} labelled images in two classes or more.")
+    scored = yield from score_job(project, model=model or ModelChoice(), config=scoring or ScoringConfig())
+    yield Progress(0, None, f"cross-validating a head over {len(ids)} labels")
+    features = np.asarray(scored.target.features[scored.target.rows(ids)])
+    probs = out_of_fold_probs(features, labels, len(classes), folds=folds)
+    return [LabelSuspect(int(ids[s.row]), classes[s.given].id, classes[s.likely].id, s.margin)
+            for s in find_label_errors(probs, labels)]
+
+
 # ---- why each image was chosen, in words ---------------------------------------------
 
 _SCORE_WORDS = {
@@ -376,6 +448,16 @@ def describe_picks(strategy: str, data: SelectionInput, picks: np.ndarray,
 def _reason_scores(strategy: str, data: SelectionInput, picks: np.ndarray,
                    params: Mapping) -> tuple[np.ndarray, list[str]]:
     n = len(picks)
+    if strategy == "auto":
+        labelled = 0 if data.labelled_features is None else len(data.labelled_features)
+        classes = data.probs.shape[1] if data.probs is not None else 1
+        typical = data.probs is None or classes < 2 or auto_phase(
+            labelled, classes, float(params.get("typical_per_class", 5.0))) == "typical"
+        strategy, params = ("typiclust", {}) if typical else ("hybrid", {"score": "margin"})
+    if strategy == "typiclust":
+        return np.zeros(n), ["typical of a cluster that has no label yet (TypiClust)"] * n
+    if strategy == "probcover":
+        return np.zeros(n), ["covers the most unlabelled images nearby (ProbCover)"] * n
     score_name = params.get("score", "entropy") if strategy == "hybrid" else strategy
     if score_name in PROB_SCORES and data.probs is not None and data.probs.shape[1] > 1:
         scores = PROB_SCORES[score_name](np.asarray(data.probs))
@@ -461,7 +543,6 @@ def pseudo_label_job(
 
 # ---- fine-tuning and the round as a whole ------------------------------------------------
 
-TRAIN_SETTING = "train_config"  # the project's TrainConfig fields, as JSON
 PSEUDO_SETTING = "pseudo_labels"  # the project's PseudoLabelConfig fields, as JSON
 
 
@@ -473,7 +554,10 @@ def project_train_config(project: Project, **overrides):
     latest = project.latest_checkpoint()
     if "backbone" not in saved and latest is not None:
         saved["backbone"] = latest.backbone  # fine-tuning continues the same architecture
+    if "input_size" not in saved and latest is not None and latest.config.get("input_size"):
+        saved["input_size"] = latest.config["input_size"]  # e.g. a self-supervised encoder's size
     return TrainConfig.from_dict({**saved, **overrides})
+
 
 
 def train_job(project: Project, *, config=None, from_scratch: bool = False,

@@ -11,6 +11,7 @@ from atl_desktop.data.export import (
     export_csv,
     export_imagefolder,
     export_json,
+    infer_format,
 )
 from atl_desktop.data.importers import FORMATS, LABEL_MODES, ImportOptions, import_source
 from atl_desktop.jobs import run_with_tqdm
@@ -43,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     exp.add_argument("project", type=Path)
     exp.add_argument("out", type=Path, help="a file (csv, json) or a folder (imagefolder)")
-    exp.add_argument("--format", choices=EXPORT_FORMATS, required=True)
+    exp.add_argument("--format", choices=EXPORT_FORMATS, default=None,
+                     help="default: from OUT (.csv, .json, or a folder for imagefolder)")
     exp.add_argument("--symlink", action="store_true", help="imagefolder: link to the images instead of copying them")
     exp.add_argument("--overwrite", action="store_true", help="replace an existing file, or write into a non-empty folder")
     exp.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -65,10 +67,11 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    fmt = args.format or infer_format(args.out)
     with Project.open(args.project, readonly=True) as project:
-        if args.format == "csv":
+        if fmt == "csv":
             report = export_csv(project, args.out, overwrite=args.overwrite)
-        elif args.format == "json":
+        elif fmt == "json":
             report = export_json(project, args.out, overwrite=args.overwrite)
         else:
             job = export_imagefolder(project, args.out, symlink=args.symlink, overwrite=args.overwrite)

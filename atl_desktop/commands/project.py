@@ -40,7 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_new(args: argparse.Namespace) -> int:
+    from atl_desktop.store.keys import init_training_defaults
+
     with Project.create(args.project) as project:
+        init_training_defaults(project)
         for name in filter(None, (n.strip() for n in args.classes.split(","))):
             project.add_class(name)
         print(f"Created {project.path} (large files go to {project.data_dir.name}/).")

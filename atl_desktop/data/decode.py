@@ -49,6 +49,12 @@ from typing import NamedTuple, TypeVar
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from atl_desktop.store.files import (
+    MAX_READ_BYTES,
+    FileTooLargeError,
+    NotRegularFileError,
+    read_regular,
+)
 from atl_desktop.store.slides import PatchRef
 
 T = TypeVar("T")
@@ -63,8 +69,6 @@ _BITS_PER_MODE = {"1": 1, "I": 32, "F": 32, **dict.fromkeys(_SIXTEEN_BIT, 16)}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _TIFF_BITS_PER_SAMPLE = 258
 _HARMLESS_WARNINGS = ("Metadata Warning", "Corrupt EXIF", "Possibly corrupt EXIF")
-_READ_CHUNK = 1 << 20
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0)  # O_BINARY: Windows only
 
 
 class ImageDecodeError(ValueError):
@@ -123,24 +127,22 @@ def read_file(path: str | os.PathLike) -> bytes:
     return read_file_stat(path)[0]
 
 
-def read_file_stat(path: str | os.PathLike) -> tuple[bytes, os.stat_result]:
-    """`read_file`, plus the file's stat taken from the open file (size, mtime)."""
+def read_file_stat(path: str | os.PathLike, max_bytes: int = MAX_READ_BYTES) -> tuple[bytes, os.stat_result]:
+    """`read_file`, plus the file's stat taken from the open file (size, mtime).
+
+    Only a regular file of at most `max_bytes` is read: a FIFO, a device (a link to
+    /dev/zero) or a huge file is refused at once, never waited on or held in memory.
+    """
     try:
-        # os-level calls: for a small image, Python's file objects cost more than the read.
-        fd = os.open(path, _READ_FLAGS)
-        try:
-            st = os.fstat(fd)
-            data = os.read(fd, st.st_size + 1)  # the whole file, unless it grew since fstat
-            while more := os.read(fd, _READ_CHUNK):  # ... then read on to its end
-                data += more
-        finally:
-            os.close(fd)
+        data, st = read_regular(path, max_bytes)
     except FileNotFoundError:
         raise ImageDecodeError(f"{path}: file not found.") from None
     except PermissionError:
         raise ImageDecodeError(f"{path}: permission denied (the file cannot be read).") from None
     except IsADirectoryError:
         raise ImageDecodeError(f"{path}: is a folder, not an image file.") from None
+    except (NotRegularFileError, FileTooLargeError) as error:
+        raise ImageDecodeError(f"{path}: {error}.") from None
     except OSError as error:
         raise ImageDecodeError(f"{path}: cannot be read ({error.strerror or error}).") from None
     if not data:

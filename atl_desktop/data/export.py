@@ -12,7 +12,6 @@ import io
 import json
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,14 @@ from pathlib import Path
 from atl_desktop.data.decode import IMAGE_SUFFIXES, load_image
 from atl_desktop.jobs import Job, Progress
 from atl_desktop.store import ImageRecord, LabelEvent, PatchRef, Project, ProjectError
-from atl_desktop.store.files import atomic_write_bytes, atomic_write_text
+from atl_desktop.store.files import (
+    NotRegularFileError,
+    atomic_write_bytes,
+    atomic_write_text,
+    copy_regular,
+    is_within,
+)
+from atl_desktop.store.project import SIDE_SUFFIXES
 
 EXPORT_FORMATS = ("csv", "json", "imagefolder")
 CSV_COLUMNS = ("path", "label", "who", "round", "confidence")
@@ -134,6 +140,7 @@ def _who(event: LabelEvent) -> str:
 def export_csv(project: Project, out: str | os.PathLike, overwrite: bool = False) -> ExportReport:
     """One row per labelled image: path (absolute), label, who, round, confidence."""
     out = check_file_target(Path(out), overwrite)
+    refuse_project_files(project, out)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -152,6 +159,7 @@ def export_csv(project: Project, out: str | os.PathLike, overwrite: bool = False
 def export_json(project: Project, out: str | os.PathLike, overwrite: bool = False) -> ExportReport:
     """Classes, every image's current label and its whole label history (provenance)."""
     out = check_file_target(Path(out), overwrite)
+    refuse_project_files(project, out)
     document = json_document(project)
     atomic_write_text(out, json.dumps(document, indent=1, ensure_ascii=False) + "\n")
     labelled = sum(1 for image in document["images"] if image["label"] is not None)
@@ -200,6 +208,17 @@ def _event_json(event: LabelEvent, names: dict[int, str]) -> dict:
     return values
 
 
+def infer_format(out: Path) -> str:
+    """The export format OUT asks for: .csv, .json, or a folder (existing, or a name without a suffix)."""
+    suffix = out.suffix.lower()
+    if suffix in (".csv", ".json"):
+        return suffix[1:]
+    if out.is_dir() or not suffix:
+        return "imagefolder"
+    raise ExportError(f"Cannot tell the export format from {out.name!r}: name a .csv or .json file "
+                      "or a folder, or pass --format (csv, json or imagefolder).")
+
+
 def check_file_target(out: Path, overwrite: bool) -> Path:
     """`out` itself, when a file may be written there; else an ExportError saying why."""
     if out.is_dir():
@@ -209,6 +228,38 @@ def check_file_target(out: Path, overwrite: bool) -> Path:
     if not out.parent.is_dir():
         raise ExportError(f"Folder {out.parent} does not exist.")
     return out
+
+
+def refuse_project_files(project: Project, out: Path) -> None:
+    """An ExportError when writing the file `out` would replace the project's own files
+    (NAME.atl, its -wal/-shm, anything in NAME.atl.d) or an image the project reads."""
+    real = os.path.realpath(out)
+    _refuse_owned(project, real, out)
+    if os.path.exists(real):  # an existing file may be an imported image: compare the few of its size
+        for slide in project.slides():
+            if os.path.realpath(project.slide_path(slide)) == real:
+                raise ExportError(f"{out} is slide {slide.id} of {project.path.name}; writing there "
+                                  "would destroy it. Choose another file name.")
+        size = os.path.getsize(real)
+        for record in project.images():
+            path = project.image_path(record)
+            if record.file_size == size and not isinstance(path, PatchRef) and os.path.realpath(path) == real:
+                raise ExportError(f"{out} is image {record.id} of {project.path.name}; writing there "
+                                  "would destroy it. Choose another file name.")
+
+
+def _refuse_owned(project: Project, real: str, out: Path) -> None:
+    own = [os.path.realpath(project.path)] + [os.path.realpath(f"{project.path}{s}") for s in SIDE_SUFFIXES]
+    if real in own or is_within(real, project.data_dir):
+        raise ExportError(f"{out} is {project.path.name}'s own file or folder; writing there would "
+                          "damage the project. Choose another place.")
+
+
+def _source_paths(project: Project) -> set[str]:
+    """The real paths of every file the project reads its images from (slides included)."""
+    paths = (project.image_path(record) for record in project.images())
+    slides = (project.slide_path(slide) for slide in project.slides())
+    return {os.path.realpath(p) for p in (*paths, *slides) if not isinstance(p, PatchRef)}
 
 
 # ---- class folders -------------------------------------------------------------------------------
@@ -222,6 +273,8 @@ def export_imagefolder(
     An existing non-empty OUT is refused unless `overwrite`, which writes into it
     and replaces files of the same name (other files are left alone).
     """
+    sources = _source_paths(project)
+    _refuse_folder_of(project, Path(out), sources)
     root = _prepare_folder(Path(out), overwrite)
     rows = _labelled_rows(project)
     folders = class_folder_names(project.class_names())
@@ -236,11 +289,30 @@ def export_imagefolder(
             if isinstance(row.path, PatchRef):  # a patch of a slide: its pixels, as a PNG
                 atomic_write_bytes(target, _png(load_image(row.path)))
             else:
-                _place(row.path, target, symlink)
+                if os.path.realpath(target) in sources:  # belt and braces: see _refuse_folder_of
+                    raise ExportError(f"{target} is an image of the project; refusing to replace it.")
+                try:
+                    _place(row.path, target, symlink)
+                except NotRegularFileError:  # a FIFO or a device where an image was: never read
+                    report.missing.append(str(row.path))
+                    continue
             report.written += 1
         if done % 50 == 0 or done == len(rows):
             yield Progress(done, len(rows), "exporting")
     return report
+
+
+def _refuse_folder_of(project: Project, out: Path, sources: set[str]) -> None:
+    """An ExportError when OUT is, or holds, the project's own files or the images it reads:
+    replacing a file of the same name there would destroy an original."""
+    real = os.path.realpath(out)
+    _refuse_owned(project, real, out)
+    owned = [os.path.realpath(project.path), os.path.realpath(project.data_dir)]
+    below = real.rstrip(os.sep) + os.sep  # all paths here are resolved already
+    inside = next((p for p in (*owned, *sources) if p == real or p.startswith(below)), None)
+    if inside is not None:
+        raise ExportError(f"{out} holds files of {project.path.name} (first: {inside}); exporting "
+                          "there could overwrite them. Choose a folder outside.")
 
 
 def _prepare_folder(out: Path, overwrite: bool) -> Path:
@@ -280,4 +352,4 @@ def _place(source: Path, target: Path, symlink: bool) -> None:
     if symlink:
         target.symlink_to(source.resolve())
     else:
-        shutil.copyfile(source, target)
+        copy_regular(source, target, follow_symlinks=True)  # a FIFO or device is refused

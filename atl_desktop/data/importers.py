@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import sqlite3
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +41,7 @@ from atl_desktop.data.decode import (
 )
 from atl_desktop.jobs import Job, Progress
 from atl_desktop.store import DOMAINS, SPLITS, NewImage, Project, ProjectError
+from atl_desktop.store.errors import storage_error
 from atl_desktop.store.files import sha256_bytes
 
 FORMATS = ("folder", "imagefolder", "csv", "npz")
@@ -166,10 +168,10 @@ def import_source(
     yield Progress(0, None, f"reading {source.name}")
     plan = _PLANNERS[fmt](project, source, options)
     report = ImportReport(
-        source=str(source), format=fmt, labels=options.labels, skipped=list(plan.skipped)
+        source=printable(str(source)), format=fmt, labels=options.labels, skipped=list(plan.skipped)
     )
     class_ids = _create_classes(project, plan.classes, options, report)
-    writer = _Writer(project, options, class_ids, report, label_source=source.name)
+    writer = _Writer(project, options, class_ids, report, label_source=printable(source.name))
     yield from _run(project, plan.items, options, writer, report)
     return report
 
@@ -214,10 +216,10 @@ def class_names_in(source: str | os.PathLike) -> list[str]:
         try:
             with np.load(source, allow_pickle=False) as arrays:
                 if "classes" in arrays.files:
-                    return [str(c) for c in arrays["classes"]]
+                    return [str(c) for c in _npz_array(arrays, "classes", source)]
                 used = set()
                 for key in (k for k in arrays.files if k == "y" or k.startswith("y_")):
-                    used.update(int(v) for v in np.unique(arrays[key]))
+                    used.update(int(v) for v in np.unique(_npz_array(arrays, key, source)))
         except (OSError, ValueError) as error:
             raise SourceError(f"{source}: not a readable .npz file ({error}).") from None
         return [str(v) for v in sorted(used)]
@@ -230,6 +232,8 @@ def class_names_in(source: str | os.PathLike) -> list[str]:
 def _plan_folder(project: Project, source: Path, options: ImportOptions) -> _Plan:
     split = options.split or "pool"
     if source.is_file():
+        if not _utf8(str(source)):
+            return _Plan([], [], [(printable(str(source)), _NOT_UTF8)])
         return _Plan([_Item(str(source), split, None, path=str(source), link=source.is_symlink())], [], [])
     files, skipped = _walk_images(source, project)
     return _Plan([_Item(p, split, None, p, link) for p, link in files], [], skipped)
@@ -242,6 +246,9 @@ def _plan_imagefolder(project: Project, source: Path, options: ImportOptions) ->
         if entry.name.startswith("."):
             continue
         path = Path(entry.path)
+        if not _utf8(entry.path):
+            skipped.append((printable(entry.path), _NOT_UTF8))
+            continue
         if not entry.is_dir():
             skipped.append((str(path), "not inside a class folder"))
             continue
@@ -287,12 +294,12 @@ def _plan_npz(project: Project, source: Path, options: ImportOptions) -> _Plan:
                 f"{source}: no image arrays; expected key 'x' or x_train/x_val/x_test "
                 f"(found {', '.join(sorted(keys)) or 'nothing'})."
             )
-        classes = [str(c) for c in arrays["classes"]] if "classes" in keys else None
+        classes = [str(c) for c in _npz_array(arrays, "classes", source)] if "classes" in keys else None
         items: list[_Item] = []
         used: set[int] = set()
         for x_key, y_key, split in parts:
-            x = _image_array(arrays[x_key], source, x_key)
-            y = _label_array(arrays[y_key], len(x), source, y_key) if y_key in keys else None
+            x = _image_array(_npz_array(arrays, x_key, source), source, x_key)
+            y = _label_array(_npz_array(arrays, y_key, source), len(x), source, y_key) if y_key in keys else None
             if y is not None:
                 used.update(int(v) for v in np.unique(y))
             names = _npz_class_names(classes, used, source)
@@ -301,6 +308,18 @@ def _plan_npz(project: Project, source: Path, options: ImportOptions) -> _Plan:
                 items.append(_Item(f"{source}:{x_key}[{i}]", options.split or split, label, array=x[i]))
     class_order = classes if classes is not None else [str(v) for v in sorted(used)]
     return _Plan(items, class_order if used else [], [])
+
+
+def _npz_array(arrays, key: str, source: Path) -> np.ndarray:
+    try:
+        return arrays[key]
+    except ValueError as error:  # object arrays: loading them would unpickle, which can run code
+        if "allow_pickle" in str(error):
+            raise SourceError(f"{source}: '{key}' holds Python objects, which are never loaded (that "
+                              "could run code); save it as a plain numeric array.") from None
+        raise SourceError(f"{source}: '{key}' cannot be read ({error}).") from None
+    except (OSError, EOFError) as error:
+        raise SourceError(f"{source}: '{key}' cannot be read ({error}).") from None
 
 
 _PLANNERS: dict[str, Callable[[Project, Path, ImportOptions], _Plan]] = {
@@ -355,8 +374,12 @@ def _walk_images(folder: Path, project: Project) -> tuple[list[tuple[str, bool]]
             if entry.name.startswith("."):
                 continue
             if _is_dir(entry):
-                if not entry.is_symlink() and os.path.realpath(entry.path) != own:
+                if not _utf8(entry.path):
+                    skipped.append((printable(entry.path), f"a folder {_NOT_UTF8}"))
+                elif not entry.is_symlink() and os.path.realpath(entry.path) != own:
                     subfolders.append(entry.path)
+            elif not _utf8(entry.path):
+                skipped.append((printable(entry.path), _NOT_UTF8))
             elif _is_image_name(entry.name):
                 files.append((entry.path, entry.is_symlink()))
             elif not entry.name.endswith(_PROJECT_FILES):
@@ -364,6 +387,24 @@ def _walk_images(folder: Path, project: Project) -> tuple[list[tuple[str, bool]]
                 skipped.append((entry.path, f"not an image file type ({suffix})"))
         pending += reversed(subfolders)  # the first subfolder is walked next
     return files, skipped
+
+
+# The store keeps paths as UTF-8 text: a name that is not UTF-8 could not be found again.
+_NOT_UTF8 = "its name is not valid UTF-8 text; rename it (e.g. with convmv) and import again"
+
+
+def _utf8(path: str) -> bool:
+    """Whether `path` holds no undecodable bytes (Python keeps them as lone surrogates)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(path: str) -> str:
+    """`path` fit to print and store, its undecodable bytes shown as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _is_dir(entry: os.DirEntry) -> bool:
@@ -452,8 +493,25 @@ def _run(
     items, whichever comes first. Each commit is an fsync (milliseconds), so the time bound
     usually ends a batch: it keeps commits rare for small files and a cancel cheap for large
     ones; the count only bounds memory. Every yield is a cancel point between transactions."""
-    total = len(items)
     locator = _Locator(project)
+    try:
+        yield from _run_batches(project, items, options, writer, report, locator)
+    except (OSError, sqlite3.Error) as error:
+        # A full or read-only disk: the batch was rolled back; its media files go too.
+        for path in locator.written:
+            path.unlink(missing_ok=True)
+        problem = storage_error(error, project.data_dir if isinstance(error, OSError) else project.path)
+        if problem is None:
+            raise
+        raise SourceError(f"{problem} The import stopped after {report.added + report.duplicates} "
+                          "images; running it again adds the rest.") from None
+
+
+def _run_batches(
+    project: Project, items: list[_Item], options: ImportOptions, writer: _Writer,
+    report: ImportReport, locator: _Locator,
+) -> Iterator[Progress]:
+    total = len(items)
     pending = iter(items)
     batch: list[_Ready] = []
     done = 0
@@ -465,6 +523,7 @@ def _run(
         if len(batch) >= options.batch_size or now - last_commit >= options.commit_seconds or done == total:
             writer.write(batch)
             batch = []
+            locator.written.clear()  # committed: no longer orphans if a later batch fails
             last_commit = time.monotonic()
             yield Progress(done, total, "importing", {**_metrics(report), "committed": done})
         else:  # a cancel point: nothing half-written
@@ -506,7 +565,7 @@ def _prepare(
 ) -> _Ready:
     """Read, hash and check one item (outside any transaction)."""
     if item.array is not None:
-        return _prepare_array(project, item, options)
+        return _prepare_array(project, item, options, locator)
     data, st = read_file_stat(item.path)
     sha = sha256_bytes(data)
     info = check_bytes(data, name=item.name, max_side=options.max_side, caught=caught)
@@ -515,7 +574,7 @@ def _prepare(
     stored = "ref"
     if options.copy:  # the bytes go into the project's media folder instead
         suffix = os.path.splitext(item.path)[1].lower() or ".img"
-        location, stored = _media(project, data, sha, suffix), "media"
+        location, stored = _media(project, data, sha, suffix, locator), "media"
     image = NewImage(
         sha, location, stored, absolute, st.st_size, st.st_mtime,
         width, height, info.mode, info.bit_depth, options.domain, item.split,
@@ -530,6 +589,7 @@ class _Locator:
         self.project = project
         self.cwd = os.getcwd()
         self.folders: dict[str, tuple[str, str]] = {}  # folder -> (relative prefix, absolute prefix)
+        self.written: list[Path] = []  # media files written for the batch not committed yet
 
     def locate(self, path: str, link: bool) -> tuple[str, str]:
         """`project.relative_location(path)`, and `Path(path).absolute()` (as named: links kept)."""
@@ -547,14 +607,14 @@ class _Locator:
         return location, absolute + name
 
 
-def _prepare_array(project: Project, item: _Item, options: ImportOptions) -> _Ready:
+def _prepare_array(project: Project, item: _Item, options: ImportOptions, locator: _Locator) -> _Ready:
     pixels = item.array
     mode = "L" if pixels.ndim == 2 else "RGB"
     buffer = io.BytesIO()
     Image.fromarray(pixels, mode).save(buffer, format="PNG")
     data = buffer.getvalue()
     sha = sha256_bytes(data)
-    location = _media(project, data, sha, ".png")
+    location = _media(project, data, sha, ".png", locator)
     image = NewImage(
         sha, location, "media", item.name, width=pixels.shape[1], height=pixels.shape[0],
         mode=mode, bit_depth=8, domain=options.domain, split=item.split,
@@ -562,10 +622,10 @@ def _prepare_array(project: Project, item: _Item, options: ImportOptions) -> _Re
     return item, image
 
 
-def _media(project: Project, data: bytes, sha: str, suffix: str) -> str:
+def _media(project: Project, data: bytes, sha: str, suffix: str, locator: _Locator) -> str:
     # Content-addressed: writing the same bytes twice is harmless, and a file
     # written by a cancelled batch is simply reused by the next import.
-    return project.store_media(data, sha, suffix=suffix)
+    return project.store_media(data, sha, suffix=suffix, written=locator.written)
 
 
 class _Writer:

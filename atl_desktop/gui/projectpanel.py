@@ -31,7 +31,8 @@ from atl_desktop.gui.workspace import Workspace
 from atl_desktop.store import ClassRecord, ProjectError
 
 REFRESH_DELAY_MS = 60
-RESERVED_KEYS = {"x": "X marks an image as unsure", " ": "Space accepts the suggestion"}
+RESERVED_KEYS = {"x": "X marks an image as unsure", " ": "Space accepts the suggestion",
+                 "m": "M shows more images like this one"}
 
 
 class ProjectPanel(QWidget):

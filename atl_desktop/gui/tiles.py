@@ -256,3 +256,22 @@ class TileGrid(QListView):
         index = model.index(row, 0)
         self.setCurrentIndex(index)
         self.scrollTo(index)
+
+
+def add_similar_menu(grid: QListView, image_id_of: Callable[[QModelIndex], int | None], signal) -> None:
+    """A context menu on a grid's tiles with "More like this (M)", which emits `signal(image id)`."""
+    from PySide6.QtWidgets import QMenu
+
+    def show(point: QPoint) -> None:
+        index = grid.indexAt(point)
+        image_id = image_id_of(index) if index.isValid() else None
+        if image_id is None:
+            return
+        menu = QMenu(grid)
+        action = menu.addAction("More like this (M)")
+        action.setToolTip("The unlabelled images nearest to this one in the encoder's embedding space")
+        action.triggered.connect(lambda: signal.emit(int(image_id)))
+        menu.exec(grid.viewport().mapToGlobal(point))
+
+    grid.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+    grid.customContextMenuRequested.connect(show)

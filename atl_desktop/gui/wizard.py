@@ -64,7 +64,9 @@ def setup_job(project, *, plan: SetupPlan):
     fewer than two classes, or every target image already labelled)."""
     from atl_desktop.data.importers import ImportOptions, import_source
     from atl_desktop.session import ModelChoice, query_job
+    from atl_desktop.store.keys import init_training_defaults
 
+    init_training_defaults(project)
     reports = [(yield from relabel(import_source(project, plan.target, ImportOptions()),
                                    "importing the target images"))]
     if plan.source:

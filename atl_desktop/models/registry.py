@@ -224,7 +224,7 @@ def _load_checked(module: nn.Module, state: dict[str, Tensor], what: str) -> Non
 
 
 def state_dict_mismatch(module: nn.Module, state: dict[str, Tensor]) -> str:
-    """A readable list of missing/unexpected keys and shape mismatches; "" when they fit."""
+    """A readable list of missing/unexpected keys, shape and number-type mismatches; "" when they fit."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = sorted(k for k in state if k not in own)
@@ -233,12 +233,29 @@ def state_dict_mismatch(module: nn.Module, state: dict[str, Tensor]) -> str:
         for k in own
         if k in state and state[k].shape != own[k].shape
     ]
+    dtypes = [
+        f"{k} {str(state[k].dtype).removeprefix('torch.')} vs {str(own[k].dtype).removeprefix('torch.')}"
+        for k in own
+        if k in state and not _dtype_fits(state[k].dtype, own[k].dtype)
+    ]
     parts = []
     for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                         ("shape mismatches (file vs model)", shapes)):
+                         ("shape mismatches (file vs model)", shapes),
+                         ("wrong number types (file vs model)", dtypes)):
         if items:
             parts.append(f"{label}: {_abbreviated(items)}")
     return "; ".join(parts)
+
+
+# Half precision widens exactly into float32, so such weights load as they were trained;
+# integers (a quantised model) or float64 would be converted silently into other values.
+_FLOATS_FOR_FLOAT32 = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _dtype_fits(stored: torch.dtype, wanted: torch.dtype) -> bool:
+    if wanted == torch.float32:
+        return stored in _FLOATS_FOR_FLOAT32
+    return stored == wanted
 
 
 def _abbreviated(items: list[str], limit: int = 8) -> str:

@@ -24,16 +24,19 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import time
 import uuid
 from collections.abc import Generator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from atl_desktop.jobs import Progress
 from atl_desktop.store import Project, ProjectError
-from atl_desktop.store.files import atomic_write_text, sha256_file
+from atl_desktop.store.errors import storage_error
+from atl_desktop.store.files import atomic_write_text, confined, copy_regular, sha256_file
 from atl_desktop.store.slides import PatchRef
 from atl_desktop.store.snapshot import copy_database, relocate
 
@@ -42,6 +45,7 @@ BUNDLE_FILE = "bundle.json"
 PROJECT_FILE = "project.atl"
 MANIFEST_FILE = "manifest.csv"
 IMPORTED_SETTING = "imported_bundles"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def state_fingerprint(project: Project) -> str:
@@ -214,37 +218,70 @@ def unpack_results(project: Project, bundle: str | os.PathLike) -> dict:
     provenance = {"bundle": str(bundle), "bundle_id": info["id"], "packed": info["packed"],
                   "packed_on": info["packed_on"], "state": info["fingerprint"],
                   "unpacked": time.time()}
+    for part in (bundle / PROJECT_FILE, bundle / f"{PROJECT_FILE}.d"):
+        if part.is_symlink():  # its files must be the bundle's own
+            raise ProjectError(f"{part} is a symbolic link; a bundle's files must be inside it. Nothing was merged.")
     with Project.open(bundle / PROJECT_FILE, readonly=True) as remote:
-        new = _copy_checkpoints(project, remote)
-        caches = _copy_score_caches(project, remote)
+        try:
+            new = _copy_checkpoints(project, remote)
+            caches = _copy_score_caches(project, remote)
+        except OSError as error:  # a link or a FIFO where a file should be; a full disk
+            raise storage_error(error, project.data_dir) or ProjectError(
+                f"The bundle's files cannot be copied ({error}); nothing was merged.") from None
         ids = _record_checkpoints(project, remote, new, provenance, caches)
     return {"checkpoints": ids, "score_caches": caches, "bundle_id": info["id"]}
 
 
 def _copy_checkpoints(project: Project, remote: Project) -> list:
-    """The bundle's checkpoints the project lacks, their files copied in (verified)."""
+    """The bundle's checkpoints the project lacks, their files copied in (verified).
+
+    The bundle's database is not ours: a row's `file` is only read inside the bundle's
+    folder, never through a link, and the copy's name comes from its verified hash, so a
+    crafted row can neither write outside the project nor read outside the bundle."""
     known = {c.sha256 for c in project.checkpoints()}
     new = [c for c in remote.checkpoints() if c.sha256 not in known]
-    for record in new:
-        source = remote.data_dir / record.file
-        if not source.is_file() or sha256_file(source) != record.sha256:
-            raise ProjectError(f"Checkpoint {record.id} of the bundle: {source} is missing or damaged.")
-        _copy_atomically(source, project.data_dir / record.file)
-    return new
+    sources = []
+    for record in new:  # all checked before any is copied
+        if not _SHA256.fullmatch(record.sha256):
+            raise ProjectError(f"Checkpoint {record.id} of the bundle has no valid sha256; nothing was merged.")
+        try:
+            source = confined(remote.data_dir, record.file)
+            if sha256_file(source, follow_symlinks=False) != record.sha256:
+                raise ValueError("its content differs from its sha256")
+        except (OSError, ValueError) as error:
+            raise ProjectError(f"Checkpoint {record.id} of the bundle ({record.file!r}) cannot be "
+                               f"used: {error}. Nothing was merged.") from None
+        sources.append(source)
+    for record, source in zip(new, sources, strict=True):
+        _copy_atomically(source, project.data_dir / checkpoint_file(record.sha256))
+    return [replace(record, file=checkpoint_file(record.sha256)) for record in new]
+
+
+def checkpoint_file(sha256: str) -> str:
+    """Where a checkpoint with this content lives in a project's folder (see save_checkpoint)."""
+    return f"checkpoints/{sha256}.safetensors"
 
 
 def _copy_score_caches(project: Project, remote: Project) -> list[str]:
-    """Finished score-cache parts of the bundle (same image ids: same state) copied in."""
+    """Finished score-cache parts of the bundle (same image ids: same state) copied in;
+    only regular files and folders, never a link (it could lead out of the bundle)."""
     copied = []
     root = remote.data_dir / "scores"
-    for variant in sorted(root.glob("*/*")) if root.is_dir() else ():
+    if root.is_symlink():
+        raise ProjectError(f"{root} is a symbolic link; a bundle's files must be inside it. Nothing was merged.")
+    for variant in sorted(_subfolders(root, 2)) if root.is_dir() else ():
         key = f"{variant.parent.name}/{variant.name}"
         target = project.data_dir / "scores" / key
         parts = [p for p in sorted(variant.glob("part-*")) if not (target / p.name).exists()]
         for part in parts:
             target.mkdir(parents=True, exist_ok=True)
             hidden = target / f".tmp-{part.name}"
-            shutil.copytree(part, hidden)
+            shutil.rmtree(hidden, ignore_errors=True)
+            try:
+                _copy_tree(part, hidden)
+            except BaseException:
+                shutil.rmtree(hidden, ignore_errors=True)
+                raise
             os.replace(hidden, target / part.name)
         if (variant / "meta.json").exists() and not (target / "meta.json").exists():
             _copy_atomically(variant / "meta.json", target / "meta.json")
@@ -253,13 +290,48 @@ def _copy_score_caches(project: Project, remote: Project) -> list[str]:
     return copied
 
 
+def _subfolders(root: Path, depth: int) -> list[Path]:
+    """Folders `depth` levels below `root`; a link on the way is refused."""
+    folders = [root]
+    for _ in range(depth):
+        below = []
+        for folder in folders:
+            with os.scandir(folder) as scan:
+                entries = list(scan)
+            for entry in entries:
+                if entry.is_symlink():
+                    raise ProjectError(f"{entry.path} in the bundle is a symbolic link; nothing was merged.")
+                if entry.is_dir(follow_symlinks=False):
+                    below.append(Path(entry.path))
+        folders = below
+    return folders
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    """shutil.copytree without following links: a link, FIFO or device is refused."""
+    if source.is_symlink():
+        raise ProjectError(f"{source} in the bundle is a symbolic link; nothing was merged.")
+    if not source.is_dir():
+        copy_regular(source, target)  # a FIFO or device: NotRegularFileError
+        return
+    target.mkdir()
+    with os.scandir(source) as scan:
+        names = [entry.name for entry in scan]
+    for name in names:
+        _copy_tree(source / name, target / name)
+
+
 def _copy_atomically(source: Path, target: Path) -> None:
-    if target.exists():
+    if target.is_file() and not target.is_symlink():
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     hidden = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    shutil.copy2(source, hidden)
-    os.replace(hidden, target)
+    try:
+        copy_regular(source, hidden)
+        os.replace(hidden, target)
+    except BaseException:
+        hidden.unlink(missing_ok=True)
+        raise
 
 
 def _record_checkpoints(project: Project, remote: Project, new: list, provenance: dict,

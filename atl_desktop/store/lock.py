@@ -7,6 +7,7 @@ host written into the file only serve to name the holder in the message.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -14,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from atl_desktop.store.errors import ProjectLockedError
+from atl_desktop.store.errors import ProjectError, ProjectLockedError
 
 if os.name == "nt":  # pragma: no cover - exercised on Windows only
     import msvcrt
@@ -53,8 +54,26 @@ class WriterLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except IsADirectoryError:
+            raise ProjectError(
+                f"{self.path} is a folder, but ATL Desktop keeps its writer lock file there: "
+                "remove that folder (it holds nothing of the project) and open the project again."
+            ) from None
+        except OSError as error:
+            if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise ProjectError(
+                    f"{self.project_name} cannot be opened for writing: {self.path.parent} is "
+                    f"{'on a read-only disk' if error.errno == errno.EROFS else 'not writable for you'}. "
+                    "Read-only commands (atl info, atl export) still work; to change the project, "
+                    "copy it with its .atl.d folder to a writable place."
+                ) from None
+            if error.errno == errno.ELOOP:  # writing through it would truncate another file
+                raise ProjectError(f"{self.path} is a symbolic link, not ATL Desktop's lock file: "
+                                   "remove it and open the project again.") from None
+            raise
         if not _try_lock(fd):
             holder = self._read_holder(fd)
             os.close(fd)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sqlite3
 import struct
 import threading
@@ -24,7 +25,13 @@ from typing import Any, NamedTuple
 from atl_desktop.store.errors import ClassError, ProjectError
 from atl_desktop.store.files import atomic_write_bytes
 from atl_desktop.store.lock import WriterLock
-from atl_desktop.store.schema import SCHEMA_VERSION, check_not_newer, migrate
+from atl_desktop.store.schema import (
+    SCHEMA_VERSION,
+    check_not_newer,
+    file_version,
+    migrate,
+    refuse_newer,
+)
 from atl_desktop.store.slides import PatchRef, SlideStore, file_state
 
 DOMAINS = ("source", "target")
@@ -32,6 +39,12 @@ SPLITS = ("pool", "val", "test")
 LABEL_KINDS = ("human", "import", "accepted-pseudo")
 PROJECT_SUFFIX = ".atl"
 BUSY_TIMEOUT_S = 30.0
+# The project's own files beside NAME.atl: SQLite's journals and the data folder.
+SIDE_SUFFIXES = ("-wal", "-shm", "-journal", ".d")
+# Left by a process killed while writing into data_dir/checkpoints: a temporary file of
+# atomic_write_bytes (".NAME.XXXXXXXX.tmp") or a final file not recorded yet.
+_TEMP_FILE = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
+_CHECKPOINT_FILE = re.compile(r"[0-9a-f]{64}\.safetensors")
 
 # Distinct, colour-blind-friendly defaults (Okabe-Ito, then Tableau) for new classes.
 DEFAULT_COLOURS = (
@@ -200,6 +213,46 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     return db
 
 
+def _peek_version(path: Path) -> int:
+    """The file's schema version, read without changing anything beside it.
+
+    A plain connection would, on closing, merge a leftover -wal file into the main file
+    (a checkpoint), and create an empty -wal/-shm pair. `immutable` reads the main file
+    alone and creates nothing: right while no -wal holds newer pages. Otherwise a
+    read-only connection reads through the WAL, and read-only never checkpoints.
+    """
+    wal = Path(f"{path}-wal")
+    pending = wal.exists() and wal.stat().st_size > 0
+    uri = f"{path.resolve().as_uri()}?mode=ro" + ("" if pending else "&immutable=1")
+    try:
+        db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
+    except sqlite3.Error as error:
+        raise ProjectError(f"{path} cannot be opened ({error}).") from None
+    try:
+        return file_version(db)
+    except sqlite3.DatabaseError as error:
+        raise ProjectError(f"{path} cannot be read as a project ({error}).") from None
+    finally:
+        db.close()
+
+
+def _remove_empty_wal(path: Path) -> None:
+    """Remove the empty -wal/-shm pair a read-only connection leaves (it may not delete
+    them). SQLite removes them when the last connection of any kind closes, under its
+    own locks, so a short ordinary connection does it safely, and leaves them while
+    another process still has the file open."""
+    try:
+        if Path(f"{path}-wal").stat().st_size:
+            return
+        db = sqlite3.connect(path, timeout=0)
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            db.close()
+    except (OSError, sqlite3.Error):
+        pass  # a read-only disk, or someone else has it: harmless leftovers
+
+
 def _is_sqlite_file(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
@@ -221,6 +274,7 @@ class Project(SlideStore):
         self._depth = 0
         self._thread = threading.get_ident()
         self._slide_cache = {}  # slide rows by id, for resolving patch references
+        self._tidy_wal = False  # remove an empty -wal/-shm pair on close (see _remove_empty_wal)
 
     # ---- opening and closing -------------------------------------------------
 
@@ -253,27 +307,51 @@ class Project(SlideStore):
             raise ProjectError(f"No project at {path}.")
         if not _is_sqlite_file(path):
             raise ProjectError(f"{path} is not an ATL Desktop project file.")
+        # A newer file is refused before anything (a lock, a connection) touches it.
+        refuse_newer(_peek_version(path), path.name)
+        had_wal = Path(f"{path}-wal").exists()
         lock = None
         if not readonly:
             lock = WriterLock(data_dir_for(path) / "lock", path.name)
             lock.acquire()
+        db = None
         try:
             db = _connect(path, readonly)
-            version = check_not_newer(db, path.name)  # before anything can write to the file
+            version = check_not_newer(db, path.name)  # again, on the connection to be used
             if not readonly:
                 cls._configure(db)
                 migrate(db, path.name)
             elif version < SCHEMA_VERSION:
-                db.close()
                 raise ProjectError(
                     f"{path.name} uses an older project format ({version}); upgrade it once with "
                     f"`atl upgrade {path}` or by opening it in ATL Desktop."
                 )
         except BaseException:
+            if db is not None:
+                db.close()
             if lock is not None:
                 lock.release()
             raise
-        return cls(path, db, readonly=readonly, lock=lock)
+        project = cls(path, db, readonly=readonly, lock=lock)
+        project._tidy_wal = readonly and not had_wal
+        if not readonly:
+            project._remove_interrupted_writes()
+        return project
+
+    def _remove_interrupted_writes(self) -> None:
+        """Files a killed process left in data_dir/checkpoints: temporary files of an
+        atomic write, and checkpoint files never recorded. Only names of our own making,
+        only in our own folder, and only by the one writer (it holds the lock)."""
+        folder = self.data_dir / "checkpoints"
+        if not folder.is_dir():
+            return
+        recorded = {Path(r[0]).name for r in self.db.execute("SELECT file FROM checkpoints")}
+        for entry in os.scandir(folder):
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            if _TEMP_FILE.fullmatch(entry.name) or (
+                    _CHECKPOINT_FILE.fullmatch(entry.name) and entry.name not in recorded):
+                Path(entry.path).unlink(missing_ok=True)
 
     @staticmethod
     def _configure(db: sqlite3.Connection) -> None:
@@ -300,6 +378,8 @@ class Project(SlideStore):
         self._db = None
         if self._owns_lock and self._lock is not None:
             self._lock.release()
+        if self._tidy_wal:
+            _remove_empty_wal(self.path)
 
     def __enter__(self) -> Project:
         return self
@@ -370,12 +450,16 @@ class Project(SlideStore):
         except ValueError:  # another drive on Windows
             return str(absolute)
 
-    def store_media(self, data: bytes, sha256: str, suffix: str = ".png") -> str:
-        """Copy bytes into the content-addressed media folder; return their location."""
+    def store_media(self, data: bytes, sha256: str, suffix: str = ".png",
+                    written: list[Path] | None = None) -> str:
+        """Copy bytes into the content-addressed media folder; return their location.
+        A new file is appended to `written` (so that a failed batch can remove it)."""
         location = f"media/{sha256[:2]}/{sha256}{suffix}"
         target = self.data_dir / location
         if not target.exists():
             atomic_write_bytes(target, data)
+            if written is not None:
+                written.append(target)
         return location
 
     def add_image(

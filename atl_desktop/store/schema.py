@@ -220,7 +220,11 @@ def file_version(db: sqlite3.Connection) -> int:
 
 
 def check_not_newer(db: sqlite3.Connection, name: str) -> int:
-    version = file_version(db)
+    return refuse_newer(file_version(db), name)
+
+
+def refuse_newer(version: int, name: str) -> int:
+    """`version`, unless it is newer than this code knows: then a NewerProjectError."""
     if version > SCHEMA_VERSION:
         raise NewerProjectError(
             f"{name} was written by a newer version of ATL Desktop (project format {version}; "

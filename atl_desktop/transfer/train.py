@@ -71,6 +71,9 @@ class TrainConfig:
     bottleneck_dim: int | None = None
     device: str = "auto"
     max_steps: int | None = None  # stop after this many steps in all (quick runs)
+    # At least this many steps: a few labels make short epochs, so the epochs grow until a
+    # round with 20 labels still gets enough optimisation to learn (None: epochs decide).
+    min_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -430,6 +433,7 @@ def train(
                                         balanced=config.balanced and role != "target",
                                         context=context)
     main_role = "labelled" if "labelled" in loaders else "source"
+    config = with_min_steps(config, len(loaders[main_role]))
     total = config.epochs * len(loaders[main_role])
     if config.max_steps is not None:
         total = min(total, config.max_steps)
@@ -455,6 +459,13 @@ def train(
     finally:
         method.teardown(model)
         unfreeze(model)
+
+
+def with_min_steps(config: TrainConfig, steps_per_epoch: int) -> TrainConfig:
+    """The config with enough epochs for `config.min_steps` steps (never fewer epochs)."""
+    if not config.min_steps or steps_per_epoch < 1:
+        return config
+    return dataclasses.replace(config, epochs=max(config.epochs, math.ceil(config.min_steps / steps_per_epoch)))
 
 
 def _epochs(loop: _Loop, main_loader: DataLoader, main_role: str, others: dict[str, _Cycle],

@@ -104,6 +104,7 @@ def test_cold_start_without_checkpoint_picks_typical_images(fresh):
     (rnd,) = fresh.rounds()
     assert rnd.params["cold_start"] == "typiclust" and rnd.params["head"] == "logreg"
     assert rnd.checkpoint_id is None
+    assert all(it.reason == "typical of a cluster that has no label yet (TypiClust)" for it in result.items)
     # The embeddings are cached: the same query again reads them (same key, same picks).
     discard_round(fresh)  # one open round at a time
     again = run_job(query_job(fresh, strategy="typiclust", batch=6))

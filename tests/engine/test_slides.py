@@ -342,6 +342,23 @@ def test_label_exports_write_patch_pixels_and_references(tmp_path, slide):
         assert np.array_equal(np.asarray(written), levels[0][ref.y: ref.y + 128, ref.x: ref.x + 128])
 
 
+def test_a_label_export_never_writes_onto_a_slide_or_into_its_folder(tmp_path, slide):
+    from atl_desktop.data.export import ExportError, export_imagefolder, export_json
+    from atl_desktop.jobs import collect
+
+    path, _ = slide
+    before = path.read_bytes()
+    with Project.create(tmp_path / "p.atl") as project:
+        tumour = project.add_class("tumour")
+        report = _add(project, path, patch=128, tissue_side=256)
+        project.set_label(report.image_ids[0], tumour)
+        with pytest.raises(ExportError, match="slide"):
+            export_json(project, path, overwrite=True)
+        with pytest.raises(ExportError, match="holds files of"):
+            collect(export_imagefolder(project, path.parent, overwrite=True))
+    assert path.read_bytes() == before
+
+
 def test_stain_command_keeps_the_choice_and_writes_a_preview(tmp_path, slide):
     from atl_desktop.data.stain import STAIN_SETTING
 

@@ -463,3 +463,16 @@ def test_cli_passes_method_options_and_refuses_unknown_ones(digits_project, caps
     with Project.open(path, readonly=True) as project:
         options = project.checkpoint(trained["checkpoints"][-1]).config["method_options"]
     assert options == {"trade_off": 0.5, "estimator": "linear", "alpha": 1.0, "layer": "features"}
+
+
+def test_min_steps_lengthens_short_epochs_but_never_shortens_long_ones():
+    from atl_desktop.transfer.train import with_min_steps
+
+    config = small_config(epochs=2, min_steps=10)
+    assert with_min_steps(config, 3).epochs == 4  # ceil(10 / 3) epochs of 3 steps
+    assert with_min_steps(config, 20).epochs == 2  # two long epochs are already enough
+    assert with_min_steps(small_config(epochs=2), 3).epochs == 2  # no minimum: unchanged
+    model = build_model("smallcnn", 10, seed=0)
+    # 20 images in batches of 16: 2 steps an epoch, so 7 steps need 4 epochs, cut at 7 steps.
+    result = run_job(train(model, digits(20), small_config(epochs=1, min_steps=7, max_steps=7)))
+    assert result.steps == 7 and result.epochs == 4
