@@ -36,12 +36,16 @@ from atl_desktop.rounds import (
     ROUND_STATE,
     OnCommit,
     assess_job,
+    check_can_finish,
+    check_can_query,
+    completed_rounds,
     fine_tune_job,
     label_from_truth,
     notify,
     open_round,
     record_step,
     round_state,
+    shown_suggestions,
     training_labels,
 )
 from atl_desktop.store import Project, ProjectError
@@ -247,6 +251,7 @@ def query_job(
         raise ProjectError(f"Unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
     if batch < 1:
         raise ProjectError("The batch size must be at least 1.")
+    check_can_query(project)
     if head not in HEAD_CHOICES:
         raise ProjectError(f"Unknown head {head!r}; choose one of {', '.join(HEAD_CHOICES)}.")
     head = "prototype" if prototypes else head
@@ -278,7 +283,7 @@ def query_job(
     items = describe_picks(chosen_by, data, picks, unlabelled, params)
     record = {
         "batch": batch, "chosen": [it.image_id for it in items], "params": params, "seed": seed,
-        "head": head, "pool_size": int(len(unlabelled)),
+        "head": head, "pool_size": int(len(unlabelled)), "shown": shown_suggestions(items),
     }
     if chosen_by != strategy:
         record["cold_start"] = chosen_by
@@ -525,7 +530,7 @@ def pseudo_label_job(
                 f"The checkpoint predicts {probs.shape[1]} classes but the project has {len(class_ids)}; "
                 "train again after changing classes."
             )
-        round_index = sum(1 for r in project.rounds() if r.finished is not None)
+        round_index = len(completed_rounds(project))
         chosen = pseudo_labels_for_round(probs, unlabelled, round_index, config,
                                          class_ids=class_ids, exclude=project.rejected_pseudo())
     with project.transaction():
@@ -611,6 +616,8 @@ def finish_round_job(
         label_from_truth(project, round_id)
         notify(on_commit, "labelled")
     state = round_state(project, round_id)
+    if not state.reached("trained"):
+        check_can_finish(project, round_id)
     if pseudo is not None and not state.reached("pseudo-labelled"):
         yield from relabel(pseudo_label_job(project, config=pseudo, round_id=round_id,
                                             scoring=ScoringConfig(device=device)), "pseudo-labelling")
@@ -641,7 +648,7 @@ def finish_round_job(
 
 def _previous_model(project: Project, round_id: int, checkpoint_id: int) -> int | None:
     """The model of the last round finished before this one (else the new model's parent)."""
-    earlier = [r for r in project.rounds() if r.finished is not None and r.id < round_id and r.checkpoint_id]
+    earlier = [r for r in completed_rounds(project) if r.id < round_id and r.checkpoint_id]
     return earlier[-1].checkpoint_id if earlier else project.checkpoint(checkpoint_id).parent_id
 
 

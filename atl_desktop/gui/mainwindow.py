@@ -300,6 +300,7 @@ class MainWindow(QMainWindow):
                      QKeySequence("Ctrl+."))
 
         help_menu = menu.addMenu("&Help")
+        self._action(help_menu, "&Start your own project…", self.ask_new_project)
         self._action(help_menu, "&Keyboard shortcuts", self.show_shortcuts,
                      [QKeySequence(Qt.Key.Key_F1), QKeySequence("?")])
         self._action(help_menu, "&About ATL Desktop", lambda: AboutDialog(self).exec())
@@ -327,6 +328,7 @@ class MainWindow(QMainWindow):
 
     def _connect(self) -> None:
         self.query_view.query_requested.connect(self.start_query)
+        self.panel.new_project_requested.connect(lambda: self.ask_new_project())
         self.query_view.train_requested.connect(self.training.start)  # saves the panel's settings
         self.review_view.propose_requested.connect(self.start_pseudo)
         for view in (self.query_view, self.review_view):
@@ -391,7 +393,27 @@ class MainWindow(QMainWindow):
         return True
 
     def start_query(self, strategy: str, batch: int) -> bool:
+        if not self.resolve_open_round():
+            return False
         return self.start_job("query", strategy=strategy, batch=batch)
+
+    def resolve_open_round(self) -> bool:
+        """The engine's rule (rounds.check_can_query): one open round at a time. While one is
+        open, offer to discard it (its labels stay); Train finishes it instead."""
+        from atl_desktop.rounds import RoundOpenError, check_can_query, discard_round
+
+        try:
+            check_can_query(self.ws.project)
+        except RoundOpenError as error:
+            text = (f"Round {error.round_id} is still open: {error.labelled} of its {error.chosen} images "
+                    "are labelled. Press Train to learn from them and finish the round, or discard it "
+                    "(the labels given stay) and query a new batch.")
+            if not messages.ask(self, "A round is open", text, "Discard round and query",
+                                "Keep labelling"):
+                return False
+            discard_round(self.ws.project)
+            self.ws.notify()
+        return True
 
     def start_train(self, from_scratch: bool = False) -> bool:
         return self.start_job("train", **({"from_scratch": True} if from_scratch else {}))

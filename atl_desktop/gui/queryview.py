@@ -259,6 +259,8 @@ class QueryView(QWidget):
         record = next((r for r in project.rounds() if r.id == round_id), None)
         self.strategy = record.strategy if record is not None else None
         self.checkpoint_id = record.checkpoint_id if record is not None else None
+        if record is not None and record.finished is None:  # the open round's size, not a stale default
+            self.batch_box.setValue(int(record.params.get("batch", len(items)) or len(items)))
         if self.checkpoint_id is None and (latest := project.latest_checkpoint()) is not None:
             self.checkpoint_id = latest.id
         known = {i for i in {int(item["image_id"]) for item in items} if _exists(project, i)}  # not all ids
