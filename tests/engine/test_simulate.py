@@ -133,7 +133,16 @@ def test_cold_start_with_pseudo_labels_and_random_added(files):
     assert list(summary["arms"]) == ["random", "margin+ceal"]  # random is always the baseline
     rounds = summary["arms"]["margin+ceal"]["rounds"]["1"]
     assert [r["labels"] for r in rounds] == [10, 20]  # no source model: nothing to measure at 0
-    assert all(r["pseudo"] >= 0 for r in rounds)
+    # No entropy is below a threshold of 0, and every one (at most ln 10 = 2.3 nats) is below
+    # 10: then every pool row left unlabelled after the query is pseudo-labelled, 150 - 10 and
+    # 150 - 20 (the pool is USPS's first 150 training images).
+    assert summary["pool"] == 150
+    for delta0, expected in ((0.0, [0, 0]), (10.0, [140, 130])):
+        config = SimulationConfig(budget=20, batch=10, initial=0, seeds=(1,), epochs=1, pseudo_delta0=delta0)
+        rounds = run_job(simulate_job(data, [Arm("margin+ceal", "margin", pseudo=True)], config)
+                         )["arms"]["margin+ceal"]["rounds"]["1"]
+        assert [r["pseudo"] for r in rounds] == expected
+        assert [r["pseudo_accuracy"] is None for r in rounds] == [delta0 == 0.0] * 2
 
 
 def test_imagefolder_target_is_read_resized_and_split(tmp_path):
