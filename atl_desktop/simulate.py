@@ -42,6 +42,7 @@ from atl_desktop.jobs import Progress, relabel
 from atl_desktop.rounds import evaluation_metrics, predict_probs, stop_signal
 from atl_desktop.session import pool_selection_input, scoring_config_for
 from atl_desktop.store import ProjectError
+from atl_desktop.transfer.methods import METHODS
 
 BASELINE = "random"
 METRICS = ("accuracy", "balanced_accuracy")
@@ -78,6 +79,8 @@ class Arm:
             raise ProjectError(f"Unknown head {self.head!r}; choose one of {', '.join(HEADS)}.")
         if self.head is not None and (self.pseudo or "generative" in STRATEGIES[self.strategy].needs):
             raise ProjectError("A head on embeddings is not combined with CEAL, GAAL or ASAL.")
+        if self.method not in METHODS:
+            raise ProjectError(f"Unknown method {self.method!r}; choose one of {', '.join(METHODS)}.")
         object.__setattr__(self, "params", dict(self.params))
         object.__setattr__(self, "head_options", dict(self.head_options))
 
@@ -352,11 +355,8 @@ def _fine_tune(model, data: _Prepared, labelled: np.ndarray, pseudo: dict[int, i
     """One round's fine-tune, with the data a project round gives the method (see
     transfer.train._phases): labelled target (+ pseudo-labels), and for a method that
     uses unlabelled target images, the source images and the unlabelled pool too."""
-    from atl_desktop.transfer.methods import METHODS
     from atl_desktop.transfer.train import train
 
-    if arm.method not in METHODS:
-        raise ProjectError(f"Unknown method {arm.method!r}; choose one of {', '.join(METHODS)}.")
     method = METHODS[arm.method]
     parts = [data.pool.rows(labelled)] if len(labelled) else []
     if pseudo:
@@ -685,6 +685,17 @@ def _accepted(strategy: str, params: Mapping[str, Any]) -> dict:
     return {k: v for k, v in params.items() if takes_any or k in signature}
 
 
+def check_source(arms: Sequence[Arm], has_source: bool) -> None:
+    """Refuse, before any work, an arm whose transfer method needs labelled source images
+    when there are none (it would fail, or learn nothing, only once its turn came)."""
+    if has_source:
+        return
+    needing = sorted({a.method for a in arms if a.head is None and METHODS[a.method].needs_source()})
+    if needing:
+        raise ProjectError(f"The method {', '.join(needing)} needs labelled source images (--source); "
+                           "without them, use finetune.")
+
+
 def _run_key(data: SimData, arm: Arm, config: SimulationConfig, seed: int, gan=None) -> str:
     fields = {"version": RUN_VERSION, "data": data.fingerprint(), "arm": arm.to_json(), "seed": seed,
               "config": config.run_fields()}
@@ -707,6 +718,7 @@ def simulate_job(data: SimData, arms: Sequence[Arm], config: SimulationConfig,
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
         raise ProjectError("Arm names must be unique.")
+    check_source(arms, data.x_source is not None)
     fine_tuned = [a for a in arms if a.head is None]
     prepared = _prepare(data, config) if fine_tuned else None
     embeddings = None

@@ -205,3 +205,36 @@ def test_an_arm_without_adaptation_steps_keeps_its_saved_key():
     assert Arm("m", "margin", method="dann", adapt_steps=300).to_json()["adapt_steps"] == 300
     with pytest.raises(ProjectError, match="adapt_steps"):
         Arm("m", "margin", adapt_steps=-1)
+
+
+@pytest.mark.parametrize("method", ["dann", "autodial", "source_only", "selective"])
+def test_a_method_that_needs_a_source_is_refused_without_one_before_any_work(method, files, tmp_path,
+                                                                              capsys, monkeypatch):
+    import atl_desktop.transfer.train as train_module
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before refusing")
+
+    monkeypatch.setattr(train_module, "train", no_training)
+    target, _ = files
+    code = main(["simulate", str(target), "--method", method, "--budget", "20", "--seeds", "1",
+                 "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "needs labelled source images" in err
+    assert not (tmp_path / "out").exists()
+    # The Python API refuses too, at its first step, before the random arm trains.
+    data = load_simulation_data(target)
+    job = simulate_job(data, [Arm(f"margin+{method}", "margin", method=method)], SimulationConfig(budget=20))
+    with pytest.raises(ProjectError, match=f"The method {method} needs labelled source images"):
+        next(job)
+
+
+def test_fine_tuning_and_heads_need_no_source():
+    from atl_desktop.simulate import check_source
+    from atl_desktop.transfer.methods import METHODS
+
+    assert [name for name, m in METHODS.items() if not m.needs_source()] == ["finetune"]
+    check_source([Arm("margin", "margin"), Arm("head", "margin", method="dann", head="logreg")], False)
+    check_source([Arm("margin+dann", "margin", method="dann")], True)
+    with pytest.raises(ProjectError, match="Unknown method"):
+        Arm("m", "margin", method="nope")
