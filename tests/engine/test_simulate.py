@@ -238,3 +238,31 @@ def test_fine_tuning_and_heads_need_no_source():
     check_source([Arm("margin+dann", "margin", method="dann")], True)
     with pytest.raises(ProjectError, match="Unknown method"):
         Arm("m", "margin", method="nope")
+
+
+def test_rounds_choose_no_epoch_on_validation_labels_the_budget_does_not_count(files, monkeypatch):
+    """With a validation split in the data, every fine-tune still trains its fixed schedule:
+    no validation set, so no best epoch kept by labels outside the budget."""
+    import dataclasses
+
+    import atl_desktop.transfer.train as train_module
+    from atl_desktop.simulate import _run_key
+
+    calls = []
+    real_train = train_module.train
+
+    def recording_train(model, train_set, config, **kwargs):
+        calls.append((kwargs.get("val_set"), config.patience))
+        return (yield from real_train(model, train_set, config, **kwargs))
+
+    monkeypatch.setattr(train_module, "train", recording_train)
+    data = load_simulation_data(*files)
+    with_val = dataclasses.replace(data, x_val=data.x_test[:40], y_val=data.y_test[:40])
+    config = SimulationConfig(budget=20, batch=10, initial=10, seeds=(0,), epochs=2, source_epochs=1, batch_size=16)
+    summary = run_job(simulate_job(with_val, [Arm("margin", "margin")], config))
+    assert summary["arms"]["margin"]["labels"] == [10, 20]
+    assert len(calls) == 1 + 2 * 2  # source pre-training, then rounds 0 and 1 of random and margin
+    assert calls == [(None, 0)] * 5
+    # Runs saved when a validation split still chose the epochs are not reused.
+    arm = Arm("margin", "margin")
+    assert _run_key(with_val, arm, config, 0) != _run_key(data, arm, config, 0)
