@@ -702,8 +702,12 @@ def check_source(arms: Sequence[Arm], has_source: bool) -> None:
 
 
 def _run_key(data: SimData, arm: Arm, config: SimulationConfig, seed: int, gan=None) -> str:
+    config_fields = config.run_fields()
+    if arm.head is None:  # the encoder settings shape only the embedding-first arms
+        for name in ("encoder", "encoder_weights", "selfsup"):
+            config_fields.pop(name, None)
     fields = {"version": RUN_VERSION, "data": data.fingerprint(), "arm": arm.to_json(), "seed": seed,
-              "config": config.run_fields()}
+              "config": config_fields}
     if data.x_val is not None:
         fields.update(NO_VALIDATION_KEY)
     if "generative" in STRATEGIES[arm.strategy].needs:  # GAAL, ASAL: their GAN too
