@@ -54,10 +54,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
         ("atl_desktop.data.decode", "ImageDecodeError"),
         ("atl_desktop.models.checkpoints", "CheckpointError"),
     ):
-        try:
-            errors.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            pass
+        # A module not imported raised nothing; importing it here would pull torch into a
+        # command that needs no model.
+        error = getattr(sys.modules.get(module), name, None)
+        if error is not None:
+            errors.append(error)
     return tuple(errors)
 
 

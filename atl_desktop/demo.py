@@ -42,6 +42,11 @@ def user_demo_dir() -> Path:
     return base / "demo"
 
 
+def is_demo_copy(path: str | os.PathLike) -> bool:
+    """Whether `path` is the user's copy of a bundled demo (not a project of their own)."""
+    return Path(path).resolve().parent == user_demo_dir().resolve()
+
+
 def install_demo(name: str = DEFAULT_DEMO, *, reset: bool = False) -> Path:
     """The user's own copy of a demo project, copied from the bundle on first use.
 

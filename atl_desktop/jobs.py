@@ -58,28 +58,38 @@ def run_job(
 
 
 def run_with_tqdm(job: Generator[Progress, None, T], desc: str = "", quiet: bool = False) -> T:
-    """Drive a job on the command line with a tqdm bar; Ctrl+C cancels cleanly."""
-    from tqdm import tqdm
+    """Drive a job on the command line with a tqdm bar; Ctrl+C cancels cleanly.
 
-    bar = tqdm(desc=desc, disable=quiet, unit="it", dynamic_ncols=True, leave=False)
+    The bar appears with the first Progress, so a job refused before any work (a one-line
+    error) leaves no empty bar in front of the message; on a pipe or a log file (not a
+    terminal) there is no bar at all, only the results.
+    """
+    bars: list = []
+
+    def show(p: Progress) -> None:
+        if not bars:
+            from tqdm import tqdm
+
+            bars.append(tqdm(desc=desc, disable=True if quiet else None, unit="it", dynamic_ncols=True, leave=False))
+        bar = bars[0]
+        if p.total is not None and bar.total != p.total:
+            bar.total = p.total
+        bar.n = p.done
+        postfix = {k: f"{v:.4g}" for k, v in p.metrics.items()}
+        if p.message:
+            bar.set_description(p.message if not desc else f"{desc}: {p.message}", refresh=False)
+        bar.set_postfix(postfix, refresh=False)
+        bar.refresh()
+
     try:
-        def show(p: Progress) -> None:
-            if p.total is not None and bar.total != p.total:
-                bar.total = p.total
-            bar.n = p.done
-            postfix = {k: f"{v:.4g}" for k, v in p.metrics.items()}
-            if p.message:
-                bar.set_description(p.message if not desc else f"{desc}: {p.message}", refresh=False)
-            bar.set_postfix(postfix, refresh=False)
-            bar.refresh()
-
         try:
             return run_job(job, on_progress=show)
         except KeyboardInterrupt:
             job.close()
             raise Cancelled() from None
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
 
 
 def collect(job: Iterator[Progress]) -> list[Progress]:

@@ -30,6 +30,7 @@ ROUND_STATE = "round_state"  # {"round": id, "step": ..., more per step}
 STOP_SET = "stop_set"  # {"seed": s, "image_ids": [...]}: fixed unlabelled images for the stop signal
 STOP_SET_SIZE = 1000
 ORACLE = "oracle"  # annotator name of labels taken from the hidden ground truth
+DISCARDED = "discarded"  # metrics key of a round closed without training (`atl round discard`)
 # The steps a round has committed, in order. "queried": its row exists (query_job).
 STEPS = ("queried", "labelled", "pseudo-labelled", "trained")
 
@@ -50,6 +51,56 @@ def open_round(project: Project):
     """The newest unfinished round, or None."""
     unfinished = [r for r in project.rounds() if r.finished is None]
     return unfinished[-1] if unfinished else None
+
+
+class RoundOpenError(ProjectError):
+    """A new round was asked for while one is open."""
+
+    def __init__(self, message: str, round_id: int, labelled: int, chosen: int) -> None:
+        super().__init__(message)
+        self.round_id, self.labelled, self.chosen = round_id, labelled, chosen
+
+
+def check_can_query(project: Project) -> None:
+    """The one rule for opening a round, used by every query (session.query_job, so `atl query`,
+    `atl round query` and the window alike): the open round is first finished (labelled and
+    trained: `atl train`, `atl round train` or the window's Train) or discarded. So a label
+    belongs to one round, a plain `atl train` closes what a plain `atl query` opened, and
+    `atl round status` has one open round to report."""
+    current = open_round(project)
+    if current is None:
+        return
+    chosen = chosen_images(project, current.id)
+    labelled = sum(project.label_of(i) is not None for i in chosen)
+    raise RoundOpenError(
+        f"Round {current.id} is still open ({labelled} of {len(chosen)} chosen images labelled): label "
+        "them and train (`atl train`), or discard the round (`atl round discard`), before a new query.",
+        current.id, labelled, len(chosen))
+
+
+def check_can_finish(project: Project, round_id: int) -> None:
+    """Training closes the open round only once the expert has labelled some of its images."""
+    chosen = chosen_images(project, round_id)
+    if chosen and all(project.label_of(i) is None for i in chosen):
+        raise ProjectError(f"Round {round_id}: none of its {len(chosen)} chosen images is labelled yet; "
+                           "label them first, or discard the round (`atl round discard`).")
+
+
+def discard_round(project: Project) -> list[int]:
+    """Close every unfinished round without training (metrics {DISCARDED: true}); their labels
+    stay. Projects made before the one-open-round rule may hold several. Returns their ids."""
+    ids = [r.id for r in project.rounds() if r.finished is None]
+    with project.transaction():
+        for round_id in ids:
+            project.finish_round(round_id, {DISCARDED: True})
+        if ids:
+            project.set_setting(ROUND_STATE, None)
+    return ids
+
+
+def completed_rounds(project: Project) -> list:
+    """Finished rounds that trained a model (discarded ones are left out)."""
+    return [r for r in project.rounds() if r.finished is not None and not r.metrics.get(DISCARDED)]
 
 
 def round_state(project: Project, round_id: int) -> RoundState:
@@ -104,6 +155,31 @@ def label_from_truth(project: Project, round_id: int, *, annotator: str = ORACLE
                 given += 1
         record_step(project, round_id, "labelled", oracle=True)
     return given
+
+
+def shown_suggestions(items) -> dict[str, list]:
+    """What a query showed per image, kept in the round's row: {image id: [class position, p]}
+    of the model's top class (positions in the round checkpoint's class order)."""
+    return {str(it.image_id): [int(it.top[0][0]), float(it.top[0][1])] for it in items if it.top}
+
+
+def label_provenance(project: Project, image_id: int) -> dict:
+    """The keywords of `Project.set_label` that the window records for an image of the open round
+    (gui/queryview.py label_kwargs): the round, its strategy, the checkpoint that scored the pool
+    and the suggestion the query showed. Empty for an image the open round did not choose."""
+    current = open_round(project)
+    if current is None or image_id not in chosen_images(project, current.id):
+        return {}
+    out: dict = {"round": current.id, "strategy": current.strategy, "checkpoint_id": current.checkpoint_id}
+    shown = current.params.get("shown", {}).get(str(image_id))
+    if shown is not None:
+        checkpoint = None if current.checkpoint_id is None else project.checkpoint(current.checkpoint_id)
+        names = list(checkpoint.classes) if checkpoint is not None else project.class_names()
+        by_name = {c.name: c.id for c in project.classes()}
+        position, probability = shown
+        if 0 <= position < len(names) and names[position] in by_name:
+            out.update(suggestion=by_name[names[position]], suggestion_confidence=float(probability))
+    return out
 
 
 def training_labels(project: Project, round_id: int | None) -> tuple[dict[int, int], dict[int, int]]:
@@ -352,6 +428,6 @@ def assess_job(project: Project, checkpoint_id: int, previous_id: int | None, *,
         previous = None
         if previous_id is not None and project.checkpoint(previous_id).classes == classes:
             previous = yield from stop_predictions(project, previous_id, ids, device=device)
-        earlier = [(r.metrics.get("stop") or {}).get("kappa") for r in project.rounds() if r.finished is not None]
+        earlier = [(r.metrics.get("stop") or {}).get("kappa") for r in completed_rounds(project)]
         metrics["stop"] = stop_signal(previous, current, earlier)
     return metrics

@@ -22,19 +22,30 @@ from atl_desktop.active.scoring import (
     scores_dir,
     write_meta,
 )
-from atl_desktop.active.strategies import STRATEGIES, SelectionInput, aift_scores, bald, select
+from atl_desktop.active.strategies import (
+    STRATEGIES,
+    SelectionInput,
+    aift_scores,
+    auto_phase,
+    bald,
+    select,
+)
 from atl_desktop.jobs import Progress, relabel
 from atl_desktop.models.encoders import COLD_START_BACKBONE, UNTRAINED, EncoderChoice
 from atl_desktop.rounds import (
     ROUND_STATE,
     OnCommit,
     assess_job,
+    check_can_finish,
+    check_can_query,
+    completed_rounds,
     fine_tune_job,
     label_from_truth,
     notify,
     open_round,
     record_step,
     round_state,
+    shown_suggestions,
     training_labels,
 )
 from atl_desktop.store import Project, ProjectError
@@ -240,6 +251,7 @@ def query_job(
         raise ProjectError(f"Unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
     if batch < 1:
         raise ProjectError("The batch size must be at least 1.")
+    check_can_query(project)
     if head not in HEAD_CHOICES:
         raise ProjectError(f"Unknown head {head!r}; choose one of {', '.join(HEAD_CHOICES)}.")
     head = "prototype" if prototypes else head
@@ -271,7 +283,7 @@ def query_job(
     items = describe_picks(chosen_by, data, picks, unlabelled, params)
     record = {
         "batch": batch, "chosen": [it.image_id for it in items], "params": params, "seed": seed,
-        "head": head, "pool_size": int(len(unlabelled)),
+        "head": head, "pool_size": int(len(unlabelled)), "shown": shown_suggestions(items),
     }
     if chosen_by != strategy:
         record["cold_start"] = chosen_by
@@ -312,8 +324,8 @@ def live_head(project: Project, round_id: int | None) -> LiveHead | None:
 def live_suggestions(live: LiveHead, image_ids) -> dict[int, list[tuple[int, float]]]:
     """Refit the head on every current label and predict `image_ids`: (class position,
     probability) best first, TOP_PREDICTIONS of them. Numpy and files only, so any thread
-    may call it; a few milliseconds for hundreds of labels. {} when nothing is labelled
-    or the embeddings are gone."""
+    may call it (tens of milliseconds for thousands of pool images and hundreds of labels;
+    benchmarks/al_pbc.py times the fit). {} when nothing is labelled or the embeddings are gone."""
     from atl_desktop.active.heads import fit_scaler, make_head
     from atl_desktop.active.scoring import MissingScores, load_scores
 
@@ -337,6 +349,70 @@ def live_suggestions(live: LiveHead, image_ids) -> dict[int, list[tuple[int, flo
         order = np.argsort(-p, kind="stable")[:TOP_PREDICTIONS]
         out[int(image_id)] = [(int(c), float(p[c])) for c in order]
     return out
+
+
+# ---- more like this --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimilarImage:
+    image_id: int
+    similarity: float  # cosine, in the encoder's embedding space
+
+
+def similar_job(project: Project, image_id: int, *, k: int = 20, model: ModelChoice | None = None,
+                scoring: ScoringConfig | None = None) -> Generator[Progress, None, list[SimilarImage]]:
+    """The k unlabelled target pool images nearest to `image_id` in the embedding space of
+    the model a query would use (cached embeddings; the pool is embedded once)."""
+    from atl_desktop.active.similar import SimilarIndex
+
+    if k < 1:
+        raise ProjectError("k must be at least 1.")
+    project.image(image_id)  # a one-line error for an unknown id
+    scored = yield from score_job(project, model=model or ModelChoice(), config=scoring or ScoringConfig())
+    table = scored.target
+    try:
+        query_row = int(table.rows([image_id])[0])
+    except KeyError:
+        raise ProjectError(f"Image {image_id} is not in the target pool; "
+                           "more like this starts from a pool image.") from None
+    unlabelled, _ = unlabelled_pool(project)
+    allowed = np.isin(table.image_ids, unlabelled) & (table.image_ids != image_id)
+    yield Progress(0, None, f"finding images like {image_id}")
+    rows, sims = SimilarIndex(table.features).search(np.asarray(table.features[query_row]), k, allowed)
+    return [SimilarImage(int(table.image_ids[r]), float(v)) for r, v in zip(rows, sims, strict=True)]
+
+
+# ---- possible label errors ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelSuspect:
+    image_id: int
+    given: int  # class id of the label
+    likely: int  # class id confident learning puts it in
+    margin: float  # p(likely) - p(given), out of fold
+
+
+def check_labels_job(project: Project, *, folds: int = 5, model: ModelChoice | None = None,
+                     scoring: ScoringConfig | None = None) -> Generator[Progress, None, list[LabelSuspect]]:
+    """Confident learning (active.label_errors) over the target pool's labels, on the cached
+    embeddings of the model a query would use; most suspicious first."""
+    from atl_desktop.active.label_errors import find_label_errors, out_of_fold_probs
+
+    labelled = project.current_labels(domain="target", split="pool")
+    classes = project.classes()
+    position = {c.id: k for k, c in enumerate(classes)}
+    ids = np.asarray(sorted(i for i, c in labelled.items() if c in position), dtype=np.int64)
+    labels = np.asarray([position[labelled[i]] for i in ids], dtype=np.int64)
+    if len(ids) < 2 * folds or len(np.unique(labels)) < 2:
+        raise ProjectError(f"Checking labels needs at least {2 * folds} labelled images in two classes or more.")
+    scored = yield from score_job(project, model=model or ModelChoice(), config=scoring or ScoringConfig())
+    yield Progress(0, None, f"cross-validating a head over {len(ids)} labels")
+    features = np.asarray(scored.target.features[scored.target.rows(ids)])
+    probs = out_of_fold_probs(features, labels, len(classes), folds=folds)
+    return [LabelSuspect(int(ids[s.row]), classes[s.given].id, classes[s.likely].id, s.margin)
+            for s in find_label_errors(probs, labels)]
 
 
 # ---- why each image was chosen, in words ---------------------------------------------
@@ -372,6 +448,16 @@ def describe_picks(strategy: str, data: SelectionInput, picks: np.ndarray,
 def _reason_scores(strategy: str, data: SelectionInput, picks: np.ndarray,
                    params: Mapping) -> tuple[np.ndarray, list[str]]:
     n = len(picks)
+    if strategy == "auto":
+        labelled = 0 if data.labelled_features is None else len(data.labelled_features)
+        classes = data.probs.shape[1] if data.probs is not None else 1
+        typical = data.probs is None or classes < 2 or auto_phase(
+            labelled, classes, float(params.get("typical_per_class", 5.0))) == "typical"
+        strategy, params = ("typiclust", {}) if typical else ("hybrid", {"score": "margin"})
+    if strategy == "typiclust":
+        return np.zeros(n), ["typical of a cluster that has no label yet (TypiClust)"] * n
+    if strategy == "probcover":
+        return np.zeros(n), ["covers the most unlabelled images nearby (ProbCover)"] * n
     score_name = params.get("score", "entropy") if strategy == "hybrid" else strategy
     if score_name in PROB_SCORES and data.probs is not None and data.probs.shape[1] > 1:
         scores = PROB_SCORES[score_name](np.asarray(data.probs))
@@ -444,7 +530,7 @@ def pseudo_label_job(
                 f"The checkpoint predicts {probs.shape[1]} classes but the project has {len(class_ids)}; "
                 "train again after changing classes."
             )
-        round_index = sum(1 for r in project.rounds() if r.finished is not None)
+        round_index = len(completed_rounds(project))
         chosen = pseudo_labels_for_round(probs, unlabelled, round_index, config,
                                          class_ids=class_ids, exclude=project.rejected_pseudo())
     with project.transaction():
@@ -531,6 +617,8 @@ def finish_round_job(
         label_from_truth(project, round_id)
         notify(on_commit, "labelled")
     state = round_state(project, round_id)
+    if not state.reached("trained"):
+        check_can_finish(project, round_id)
     if pseudo is not None and not state.reached("pseudo-labelled"):
         yield from relabel(pseudo_label_job(project, config=pseudo, round_id=round_id,
                                             scoring=ScoringConfig(device=device)), "pseudo-labelling")
@@ -561,7 +649,7 @@ def finish_round_job(
 
 def _previous_model(project: Project, round_id: int, checkpoint_id: int) -> int | None:
     """The model of the last round finished before this one (else the new model's parent)."""
-    earlier = [r for r in project.rounds() if r.finished is not None and r.id < round_id and r.checkpoint_id]
+    earlier = [r for r in completed_rounds(project) if r.id < round_id and r.checkpoint_id]
     return earlier[-1].checkpoint_id if earlier else project.checkpoint(checkpoint_id).parent_id
 
 

@@ -47,6 +47,7 @@ from atl_desktop.transfer.methods import METHODS
 BASELINE = "random"
 METRICS = ("accuracy", "balanced_accuracy")
 NEW_CONFIG_DEFAULTS = {"encoder": "selfsup", "encoder_weights": None, "selfsup": {}, "metric": "accuracy"}
+ENCODER_FIELDS = ("encoder", "encoder_weights", "selfsup")
 RUN_VERSION = 2  # part of a saved run's key: raise it when a change alters the curves
 # Runs on data with a validation split chose each round's epoch on it until that stopped:
 # their keys differ from those saved before (runs on data without one are unchanged).
@@ -135,13 +136,14 @@ class SimulationConfig:
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
-    def run_fields(self) -> dict:
+    def run_fields(self, embedding: bool = False) -> dict:
         """What a saved run depends on: fields added later are left out at their defaults,
-        so runs saved before they existed are still found."""
+        so runs saved before they existed are still found, and the encoder's fields count
+        only for the embedding-first arms (`embedding`)."""
         data = {k: v for k, v in self.to_json().items() if k not in ("seeds", "device")}
         for name, default in NEW_CONFIG_DEFAULTS.items():
-            if data.get(name) == default:
-                del data[name]
+            if data.get(name) == default or (not embedding and name in ENCODER_FIELDS):
+                data.pop(name, None)
         return data
 
     def pseudo_config(self) -> PseudoLabelConfig:
@@ -702,12 +704,8 @@ def check_source(arms: Sequence[Arm], has_source: bool) -> None:
 
 
 def _run_key(data: SimData, arm: Arm, config: SimulationConfig, seed: int, gan=None) -> str:
-    config_fields = config.run_fields()
-    if arm.head is None:  # the encoder settings shape only the embedding-first arms
-        for name in ("encoder", "encoder_weights", "selfsup"):
-            config_fields.pop(name, None)
     fields = {"version": RUN_VERSION, "data": data.fingerprint(), "arm": arm.to_json(), "seed": seed,
-              "config": config_fields}
+              "config": config.run_fields(embedding=arm.head is not None)}
     if data.x_val is not None:
         fields.update(NO_VALIDATION_KEY)
     if "generative" in STRATEGIES[arm.strategy].needs:  # GAAL, ASAL: their GAN too

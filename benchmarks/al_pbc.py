@@ -97,6 +97,7 @@ def encoder_embeddings(x_pool: np.ndarray, x_all: np.ndarray, steps: int, backbo
     """SimCLR on the pool's images, then embeddings of every image; cached by settings."""
     import torch
 
+    from atl_desktop.models.checkpoints import load_model_file, save_model_file
     from atl_desktop.models.encoders import EncoderChoice, build_encoder
     from atl_desktop.simulate import _embed
     from atl_desktop.transfer.selfsup import SelfSupConfig, pretrain
@@ -106,14 +107,20 @@ def encoder_embeddings(x_pool: np.ndarray, x_all: np.ndarray, steps: int, backbo
         with np.load(path, allow_pickle=False) as f:
             return f["e"], json.loads(str(f["info"]))
     config = SelfSupConfig(backbone=backbone, image_size=SIZE, steps=steps, device="cpu")
-    model = build_encoder(EncoderChoice("untrained:" + backbone, input_size=SIZE), 8)
-    started = time.perf_counter()
-    cpu = time.process_time()
-    metrics = run_job(pretrain(model, x_pool, config),
-                      on_progress=lambda p: p.done % 25 == 0 and print(f"  SimCLR step {p.done}/{p.total} "
-                                                                        f"loss {p.metrics['loss']:.3f}",
-                                                                        flush=True))
-    ssl_wall, ssl_cpu = time.perf_counter() - started, time.process_time() - cpu
+    saved = RUNS / f"encoder-{backbone}-{steps}-{SIZE}.safetensors"  # kept: a later failure loses no training
+    if saved.is_file():
+        model, meta = load_model_file(saved, classes=[str(i) for i in range(8)])
+        metrics, ssl_wall, ssl_cpu = meta["metrics"], meta["config"]["wall"], meta["config"]["cpu"]
+    else:
+        model = build_encoder(EncoderChoice("untrained:" + backbone, input_size=SIZE), 8)
+        started = time.perf_counter()
+        cpu = time.process_time()
+        metrics = run_job(pretrain(model, x_pool, config),
+                          on_progress=lambda p: p.done % 25 == 0 and print(
+                              f"  SimCLR step {p.done}/{p.total} loss {p.metrics['loss']:.3f}", flush=True))
+        ssl_wall, ssl_cpu = time.perf_counter() - started, time.process_time() - cpu
+        save_model_file(saved, model, classes=[str(i) for i in range(8)], metrics=metrics,
+                        config={"wall": ssl_wall, "cpu": ssl_cpu}, seed=0)
     started = time.perf_counter()
     e = run_job(_embed(model, x_all, SimulationConfig(device="cpu"), "embedding"))
     embed_wall = time.perf_counter() - started
@@ -159,11 +166,14 @@ def best_by_aulc(summary: dict) -> str:
 
 def choose_settings(emb_dev: Embeddings, y_dev, y_val, classes) -> dict:
     """Every setting, chosen on the validation split."""
-    head = {n: Arm(f"l2={n:g}", "random", head="logreg", head_options={"l2": n}) for n in L2_GRID}
-    s = run_arms(emb_dev, y_dev, y_val, list(head.values()), VAL_SEEDS, classes, "val")
-    l2 = next(v for v, a in head.items() if a.name == best_by_aulc(s))
+    # Each penalty with random sampling, the curve's area on the validation split.
+    l2_aulc = {}
+    for n in L2_GRID:
+        arm = Arm("random", "random", head="logreg", head_options={"l2": n})
+        l2_aulc[n] = run_arms(emb_dev, y_dev, y_val, [arm], VAL_SEEDS, classes, f"val-l2={n:g}")["arms"]["random"]["aulc"]
+    l2 = max(l2_aulc, key=l2_aulc.get)
     opts = {"l2": l2}
-    log = {"l2": {a.name: s["arms"][a.name]["aulc"] for a in head.values()}}
+    log = {"l2": {f"{n:g}": v for n, v in l2_aulc.items()}}
     grids = {
         "auto": [Arm(f"auto-{v:g}", "auto", params={"typical_per_class": v}, head="logreg", head_options=opts)
                  for v in SWITCH_GRID],

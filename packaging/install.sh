@@ -20,9 +20,12 @@ qt_libs=(
   "libxcb-shape.so.0:libxcb-shape0" "libxcb-randr.so.0:libxcb-randr0"
   "libxcb-xkb.so.1:libxcb-xkb1"
 )
+# The cache is read once: `ldconfig -p | grep -q` under pipefail reports a present library
+# missing whenever grep exits early and ldconfig dies of SIGPIPE.
+cache=$(ldconfig -p 2>/dev/null || true)
 missing=()
 for entry in "${qt_libs[@]}"; do
-  ldconfig -p | grep -q "${entry%%:*}" || missing+=("${entry##*:}")
+  [[ $cache == *"${entry%%:*}"* ]] || missing+=("${entry##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null; then

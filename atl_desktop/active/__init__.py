@@ -12,16 +12,6 @@ from atl_desktop.active.pseudo import (
     select_pseudo_labels,
 )
 from atl_desktop.active.scores import PROB_SCORES, bald, entropy, least_confidence, margin
-from atl_desktop.active.scoring import (
-    MissingScores,
-    ScoreTable,
-    ScoringConfig,
-    load_scores,
-    model_fingerprint,
-    remove_stale_scores,
-    score_pool,
-    scores_dir,
-)
 from atl_desktop.active.strategies import (
     STRATEGIES,
     SelectionInput,
@@ -31,6 +21,20 @@ from atl_desktop.active.strategies import (
     mmd_reduction_greedy,
     select,
 )
+
+# The scoring pass imports torch: its names load on first use, so the strategies (numpy only)
+# serve `atl query --strategy ...` argument checks and `atl strategies` without it.
+_SCORING = ("MissingScores", "ScoreTable", "ScoringConfig", "load_scores", "model_fingerprint",
+            "remove_stale_scores", "score_pool", "scores_dir")
+
+
+def __getattr__(name: str):
+    if name in _SCORING:
+        from atl_desktop.active import scoring
+
+        return getattr(scoring, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "PROB_SCORES", "STRATEGIES", "MissingScores", "PseudoLabel", "PseudoLabelConfig", "ScoreTable",

@@ -6,11 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from atl_desktop.active.scoring import ScoringConfig
-from atl_desktop.active.strategies import STRATEGIES
+from atl_desktop.commands.lazy import STRATEGY_NAMES
 from atl_desktop.commands.scale import add_launch_options, distributed, run_score
 from atl_desktop.jobs import run_with_tqdm
-from atl_desktop.session import ModelChoice, query_job, score_job
 from atl_desktop.store import Project, ProjectError
 
 
@@ -29,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Choose the next batch of unlabelled target images with a strategy, print them "
                     "and record them as a round.")
     query.add_argument("project", type=Path)
-    query.add_argument("--strategy", required=True, choices=sorted(STRATEGIES), help="see `atl strategies`")
+    query.add_argument("--strategy", required=True, choices=STRATEGY_NAMES, metavar="STRATEGY",
+                       help="see `atl strategies`")
     query.add_argument("--batch", type=int, required=True, help="how many images to choose")
     query.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                        help="strategy parameter, VALUE in JSON (e.g. k=10, diversity='\"mmd\"', balance=true)")
@@ -62,17 +61,23 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _choice(args: argparse.Namespace) -> ModelChoice:
+def _choice(args: argparse.Namespace):
+    from atl_desktop.session import ModelChoice
+
     return ModelChoice(checkpoint_id=args.checkpoint, pretrained=args.pretrained, weights=args.weights)
 
 
-def _config(args: argparse.Namespace, augment_copies: int, mc_samples: int) -> ScoringConfig:
+def _config(args: argparse.Namespace, augment_copies: int, mc_samples: int):
+    from atl_desktop.active.scoring import ScoringConfig
+
     return ScoringConfig(batch_size=args.batch_size, device=args.device, seed=args.seed,
                          augment_copies=augment_copies, mc_samples=mc_samples,
                          num_workers=args.num_workers)
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from atl_desktop.session import score_job
+
     if distributed(args):
         outcome = run_score(args, _choice(args), _config(args, args.augment_copies, args.mc_samples))
         if outcome.get("kind") == "score":
@@ -103,25 +108,50 @@ def parse_params(items: list[str]) -> dict:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    from atl_desktop.session import query_job
+
     with Project.open(args.project) as project:
         job = query_job(project, strategy=args.strategy, batch=args.batch, params=parse_params(args.param),
                         prototypes=args.prototypes, seed=args.seed, model=_choice(args), head=args.head,
                         scoring=_config(args, 0, args.mc_samples))
         result = run_with_tqdm(job, desc="query", quiet=args.quiet)
-        paths = [str(project.image_path(project.image(it.image_id))) for it in result.items]
+        rows = query_rows(project, result)
     if args.json:
-        print(json.dumps({"round": result.round_id, "strategy": result.strategy, "images": [
-            {"id": it.image_id, "path": p, "score": it.score, "reason": it.reason, "top": it.top}
-            for it, p in zip(result.items, paths, strict=True)]}, indent=2))
+        print(json.dumps({"round": result.round_id, "strategy": result.strategy, "images": rows}, indent=2))
     else:
         print(f"Round {result.round_id}: {result.strategy} chose {len(result.items)} of "
-              f"{result.pool_size} unlabelled images:")
-        for it, p in zip(result.items, paths, strict=True):
-            print(f"  {it.image_id}\t{p}\t{it.reason}")
+              f"{result.pool_size} unlabelled images. Label them with `atl label`, then `atl train`.")
+        print(format_query_rows(rows))
     return 0
 
 
+def query_rows(project: Project, result) -> list[dict]:
+    """Per chosen image what the window's tile shows: path, score, the model's suggestion
+    (named in the class order of the checkpoint that scored the pool) and why it was chosen."""
+    record = next(r for r in project.rounds() if r.id == result.round_id)
+    checkpoint = None if record.checkpoint_id is None else project.checkpoint(record.checkpoint_id)
+    names = list(checkpoint.classes) if checkpoint is not None else project.class_names()
+    rows = []
+    for it in result.items:
+        top = [{"class": names[pos] if 0 <= pos < len(names) else f"class {pos}", "p": p} for pos, p in it.top]
+        rows.append({"id": it.image_id, "path": str(project.image_path(project.image(it.image_id))),
+                     "score": it.score, "suggestion": top[0] if top else None, "top": top,
+                     "reason": it.reason})
+    return rows
+
+
+def format_query_rows(rows: list[dict]) -> str:
+    lines = ["  id\tpath\tscore\tsuggestion\treason"]
+    for row in rows:
+        best = row["suggestion"]
+        suggestion = f"{best['class']} ({best['p']:.0%})" if best else "none (no model)"
+        lines.append(f"  {row['id']}\t{row['path']}\t{row['score']:.4g}\t{suggestion}\t{row['reason']}")
+    return "\n".join(lines)
+
+
 def cmd_strategies(args: argparse.Namespace) -> int:
+    from atl_desktop.active.strategies import STRATEGIES
+
     for name, strategy in STRATEGIES.items():
         needs = ", ".join(sorted(strategy.needs)) or "nothing"
         print(f"{name:18} {strategy.help} (needs {needs})")

@@ -1,4 +1,4 @@
-"""`atl pretrain` and `atl encoder`: the encoder of the embedding-first loop."""
+"""`atl pretrain`, `atl encoder`, `atl similar`: the encoder of the embedding-first loop and its space."""
 
 from __future__ import annotations
 
@@ -39,6 +39,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     encoder.add_argument("--input-size", type=int, help="torchvision backbones: image size in pixels")
     encoder.set_defaults(func=cmd_encoder)
 
+    similar = subparsers.add_parser(
+        "similar", help="more like this: unlabelled images nearest to one image",
+        description="The unlabelled target pool images nearest to image ID in the embedding space of the "
+                    "model a query would use (cosine; exact up to 100,000 images, LSH above). Handy to "
+                    "find more of a rare class from one example.")
+    similar.add_argument("project", type=Path)
+    similar.add_argument("image", type=int, metavar="ID", help="the example image's id")
+    similar.add_argument("--k", type=int, default=20, help="how many images")
+    similar.add_argument("--json", action="store_true", help="print JSON")
+    similar.add_argument("--quiet", action="store_true", help="no progress bar")
+    similar.set_defaults(func=cmd_similar)
+
+    check = subparsers.add_parser(
+        "check-labels", help="possible label errors among the labels given",
+        description="Confident learning (Northcutt et al., JAIR 2021) on out-of-fold predictions of a "
+                    "head cross-validated on the cached embeddings: labelled images whose confident "
+                    "class differs from their label, most suspicious first.")
+    check.add_argument("project", type=Path)
+    check.add_argument("--folds", type=int, default=5)
+    check.add_argument("--top", type=int, default=50, help="show at most this many")
+    check.add_argument("--json", action="store_true", help="print JSON")
+    check.add_argument("--quiet", action="store_true", help="no progress bar")
+    check.set_defaults(func=cmd_check_labels)
+
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from atl_desktop.transfer.selfsup import SelfSupConfig, pretrain_project
@@ -65,4 +89,44 @@ def cmd_encoder(args: argparse.Namespace) -> int:
     with Project.open(args.project) as project:
         project.set_setting(ENCODER_SETTING, choice.to_json())
     print(f"Cold-start encoder set to {choice.describe()}.")
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    import json
+
+    from atl_desktop.session import similar_job
+
+    with Project.open(args.project) as project:
+        found = run_with_tqdm(similar_job(project, args.image, k=args.k), desc="similar", quiet=args.quiet)
+        paths = [str(project.image_path(project.image(f.image_id))) for f in found]
+    if args.json:
+        print(json.dumps([{"id": f.image_id, "path": p, "similarity": f.similarity}
+                          for f, p in zip(found, paths, strict=True)], indent=2))
+    else:
+        print(f"{len(found)} unlabelled images like image {args.image}, most similar first:")
+        for f, p in zip(found, paths, strict=True):
+            print(f"  {f.image_id}\t{p}\tcosine {f.similarity:.3f}")
+    return 0
+
+
+def cmd_check_labels(args: argparse.Namespace) -> int:
+    import json
+
+    from atl_desktop.session import check_labels_job
+
+    with Project.open(args.project) as project:
+        suspects = run_with_tqdm(check_labels_job(project, folds=args.folds), desc="check-labels",
+                                 quiet=args.quiet)
+        names = {c.id: c.name for c in project.classes()}
+        rows = [{"id": s.image_id, "path": str(project.image_path(project.image(s.image_id))),
+                 "label": names[s.given], "likely": names[s.likely], "margin": s.margin}
+                for s in suspects[: args.top]]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{len(suspects)} labels look wrong (showing {len(rows)}), most suspicious first:")
+    for r in rows:
+        print(f"  {r['id']}\t{r['path']}\tlabelled {r['label']}, looks like {r['likely']} "
+              f"(by {r['margin']:.2f})")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 from pathlib import Path
 
@@ -25,9 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     label.add_argument("project", type=Path)
     label.add_argument("images", nargs="+", help="image ids or paths")
     group = label.add_mutually_exclusive_group(required=True)
-    group.add_argument("--set", dest="class_name", metavar="CLASS", help="class name to assign (created if new)")
+    group.add_argument("--set", dest="class_name", metavar="CLASS", help="class name to assign")
     group.add_argument("--clear", action="store_true", help="remove the label")
-    label.add_argument("--annotator", default="", help="who gives the label (recorded)")
+    label.add_argument("--new-class", action="store_true", help="create CLASS if the project has no such class")
+    label.add_argument("--annotator", default=None,
+                       help="who gives the label (recorded; default: the name the window uses)")
     label.set_defaults(func=cmd_label)
 
     upgrade = subparsers.add_parser("upgrade", help="upgrade an older project file", description="Apply the project-format migrations to an older project file.")
@@ -114,13 +117,30 @@ def _image_id(project: Project, ref: str) -> int:
     return image_id
 
 
+def _class_id(project: Project, name: str, create: bool) -> int:
+    """The class called `name`; a new one only when asked, since a typo would make a class."""
+    names = project.class_names()
+    if name in names or create:
+        return project.ensure_class(name)
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ProjectError(f"No class {name!r} in {project.path.name}; {hint}"
+                       "add --new-class to create it.")
+
+
 def cmd_label(args: argparse.Namespace) -> int:
+    from atl_desktop.rounds import label_provenance
+    from atl_desktop.userconfig import configured_annotator
+
+    annotator = configured_annotator() if args.annotator is None else args.annotator
     with Project.open(args.project) as project:
         ids = [_image_id(project, ref) for ref in args.images]
-        class_id = None if args.clear else project.ensure_class(args.class_name)
+        class_id = None if args.clear else _class_id(project, args.class_name, args.new_class)
         with project.transaction():
             for image_id in ids:
-                project.set_label(image_id, class_id, annotator=args.annotator)
+                # As the window records it: who, the open round, and what its query showed.
+                project.set_label(image_id, class_id, annotator=annotator,
+                                  **label_provenance(project, image_id))
         what = "cleared" if args.clear else f"set to {args.class_name!r}"
         print(f"Label {what} for {len(ids)} image(s).")
     return 0

@@ -11,22 +11,23 @@ import argparse
 import json
 from pathlib import Path
 
+from atl_desktop.commands.lazy import STRATEGY_NAMES
 from atl_desktop.jobs import run_with_tqdm
 from atl_desktop.store import Project, ProjectError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from atl_desktop.active.strategies import STRATEGIES
-
     parser = subparsers.add_parser(
-        "round", help="run an active-learning round: query, train, status",
+        "round", help="run an active-learning round: query, train, discard, status",
         description="An active-learning round, step by step: `atl round query` chooses images to label, "
-                    "you label them, `atl round train` fine-tunes and records the round.")
+                    "you label them, `atl round train` (or `atl train`) fine-tunes and records the round. "
+                    "One round is open at a time: a query refuses until it is trained or discarded.")
     steps = parser.add_subparsers(title="steps", metavar="STEP", required=True)
 
     query = steps.add_parser("query", help="choose the images to label and open a round")
     query.add_argument("project", type=Path)
-    query.add_argument("--strategy", required=True, choices=sorted(STRATEGIES))
+    query.add_argument("--strategy", required=True, choices=STRATEGY_NAMES, metavar="STRATEGY",
+                       help="see `atl strategies`")
     query.add_argument("--batch", type=int, required=True)
     query.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                        help="strategy parameter, VALUE in JSON")
@@ -46,6 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(train)
     train.set_defaults(func=cmd_train)
 
+    discard = steps.add_parser("discard", help="close the open round without training (its labels stay)")
+    discard.add_argument("project", type=Path)
+    discard.set_defaults(func=cmd_discard)
+
     status = steps.add_parser("status", help="the open round and the finished ones")
     status.add_argument("project", type=Path)
     status.add_argument("--json", action="store_true")
@@ -59,45 +64,38 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from atl_desktop.active.scoring import ScoringConfig
-    from atl_desktop.commands.active import parse_params
-    from atl_desktop.rounds import open_round
+    from atl_desktop.active.strategies import STRATEGIES
+    from atl_desktop.commands.active import format_query_rows, parse_params, query_rows
     from atl_desktop.session import query_job
 
+    scoring = None
+    if STRATEGIES[args.strategy].needs:  # the scoring settings load torch: only for a model
+        from atl_desktop.active.scoring import ScoringConfig
+
+        scoring = ScoringConfig(seed=args.seed, device=args.device)
     with Project.open(args.project) as project:
-        current = open_round(project)
-        if current is not None:
-            raise ProjectError(f"Round {current.id} is still open: label its images and run "
-                               f"`atl round train {args.project}` first.")
         job = query_job(project, strategy=args.strategy, batch=args.batch, params=parse_params(args.param),
-                        seed=args.seed, scoring=ScoringConfig(seed=args.seed, device=args.device))
+                        seed=args.seed, scoring=scoring)
         result = run_with_tqdm(job, desc="query", quiet=args.quiet)
-        paths = [str(project.image_path(project.image(it.image_id))) for it in result.items]
+        rows = query_rows(project, result)
     if args.json:
-        print(json.dumps({"round": result.round_id, "images": [
-            {"id": it.image_id, "path": p, "reason": it.reason} for it, p in zip(result.items, paths, strict=True)]},
-            indent=2))
+        print(json.dumps({"round": result.round_id, "images": rows}, indent=2))
     else:
         print(f"Round {result.round_id} open: label these {len(result.items)} images, then run "
               f"`atl round train`.")
-        for it, p in zip(result.items, paths, strict=True):
-            print(f"  {it.image_id}\t{p}\t{it.reason}")
+        print(format_query_rows(rows))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from atl_desktop.active.pseudo import PseudoLabelConfig
-    from atl_desktop.rounds import chosen_images, open_round
+    from atl_desktop.rounds import open_round
     from atl_desktop.session import PSEUDO_SETTING, finish_round_job, project_train_config
 
     with Project.open(args.project) as project:
         current = open_round(project)
         if current is None:
             raise ProjectError(f"No open round: start one with `atl round query {args.project}`.")
-        chosen = chosen_images(project, current.id)
-        if not args.oracle and chosen and all(project.label_of(i) is None for i in chosen):
-            raise ProjectError(f"Round {current.id}: none of its {len(chosen)} chosen images is labelled yet; "
-                               "label them first (or use --oracle in a simulation).")
         pseudo = None
         if args.pseudo:
             saved = dict(project.get_setting(PSEUDO_SETTING, {}))
@@ -115,11 +113,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                           "metrics": summary.metrics}, indent=2))
     else:
         print(f"Round {summary.round_id} finished: checkpoint {summary.checkpoint_id}. "
-              + _round_line(summary.metrics))
+              + round_summary_line(summary.metrics))
     return 0
 
 
-def _round_line(metrics: dict) -> str:
+def round_summary_line(metrics: dict) -> str:
     parts = [f"{metrics.get('labels', 0)} labels"]
     if metrics.get("pseudo_used"):
         parts.append(f"{metrics['pseudo_used']} pseudo-labels")
@@ -134,8 +132,19 @@ def _round_line(metrics: dict) -> str:
     return "; ".join(parts) + "."
 
 
+def cmd_discard(args: argparse.Namespace) -> int:
+    from atl_desktop.rounds import discard_round
+
+    with Project.open(args.project) as project:
+        ids = discard_round(project)
+    if not ids:
+        raise ProjectError("No open round to discard.")
+    print(f"Round {', '.join(map(str, ids))} discarded (labels given stay); `atl query` starts the next.")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    from atl_desktop.rounds import chosen_images, open_round, round_state
+    from atl_desktop.rounds import DISCARDED, chosen_images, open_round, round_state
 
     with Project.open(args.project, readonly=True) as project:
         current = open_round(project)
@@ -148,10 +157,15 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "chosen": len(chosen), "labelled": sum(project.label_of(i) is not None for i in chosen),
                 "pending_pseudo": len([p for p in project.pseudo_labels() if p.round_id == current.id]),
             }
+        # Projects from before the one-open-round rule may hold older unfinished rounds.
+        status["stale"] = [r.id for r in project.rounds() if r.finished is None
+                           and (current is None or r.id != current.id)]
         for r in project.rounds():
             if r.finished is not None:
+                discarded = bool(r.metrics.get(DISCARDED))
                 status["finished"].append({"round": r.id, "strategy": r.strategy, "checkpoint": r.checkpoint_id,
-                                           "summary": _round_line(r.metrics)})
+                                           "discarded": discarded,
+                                           "summary": "discarded." if discarded else round_summary_line(r.metrics)})
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -162,5 +176,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         o = status["open"]
         print(f"round {o['round']} ({o['strategy']}) open, step {o['step']}: {o['labelled']} of {o['chosen']} "
-              f"chosen images labelled, {o['pending_pseudo']} pseudo-labels pending.")
+              f"chosen images labelled, {o['pending_pseudo']} pseudo-labels pending; `atl train` (or "
+              "`atl round train`) finishes it, `atl round discard` drops it.")
+    if status["stale"]:
+        print(f"also unfinished, from before one round at a time: round {', '.join(map(str, status['stale']))} "
+              "(`atl round discard` closes them all).")
     return 0

@@ -7,19 +7,20 @@ import json
 import statistics
 from pathlib import Path
 
+from atl_desktop.commands.lazy import LazyChoices
 from atl_desktop.commands.scale import add_launch_options, distributed, run_train
 from atl_desktop.jobs import run_with_tqdm
 from atl_desktop.store import Project, ProjectError
 
 SMALL_IMAGE_SIDE = 32  # images this small default to the small CNN
+# Read from the registries (which import torch) only when an argument is checked.
+METHOD_NAMES = LazyChoices("atl_desktop.transfer.methods", "METHODS")
+BACKBONE_NAMES = LazyChoices("atl_desktop.models.registry", "available_backbones")
+OPTIMIZER_NAMES = LazyChoices("atl_desktop.transfer.train", "OPTIMIZERS")
+AUGMENTATION_NAMES = LazyChoices("atl_desktop.models.transforms", "AUGMENTATIONS")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from atl_desktop.models.registry import available_backbones
-    from atl_desktop.models.transforms import AUGMENTATIONS
-    from atl_desktop.transfer.methods import METHODS
-    from atl_desktop.transfer.train import OPTIMIZERS
-
     train = subparsers.add_parser(
         "train", help="train or fine-tune the project's model",
         description="Train on a project's labels: source pre-training on labelled source images, "
@@ -29,26 +30,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("project", type=Path, nargs="?", help="the .atl project")
     train.add_argument("--data", type=Path, help=".npz file or ImageFolder tree (instead of a project)")
     train.add_argument("--out", type=Path, help="model file to write with --data (.safetensors)")
-    train.add_argument("--method", choices=list(METHODS), default="finetune",
-                       help="; ".join(f"{name}: {m.description}" for name, m in METHODS.items()))
+    train.add_argument("--method", choices=METHOD_NAMES, default="finetune", metavar="METHOD",
+                       help="transfer method (default finetune); `atl methods` lists them")
     train.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
                        help="a hyper-parameter of the method (repeatable; VALUE as JSON, else text), "
                        "e.g. --method-option trade_off=0.5")
-    train.add_argument("--backbone", choices=available_backbones(),
-                       help="default: the latest checkpoint's, else smallcnn for tiny images, else resnet18")
+    train.add_argument("--backbone", choices=BACKBONE_NAMES, metavar="BACKBONE",
+                       help="default: the latest checkpoint's, else smallcnn for tiny images, else resnet18; "
+                       "`atl methods` lists them")
     train.add_argument("--weights", help="'imagenet' (from the local torch cache), 'none', or a weights "
                        "file; default: imagenet for torchvision backbones")
     train.add_argument("--epochs", type=int, default=10)
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
+    train.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default="adamw", metavar="NAME",
+                       help="adamw (default) or sgd")
     train.add_argument("--freeze", type=int, default=0, metavar="K", help="keep the first K stages fixed")
     train.add_argument("--lr-decay", type=float, default=1.0,
                        help="layer-wise learning-rate decay per stage towards the input (0 < d <= 1)")
     train.add_argument("--balanced", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
                        help="class-balanced sampling of labelled images: auto (the default) turns it on "
                             "when the largest class has more than 1.5 times the images of the smallest")
-    train.add_argument("--augment", choices=AUGMENTATIONS, default="none")
+    train.add_argument("--augment", choices=AUGMENTATION_NAMES, default="none", metavar="NAME",
+                       help="none (default), natural, histology or hed")
     train.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs (0: off)")
     train.add_argument("--input-size", type=int, help="override the backbone's input size")
     train.add_argument("--seed", type=int, default=0)
@@ -59,6 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--json", action="store_true", help="print the result as JSON")
     add_launch_options(train)
     train.set_defaults(func=cmd_train)
+
+    methods = subparsers.add_parser("methods", help="list the transfer methods and backbones")
+    methods.set_defaults(func=cmd_methods)
 
     evaluate = subparsers.add_parser(
         "evaluate", help="accuracy, per-class recall and confusion matrix",
@@ -79,11 +86,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # ---- train -----------------------------------------------------------------------
 
 
+def cmd_methods(args: argparse.Namespace) -> int:
+    from atl_desktop.models.registry import BACKBONES
+    from atl_desktop.transfer.methods import METHODS
+
+    print("transfer methods (--method):")
+    for name, method in METHODS.items():
+        print(f"  {name:12} {method.description}")
+    print("backbones (--backbone):")
+    print("  " + ", ".join(BACKBONES))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if (args.project is None) == (args.data is None):
         raise ProjectError("Give either a project or --data (with --out).")
     if args.data is not None:
         return _train_on_data(args)
+    from atl_desktop.commands.round import round_summary_line
+    from atl_desktop.rounds import open_round
+    from atl_desktop.session import finish_round_job
     from atl_desktop.transfer.train import train_project
 
     if distributed(args):
@@ -94,6 +116,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     with Project.open(args.project) as project:
         config = _project_config(args, project)
+        current = open_round(project)
+        if current is not None:  # the round a query opened ends here, as `atl round train` ends it
+            summary = run_with_tqdm(finish_round_job(project, round_id=current.id, config=config,
+                                                     from_scratch=args.from_scratch),
+                                    desc="train", quiet=args.quiet)
+            _print(args, {"round": summary.round_id, "checkpoint": summary.checkpoint_id,
+                          "metrics": summary.metrics},
+                   f"Round {summary.round_id} finished: checkpoint {summary.checkpoint_id}. "
+                   + round_summary_line(summary.metrics))
+            return 0
         result = run_with_tqdm(train_project(project, config, from_scratch=args.from_scratch),
                                desc="train", quiet=args.quiet)
         _print(args, {"checkpoints": list(result.checkpoint_ids), "phases": list(result.phases),

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from platformdirs import user_log_dir
 
-APP_NAME = "ATL Desktop"
+from atl_desktop.userconfig import APP_NAME
+
 USAGE = "usage: atl-desktop PROJECT.atl   (make a project with `atl new PROJECT.atl`)"
 
 
@@ -48,9 +49,9 @@ def choose_project(args: argparse.Namespace, settings) -> str | None:
 
 
 def is_demo(path: str | Path) -> bool:
-    from atl_desktop.demo import user_demo_dir
+    from atl_desktop.demo import is_demo_copy
 
-    return Path(path).resolve().parent == user_demo_dir().resolve()
+    return is_demo_copy(path)
 
 
 def ask_annotator(settings, *, ask: bool = True) -> str:

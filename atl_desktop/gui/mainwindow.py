@@ -55,8 +55,9 @@ from atl_desktop.store import Project, ProjectError
 JOB_TITLES = {"query": "Scoring the pool", "train": "Training", "pseudo": "Proposing pseudo-labels",
               "import": "Importing images", "export": "Exporting labels",
               "setup": "Setting up the project", "evaluate": "Evaluating", "score": "Scoring the pool",
-              "pretrain": "Learning an encoder from your images"}
+              "pretrain": "Learning an encoder from your images", "similar": "Finding similar images"}
 RECENT_LIMIT = 8
+SIMILAR_K = 24  # images shown by "more like this"
 
 
 def remember_project(settings: QSettings, path: Path) -> None:
@@ -108,6 +109,12 @@ def default_pretrain_job(project, device: str | None = None):
     from atl_desktop.transfer.selfsup import SelfSupConfig, pretrain_project
 
     return pretrain_project(project, SelfSupConfig(device=device or "auto"))
+
+
+def default_similar_job(project, image_id: int, k: int = SIMILAR_K):
+    from atl_desktop.session import similar_job
+
+    return similar_job(project, image_id, k=k)
 
 
 def default_score_job(project):
@@ -171,6 +178,7 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.settings = settings
         self.factories = {"query": query_factory, "train": train_factory, "pseudo": pseudo_factory}
+        self._similar_of: int | None = None  # the image whose neighbours the running job finds
         self.ws = Workspace(project, annotator, self.show_error_message, parent=self)
         self.runner = JobRunner(self, log_file=log_file)
         self.engine_ready = False
@@ -292,6 +300,7 @@ class MainWindow(QMainWindow):
                      QKeySequence("Ctrl+."))
 
         help_menu = menu.addMenu("&Help")
+        self._action(help_menu, "&Start your own project…", self.ask_new_project)
         self._action(help_menu, "&Keyboard shortcuts", self.show_shortcuts,
                      [QKeySequence(Qt.Key.Key_F1), QKeySequence("?")])
         self._action(help_menu, "&About ATL Desktop", lambda: AboutDialog(self).exec())
@@ -319,6 +328,7 @@ class MainWindow(QMainWindow):
 
     def _connect(self) -> None:
         self.query_view.query_requested.connect(self.start_query)
+        self.panel.new_project_requested.connect(lambda: self.ask_new_project())
         self.query_view.train_requested.connect(self.training.start)  # saves the panel's settings
         self.review_view.propose_requested.connect(self.start_pseudo)
         for view in (self.query_view, self.review_view):
@@ -331,6 +341,8 @@ class MainWindow(QMainWindow):
         self.runner.cancelled.connect(self._on_job_cancelled)
         self.runner.started.connect(lambda _: self._update_busy())
         self.pool_browser.send_to_query.connect(self.label_chosen)
+        self.pool_browser.similar_requested.connect(self.start_similar)
+        self.query_view.similar_requested.connect(self.start_similar)
         self.pool_browser.score_requested.connect(
             lambda: self._start_other("score", default_score_job, JOB_TITLES["score"], "model"))
         self.annotators.send_to_query.connect(lambda ids: self.label_chosen(ids, "the two annotators disagreed"))
@@ -381,13 +393,37 @@ class MainWindow(QMainWindow):
         return True
 
     def start_query(self, strategy: str, batch: int) -> bool:
+        if not self.resolve_open_round():
+            return False
         return self.start_job("query", strategy=strategy, batch=batch)
+
+    def resolve_open_round(self) -> bool:
+        """The engine's rule (rounds.check_can_query): one open round at a time. While one is
+        open, offer to discard it (its labels stay); Train finishes it instead."""
+        from atl_desktop.rounds import RoundOpenError, check_can_query, discard_round
+
+        try:
+            check_can_query(self.ws.project)
+        except RoundOpenError as error:
+            text = (f"Round {error.round_id} is still open: {error.labelled} of its {error.chosen} images "
+                    "are labelled. Press Train to learn from them and finish the round, or discard it "
+                    "(the labels given stay) and query a new batch.")
+            if not messages.ask(self, "A round is open", text, "Discard round and query",
+                                "Keep labelling"):
+                return False
+            discard_round(self.ws.project)
+            self.ws.notify()
+        return True
 
     def start_train(self, from_scratch: bool = False) -> bool:
         return self.start_job("train", **({"from_scratch": True} if from_scratch else {}))
 
     def start_pseudo(self) -> bool:
         return self.start_job("pseudo")
+
+    def start_similar(self, image_id: int) -> bool:
+        self._similar_of = image_id
+        return self._start_other("similar", default_similar_job, JOB_TITLES["similar"], "model", image_id=image_id)
 
     def start_pretrain(self) -> bool:
         device = self.settings.value("device", "auto", type=str) if self.settings is not None else "auto"
@@ -457,6 +493,13 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"{len(result.items)} images to label.", 8000)
         elif name == "train":
             self.statusBar().showMessage(f"Training finished: checkpoint #{result}.", 8000)
+        elif name == "similar":
+            of = self._similar_of
+            self.query_view.show_chosen([r.image_id for r in result], f"like image {of}",
+                                        reasons={r.image_id: f"like image {of} (cosine {r.similarity:.2f})"
+                                                 for r in result})
+            self.tabs.setCurrentWidget(self.query_view)
+            self.statusBar().showMessage(f"{len(result)} unlabelled images like image {of}.", 8000)
         elif name == "pretrain":
             self.statusBar().showMessage(f"Encoder learnt: checkpoint #{result}. Queries now fit a head "
                                          "on its embeddings after every label.", 12000)

@@ -15,3 +15,12 @@ def show_error(parent: QWidget | None, title: str, text: str, details: str | Non
 def show_info(parent: QWidget | None, title: str, text: str) -> None:
     box = QMessageBox(QMessageBox.Icon.Information, title, text, QMessageBox.StandardButton.Ok, parent)
     box.exec()
+
+
+def ask(parent: QWidget | None, title: str, text: str, yes: str, no: str = "Cancel") -> bool:
+    """A question with two named buttons; True only when `yes` was pressed."""
+    box = QMessageBox(QMessageBox.Icon.Question, title, text, QMessageBox.StandardButton.NoButton, parent)
+    yes_button = box.addButton(yes, QMessageBox.ButtonRole.AcceptRole)
+    box.setDefaultButton(box.addButton(no, QMessageBox.ButtonRole.RejectRole))
+    box.exec()
+    return box.clickedButton() is yes_button

@@ -38,6 +38,7 @@ from atl_desktop.gui.poolmodel import (
     scored_order,
 )
 from atl_desktop.gui.thumbnails import ThumbnailCache
+from atl_desktop.gui.tiles import add_similar_menu
 from atl_desktop.gui.undo import SetLabel
 from atl_desktop.gui.workspace import Workspace
 from atl_desktop.store import ProjectError
@@ -111,6 +112,7 @@ class PoolGrid(QListView):
 
 class PoolBrowser(QWidget):
     send_to_query = Signal(list)  # image ids
+    similar_requested = Signal(int)  # image id: show more images like it
     open_image = Signal(int)
     score_requested = Signal()  # sorting by score needs the pool scored with the current checkpoint
 
@@ -161,6 +163,7 @@ class PoolBrowser(QWidget):
         self.grid.setItemDelegate(PoolTileDelegate(self.thumbs, self.grid))
         self.grid.key_handler = self._on_key
         self.grid.doubleClicked.connect(lambda index: self.open_image.emit(index.data(ImageIdRole)))
+        add_similar_menu(self.grid, lambda index: index.data(ImageIdRole), self.similar_requested)
         self.grid.selectionModel().selectionChanged.connect(lambda *_: self._update_buttons())
 
         self.class_box = _combo(elide=14)
@@ -335,6 +338,9 @@ class PoolBrowser(QWidget):
         record = self.ws.book().by_key(event.text())
         if record is not None:
             return self.label_selected(record.id)
+        if event.key() == Qt.Key.Key_M and self.grid.currentIndex().isValid():
+            self.similar_requested.emit(self.grid.currentIndex().data(ImageIdRole))
+            return True
         return False
 
 

@@ -7,7 +7,7 @@ a dialog and then call the methods below, which tests call directly.
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -24,16 +24,20 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from atl_desktop.demo import is_demo_copy
 from atl_desktop.gui.models import ClassTableModel
 from atl_desktop.gui.undo import AddClass, DeleteClass, MergeClasses, RenameClass, UpdateClass
 from atl_desktop.gui.workspace import Workspace
 from atl_desktop.store import ClassRecord, ProjectError
 
 REFRESH_DELAY_MS = 60
-RESERVED_KEYS = {"x": "X marks an image as unsure", " ": "Space accepts the suggestion"}
+RESERVED_KEYS = {"x": "X marks an image as unsure", " ": "Space accepts the suggestion",
+                 "m": "M shows more images like this one"}
 
 
 class ProjectPanel(QWidget):
+    new_project_requested = Signal()
+
     def __init__(self, workspace: Workspace, parent=None):
         super().__init__(parent)
         self.ws = workspace
@@ -60,6 +64,8 @@ class ProjectPanel(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.verticalHeader().hide()
         self.table.setShowGrid(False)
+        # Long names ("cancer_associated_stroma") keep both ends; the tooltip has the whole name.
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
@@ -95,8 +101,18 @@ class ProjectPanel(QWidget):
             self.values[name] = value
             form.addRow(name, value)
 
+        # On a demo: where your own project starts (the link asks the main window to make one).
+        self.demo_note = QLabel('This is a demo project. To label your own images, '
+                                '<a href="new">start your own project</a> (File ▸ New project…).')
+        self.demo_note.setWordWrap(True)
+        self.demo_note.setTextFormat(Qt.TextFormat.RichText)
+        self.demo_note.setStyleSheet("background: palette(alternate-base); padding: 4px;")
+        self.demo_note.linkActivated.connect(lambda _: self.new_project_requested.emit())
+        self.demo_note.setVisible(is_demo_copy(self.ws.project.path))
+
         layout = QVBoxLayout(self)
         layout.addWidget(self.title)
+        layout.addWidget(self.demo_note)
         layout.addWidget(classes, 1)
         layout.addWidget(progress)
 

@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
 
 from atl_desktop.gui.background import Background
 from atl_desktop.gui.models import Prediction, QueryBatchModel, QueryTile, TileRole
-from atl_desktop.gui.tiles import PAD, TileDelegate, TileGrid
+from atl_desktop.gui.tiles import PAD, TileDelegate, TileGrid, add_similar_menu
 from atl_desktop.gui.undo import SetLabel, SetSkipped, skipped_images
 from atl_desktop.gui.workspace import Workspace
 from atl_desktop.store import Project, ProjectError
@@ -128,6 +128,7 @@ class QueryView(QWidget):
     query_requested = Signal(str, int)  # strategy, batch size
     train_requested = Signal()
     open_image = Signal(int)  # image id
+    similar_requested = Signal(int)  # image id: show more images like it
 
     def __init__(self, workspace: Workspace, parent=None, load_strategies: bool = True):
         super().__init__(parent)
@@ -180,6 +181,7 @@ class QueryView(QWidget):
         self.grid.setItemDelegate(QueryTileDelegate(self.ws, self._describe, self.grid))
         self.grid.key_handler = self._on_key
         self.grid.doubleClicked.connect(lambda index: self.open_image.emit(index.data(TileRole).image_id))
+        add_similar_menu(self.grid, lambda index: index.data(TileRole).image_id, self.similar_requested)
         self.empty = QLabel(EMPTY_TEXT)
         self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.empty.setWordWrap(True)
@@ -225,21 +227,31 @@ class QueryView(QWidget):
         self.grid.setFocus()
 
     def show_chosen(self, image_ids: list[int], reason: str = "chosen in the pool browser",
-                    top: dict[int, list] | None = None) -> None:
+                    top: dict[int, list] | None = None, reasons: dict[int, str] | None = None) -> None:
         """Label images picked by hand, one by one, like a queried batch (no round).
 
-        `top` may give an image's known predictions, [[class position, p], ...].
+        `top` may give an image's known predictions, [[class position, p], ...]; `reasons`
+        an image's own reason instead of `reason`.
         """
-        items = [{"image_id": int(i), "score": 0.0, "reason": reason, "top": (top or {}).get(i, [])}
-                 for i in image_ids]
+        items = [{"image_id": int(i), "score": 0.0, "reason": (reasons or {}).get(i, reason),
+                  "top": (top or {}).get(i, [])} for i in image_ids]
         self.ws.project.set_setting(LAST_QUERY, items)
         self.ws.project.set_setting(LAST_QUERY_ROUND, None)
         self._show_items(items, None)
         self.grid.setFocus()
 
     def load_saved(self) -> None:
-        items = self.ws.project.get_setting(LAST_QUERY, [])
-        self._show_items(items or [], self.ws.project.get_setting(LAST_QUERY_ROUND))
+        """The last batch shown here; or, when a newer round was opened elsewhere (`atl query`),
+        that round's images, whose suggestions the live head then fills in."""
+        project = self.ws.project
+        items, round_id = project.get_setting(LAST_QUERY, []) or [], project.get_setting(LAST_QUERY_ROUND)
+        newest = next((r for r in reversed(project.rounds()) if r.finished is None), None)
+        if newest is not None and newest.id != round_id and newest.params.get("chosen"):
+            reason = f"chosen by {newest.strategy} in round {newest.id}"
+            items = [{"image_id": int(i), "score": 0.0, "reason": reason, "top": []}
+                     for i in newest.params["chosen"]]
+            round_id = newest.id
+        self._show_items(items, round_id)
 
     def _show_items(self, items: list[dict], round_id: int | None) -> None:
         project = self.ws.project
@@ -247,6 +259,8 @@ class QueryView(QWidget):
         record = next((r for r in project.rounds() if r.id == round_id), None)
         self.strategy = record.strategy if record is not None else None
         self.checkpoint_id = record.checkpoint_id if record is not None else None
+        if record is not None and record.finished is None:  # the open round's size, not a stale default
+            self.batch_box.setValue(int(record.params.get("batch", len(items)) or len(items)))
         if self.checkpoint_id is None and (latest := project.latest_checkpoint()) is not None:
             self.checkpoint_id = latest.id
         known = {i for i in {int(item["image_id"]) for item in items} if _exists(project, i)}  # not all ids
@@ -411,4 +425,9 @@ class QueryView(QWidget):
         record = self.ws.book().by_key(event.text())
         if record is not None:
             return self.label_current(record.id)
+        if key == Qt.Key.Key_M:  # reserved for new classes; a project's older class key wins
+            tile = self.model.row_data(self.grid.current_row())
+            if tile is not None and not tile.synthetic:
+                self.similar_requested.emit(tile.image_id)
+            return True
         return False

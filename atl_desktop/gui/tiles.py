@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 
-from PySide6.QtCore import QModelIndex, QPoint, QRect, QSize, Qt
+from PySide6.QtCore import QEvent, QModelIndex, QPoint, QRect, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QKeyEvent, QPainter, QPen, QPixmap
-from PySide6.QtWidgets import QAbstractItemView, QListView, QStyle, QStyledItemDelegate
+from PySide6.QtWidgets import QAbstractItemView, QListView, QStyle, QStyledItemDelegate, QToolTip
 
 from atl_desktop.gui.models import ImageIdRole, LabelRole, StateRole, class_colour
 from atl_desktop.gui.slidecontext import ContextInsets
@@ -41,6 +41,17 @@ class TileDelegate(QStyledItemDelegate):
         line = QFontMetrics(option.font).lineSpacing()
         return QSize(self.side + 2 * PAD, self.side + 3 * PAD + TEXT_LINES * line)
 
+    def helpEvent(self, event, view, option, index) -> bool:
+        """The tooltip: the whole caption (names the tile may cut), then the model's own tip."""
+        if event.type() != QEvent.Type.ToolTip or not index.isValid():
+            return super().helpEvent(event, view, option, index)
+        lines = [line for line in self.describe(index) if line]
+        own = index.data(Qt.ItemDataRole.ToolTipRole)
+        if own:
+            lines.append(str(own))
+        QToolTip.showText(event.globalPos(), "\n".join(lines), view)
+        return True
+
     def _thumbnail(self, image_id: int):
         path = self._paths.get(image_id)
         if path is None:
@@ -72,9 +83,10 @@ class TileDelegate(QStyledItemDelegate):
         _one_line(painter, QRect(text.left(), text.top(), self.side, line), headline)
         painter.setFont(option.font)
         painter.setPen(palette.placeholderText().color())
-        if second:
-            _one_line(painter, QRect(text.left(), text.top() + line, self.side, line), second)
-        rest = text.adjusted(0, (2 if second else 1) * line, 0, 0)
+        second_lines = wrap_list(painter.fontMetrics(), second, self.side, TEXT_LINES - 2) if second else []
+        for k, part in enumerate(second_lines):
+            _one_line(painter, QRect(text.left(), text.top() + (1 + k) * line, self.side, line), part)
+        rest = text.adjusted(0, (1 + len(second_lines)) * line, 0, 0)
         painter.drawText(rest, Qt.TextFlag.TextWordWrap, _fit_lines(detail, option.font, rest))
         painter.restore()
 
@@ -136,7 +148,7 @@ def _pt(x: int, y: int | None = None) -> QPoint:
 def _chip(painter: QPainter, box: QRect, text: str, colour: QColor) -> None:
     """A small coloured label in the tile's top-left corner."""
     metrics = painter.fontMetrics()
-    text = metrics.elidedText(text, Qt.TextElideMode.ElideRight, box.width() - 16)
+    text = metrics.elidedText(text, Qt.TextElideMode.ElideMiddle, box.width() - 16)
     rect = QRect(box.left() + 4, box.top() + 4, metrics.horizontalAdvance(text) + 12,
                  metrics.height() + 4)
     painter.setPen(Qt.PenStyle.NoPen)
@@ -146,8 +158,55 @@ def _chip(painter: QPainter, box: QRect, text: str, colour: QColor) -> None:
     painter.drawText(rect, Qt.AlignmentFlag.AlignCenter, text)
 
 
+def fit_one_line(metrics: QFontMetrics, text: str, width: int) -> str:
+    """`text` in `width` pixels. Class names are long and differ at both ends
+    ("cancer_associated_stroma", "colorectal_adenocarcinoma_epithelium"), so a name is cut in
+    its middle, never its percentage; in a list ("14% mucus, 12% cancer_associated_stroma")
+    the items that fit stay whole and the long ones share what is left. The tile's tooltip
+    has the whole text."""
+    if metrics.horizontalAdvance(text) <= width:
+        return text
+    parts = text.split(", ")
+    room = width - metrics.horizontalAdvance(", ") * (len(parts) - 1)
+    widths = {i: metrics.horizontalAdvance(p) for i, p in enumerate(parts)}
+    long = set(widths)
+    while long:  # give short items their width; the long ones split the rest evenly
+        share = room // len(long)
+        short = {i for i in long if widths[i] <= share}
+        if not short:
+            break
+        room -= sum(widths[i] for i in short)
+        long -= short
+    share = room // max(1, len(long))
+    return ", ".join(_elide_name(metrics, p, share) if i in long else p for i, p in enumerate(parts))
+
+
+def wrap_list(metrics: QFontMetrics, text: str, width: int, max_lines: int) -> list[str]:
+    """A list ("18% background, 14% mucus") on as few lines as it needs, up to `max_lines`,
+    breaking between items; what still does not fit is cut by `fit_one_line`."""
+    lines: list[str] = []
+    for part in text.split(", "):
+        joined = f"{lines[-1]}, {part}" if lines else part
+        if lines and metrics.horizontalAdvance(joined) <= width:
+            lines[-1] = joined
+        elif len(lines) < max_lines:
+            lines.append(part)
+        else:
+            lines[-1] = joined
+    return [fit_one_line(metrics, line, width) for line in lines]
+
+
+def _elide_name(metrics: QFontMetrics, text: str, width: int) -> str:
+    number, space, name = text.partition(" ")
+    if not (space and number.endswith("%")):
+        return metrics.elidedText(text, Qt.TextElideMode.ElideMiddle, width)
+    prefix = number + space
+    return prefix + metrics.elidedText(name, Qt.TextElideMode.ElideMiddle,
+                                       width - metrics.horizontalAdvance(prefix))
+
+
 def _one_line(painter: QPainter, rect: QRect, text: str) -> None:
-    elided = painter.fontMetrics().elidedText(text, Qt.TextElideMode.ElideRight, rect.width())
+    elided = fit_one_line(painter.fontMetrics(), text, rect.width())
     painter.drawText(rect, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, elided)
 
 
@@ -197,3 +256,22 @@ class TileGrid(QListView):
         index = model.index(row, 0)
         self.setCurrentIndex(index)
         self.scrollTo(index)
+
+
+def add_similar_menu(grid: QListView, image_id_of: Callable[[QModelIndex], int | None], signal) -> None:
+    """A context menu on a grid's tiles with "More like this (M)", which emits `signal(image id)`."""
+    from PySide6.QtWidgets import QMenu
+
+    def show(point: QPoint) -> None:
+        index = grid.indexAt(point)
+        image_id = image_id_of(index) if index.isValid() else None
+        if image_id is None:
+            return
+        menu = QMenu(grid)
+        action = menu.addAction("More like this (M)")
+        action.setToolTip("The unlabelled images nearest to this one in the encoder's embedding space")
+        action.triggered.connect(lambda: signal.emit(int(image_id)))
+        menu.exec(grid.viewport().mapToGlobal(point))
+
+    grid.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+    grid.customContextMenuRequested.connect(show)

@@ -833,9 +833,14 @@ def evaluate_project(
     from atl_desktop.models.transforms import input_transform
     from atl_desktop.store.errors import ProjectError
 
+    how = (f"import labelled images into it with `atl import {project.path.name} IMAGES --split {split}` "
+           "(class folders, a CSV or an .npz)")
+    if not project.image_ids("target", split):
+        raise ProjectError(f"{project.path.name} has no target images in the {split} split: {how}.")
     classes = project.class_names()
     model, _record = load_checkpoint(project, checkpoint_id, classes=classes)
     dataset = project_eval_dataset(project, split, input_transform(model.spec))
     if not any(label >= 0 for label in dataset.labels):
-        raise ProjectError(f"No labelled target images in the {split} split to evaluate on.")
+        raise ProjectError(f"No labelled target images in the {split} split to evaluate on: label them, "
+                           f"or {how}.")
     return (yield from evaluate(model, dataset, batch_size=batch_size, device=device, classes=classes))

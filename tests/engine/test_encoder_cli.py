@@ -62,3 +62,35 @@ def test_the_report_names_the_encoder_and_the_head(tmp_path):
         "Contrastive" in used["SimCLR (self-supervised)"]["references"][0]
     assert used["head on cached embeddings"]["where"] == "round 1 (logreg)"
     assert "ICML 2022" in used["typiclust"]["references"][0]
+
+
+def test_similar_prints_unlabelled_neighbours(tmp_path, capsys):
+    import json
+
+    path = _project(tmp_path)
+    capsys.readouterr()
+    assert main(["similar", str(path), "1", "--k", "3", "--json", "--quiet"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert len(found) == 3 and all(f["id"] != 1 for f in found)
+    assert [f["similarity"] for f in found] == sorted((f["similarity"] for f in found), reverse=True)
+    assert main(["similar", str(path), "99999", "--quiet"]) == 1
+
+
+def test_check_labels_finds_flipped_labels(tmp_path, capsys):
+    import json
+
+    path = _project(tmp_path)
+    with Project.open(path) as p:
+        truth = sorted(p.truth().items())[:120]
+        classes = [c.id for c in p.classes()]
+        flipped = {image_id for image_id, _ in truth[::15]}
+        for image_id, class_id in truth:
+            wrong = classes[(classes.index(class_id) + 1) % len(classes)]
+            p.set_label(image_id, wrong if image_id in flipped else class_id)
+    capsys.readouterr()
+    assert main(["check-labels", str(path), "--json", "--quiet"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and [r["margin"] for r in rows] == sorted((r["margin"] for r in rows), reverse=True)
+    # Untrained features are weak; still, flipped labels are over-represented among the suspects.
+    share = sum(r["id"] in flipped for r in rows) / len(rows)
+    assert share > len(flipped) / len(truth)

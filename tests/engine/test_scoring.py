@@ -259,6 +259,8 @@ def test_score_and_query_commands(project_with_checkpoint, capsys):
             last = project.rounds()[-1]
         assert last.strategy == strategy and last.params["chosen"] == shown
         assert len(set(shown)) == 4 and not set(shown) & labelled
+        assert main(["round", "discard", str(path)]) == 0  # one open round at a time
+        capsys.readouterr()
 
 
 def test_a_new_checkpoint_is_scored_into_its_own_folder(project_with_checkpoint):

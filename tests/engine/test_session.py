@@ -5,6 +5,7 @@ import pytest
 
 from atl_desktop.active.pseudo import PseudoLabelConfig
 from atl_desktop.jobs import run_job
+from atl_desktop.rounds import discard_round
 from atl_desktop.session import (
     SKIPPED_SETTING,
     _top_share,
@@ -103,7 +104,9 @@ def test_cold_start_without_checkpoint_picks_typical_images(fresh):
     (rnd,) = fresh.rounds()
     assert rnd.params["cold_start"] == "typiclust" and rnd.params["head"] == "logreg"
     assert rnd.checkpoint_id is None
+    assert all(it.reason == "typical of a cluster that has no label yet (TypiClust)" for it in result.items)
     # The embeddings are cached: the same query again reads them (same key, same picks).
+    discard_round(fresh)  # one open round at a time
     again = run_job(query_job(fresh, strategy="typiclust", batch=6))
     assert [it.image_id for it in again.items] == [it.image_id for it in result.items]
 

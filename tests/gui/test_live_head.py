@@ -52,3 +52,28 @@ def test_the_model_menu_learns_an_encoder_as_a_job(qtbot, open_window, tmp_path,
     qtbot.waitUntil(lambda: not window.runner.is_running(), timeout=60000)
     assert is_encoder_only(window.ws.project.latest_checkpoint())
     assert "Encoder learnt" in window.statusBar().currentMessage()
+
+
+def test_m_shows_more_images_like_the_current_one(qtbot, open_window, tmp_path):
+    window = open_window(_labelled_project(tmp_path))
+    project = window.ws.project
+    labelled = set(project.current_labels())
+    start = next(i for i in project.image_ids() if i not in labelled)
+    view = window.query_view
+    view.show_chosen([start])
+    qtbot.keyClick(view.grid, "m")
+    qtbot.waitUntil(lambda: not window.runner.is_running() and
+                    any(t.reason.startswith(f"like image {start}") for t in view.model.tiles()), timeout=60000)
+    shown = [t.image_id for t in view.model.tiles()]
+    assert len(shown) == 24 and start not in shown and not labelled & set(shown)
+    assert window.tabs.currentWidget() is view
+
+
+def test_a_round_opened_by_atl_query_is_shown_with_live_suggestions(qtbot, open_window, tmp_path):
+    path = _labelled_project(tmp_path)
+    with Project.open(path) as p:
+        result = run_job(query_job(p, strategy="margin", batch=4))
+    view = open_window(path).query_view
+    assert [t.image_id for t in view.model.tiles()] == [it.image_id for it in result.items]
+    assert view.round_id == result.round_id
+    qtbot.waitUntil(lambda: all(t.top for t in view.model.tiles()), timeout=20000)
