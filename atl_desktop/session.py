@@ -556,7 +556,8 @@ def project_train_config(project: Project, **overrides):
         saved["backbone"] = latest.backbone  # fine-tuning continues the same architecture
     if "input_size" not in saved and latest is not None and latest.config.get("input_size"):
         saved["input_size"] = latest.config["input_size"]  # e.g. a self-supervised encoder's size
-    return TrainConfig.from_dict({**saved, **overrides})
+    # Class-balanced sampling whenever the labels are imbalanced, unless the project says otherwise.
+    return TrainConfig.from_dict({"balanced": "auto", **saved, **overrides})
 
 
 

@@ -42,12 +42,16 @@ from atl_desktop.jobs import Progress, relabel
 from atl_desktop.rounds import evaluation_metrics, predict_probs, stop_signal
 from atl_desktop.session import pool_selection_input, scoring_config_for
 from atl_desktop.store import ProjectError
+from atl_desktop.transfer.methods import METHODS
 
 BASELINE = "random"
 METRICS = ("accuracy", "balanced_accuracy")
 NEW_CONFIG_DEFAULTS = {"encoder": "selfsup", "encoder_weights": None, "selfsup": {}, "metric": "accuracy"}
 ENCODER_FIELDS = ("encoder", "encoder_weights", "selfsup")
 RUN_VERSION = 2  # part of a saved run's key: raise it when a change alters the curves
+# Runs on data with a validation split chose each round's epoch on it until that stopped:
+# their keys differ from those saved before (runs on data without one are unchanged).
+NO_VALIDATION_KEY = {"validation": "unused"}
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,8 @@ class Arm:
             raise ProjectError(f"Unknown head {self.head!r}; choose one of {', '.join(HEADS)}.")
         if self.head is not None and (self.pseudo or "generative" in STRATEGIES[self.strategy].needs):
             raise ProjectError("A head on embeddings is not combined with CEAL, GAAL or ASAL.")
+        if self.method not in METHODS:
+            raise ProjectError(f"Unknown method {self.method!r}; choose one of {', '.join(METHODS)}.")
         object.__setattr__(self, "params", dict(self.params))
         object.__setattr__(self, "head_options", dict(self.head_options))
 
@@ -157,6 +163,7 @@ class SimData:
     x_test: np.ndarray
     y_test: np.ndarray
     classes: tuple[str, ...]
+    # Not used by the simulation (see _fine_tune): kept for scripts that choose settings on it.
     x_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
     x_source: np.ndarray | None = None
@@ -289,7 +296,6 @@ class TensorData(Dataset):
 class _Prepared:
     pool: TensorData
     test: TensorData
-    val: TensorData | None
     source: TensorData | None
     source_scored: TensorData | None  # the subsample scored for MMD's source features
     spec: Any
@@ -307,13 +313,12 @@ def _prepare(data: SimData, config: SimulationConfig) -> _Prepared:
         x_pool, y_pool = x_pool[keep], y_pool[keep]
     pool = TensorData.from_arrays(x_pool, y_pool, spec)
     test = TensorData.from_arrays(data.x_test, data.y_test, spec)
-    val = None if data.x_val is None else TensorData.from_arrays(data.x_val, data.y_val, spec)
     source = scored = None
     if data.x_source is not None:
         source = TensorData.from_arrays(data.x_source, data.y_source, spec)
         n = min(config.source_features, len(source))
         scored = source.rows(np.sort(np.random.default_rng(1).choice(len(source), n, replace=False)))
-    return _Prepared(pool, test, val, source, scored, spec, raw_pool=x_pool)
+    return _Prepared(pool, test, source, scored, spec, raw_pool=x_pool)
 
 
 # ---- one run ------------------------------------------------------------------------------
@@ -354,11 +359,8 @@ def _fine_tune(model, data: _Prepared, labelled: np.ndarray, pseudo: dict[int, i
     """One round's fine-tune, with the data a project round gives the method (see
     transfer.train._phases): labelled target (+ pseudo-labels), and for a method that
     uses unlabelled target images, the source images and the unlabelled pool too."""
-    from atl_desktop.transfer.methods import METHODS
     from atl_desktop.transfer.train import train
 
-    if arm.method not in METHODS:
-        raise ProjectError(f"Unknown method {arm.method!r}; choose one of {', '.join(METHODS)}.")
     method = METHODS[arm.method]
     parts = [data.pool.rows(labelled)] if len(labelled) else []
     if pseudo:
@@ -378,7 +380,10 @@ def _fine_tune(model, data: _Prepared, labelled: np.ndarray, pseudo: dict[int, i
     if round_index == 0 and arm.adapt_steps:
         epochs, steps = arm.adapt_steps, arm.adapt_steps  # an epoch is at least one step
     cfg = _train_config(config, arm.method, _seed(seed, round_index, 11), epochs, steps)
-    return (yield from train(model, train_set, cfg, val_set=data.val, source_set=source, target_set=target))
+    # No validation set: keeping each round's best epoch by validation accuracy would use
+    # labels the budget does not count (524 on a 300-label budget in one set), which a user
+    # labelling their own images does not have. Every round trains its fixed schedule instead.
+    return (yield from train(model, train_set, cfg, source_set=source, target_set=target))
 
 
 def _assess(model, data: _Prepared, classes, stop_rows: np.ndarray, previous: np.ndarray | None,
@@ -687,9 +692,22 @@ def _accepted(strategy: str, params: Mapping[str, Any]) -> dict:
     return {k: v for k, v in params.items() if takes_any or k in signature}
 
 
+def check_source(arms: Sequence[Arm], has_source: bool) -> None:
+    """Refuse, before any work, an arm whose transfer method needs labelled source images
+    when there are none (it would fail, or learn nothing, only once its turn came)."""
+    if has_source:
+        return
+    needing = sorted({a.method for a in arms if a.head is None and METHODS[a.method].needs_source()})
+    if needing:
+        raise ProjectError(f"The method {', '.join(needing)} needs labelled source images (--source); "
+                           "without them, use finetune.")
+
+
 def _run_key(data: SimData, arm: Arm, config: SimulationConfig, seed: int, gan=None) -> str:
     fields = {"version": RUN_VERSION, "data": data.fingerprint(), "arm": arm.to_json(), "seed": seed,
               "config": config.run_fields(embedding=arm.head is not None)}
+    if data.x_val is not None:
+        fields.update(NO_VALIDATION_KEY)
     if "generative" in STRATEGIES[arm.strategy].needs:  # GAAL, ASAL: their GAN too
         fields["gan"] = gan.to_json()
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
@@ -709,6 +727,7 @@ def simulate_job(data: SimData, arms: Sequence[Arm], config: SimulationConfig,
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
         raise ProjectError("Arm names must be unique.")
+    check_source(arms, data.x_source is not None)
     fine_tuned = [a for a in arms if a.head is None]
     prepared = _prepare(data, config) if fine_tuned else None
     embeddings = None

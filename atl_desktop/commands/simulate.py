@@ -71,6 +71,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from atl_desktop.simulate import (
         BASELINE,
         SimulationConfig,
+        check_source,
         default_arms,
         load_simulation_data,
         simulate_job,
@@ -90,6 +91,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.pseudo:
         arms += default_arms(strategies, pseudo=True, method=args.method, adapt_steps=args.adapt_steps,
                              params=params)
+    check_source(arms, args.source is not None)  # before the data is even read
     config = SimulationConfig(
         budget=args.budget, batch=args.batch, initial=args.initial, rounds=args.rounds,
         seeds=tuple(range(args.seeds)), backbone=args.backbone, epochs=args.epochs,

@@ -48,7 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--freeze", type=int, default=0, metavar="K", help="keep the first K stages fixed")
     train.add_argument("--lr-decay", type=float, default=1.0,
                        help="layer-wise learning-rate decay per stage towards the input (0 < d <= 1)")
-    train.add_argument("--balanced", action="store_true", help="class-balanced sampling")
+    train.add_argument("--balanced", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
+                       help="class-balanced sampling of labelled images: auto (the default) turns it on "
+                            "when the largest class has more than 1.5 times the images of the smallest")
     train.add_argument("--augment", choices=AUGMENTATION_NAMES, default="none", metavar="NAME",
                        help="none (default), natural, histology or hed")
     train.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs (0: off)")
@@ -184,7 +186,8 @@ def _config(args: argparse.Namespace, backbone: str):
             backbone=backbone, weights=weights, method=args.method,
             method_options=_method_options(args.method, args.method_option), epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, freeze=args.freeze,
-            lr_decay=args.lr_decay, balanced=args.balanced, augment=args.augment,
+            lr_decay=args.lr_decay, balanced={"on": True, "off": False}.get(args.balanced, "auto"),
+            augment=args.augment,
             patience=args.patience, seed=args.seed, input_size=args.input_size,
             device=args.device, num_workers=args.num_workers,
         )

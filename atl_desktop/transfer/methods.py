@@ -118,6 +118,14 @@ class Method(nn.Module):
         super().__init__()
         self.options = self.Options(**options)
 
+    @classmethod
+    def needs_source(cls) -> bool:
+        """Whether the method is pointless without labelled source images: it aligns them with
+        the target, trains on them alone, or joins them to the target labels. Plain
+        fine-tuning is the one method that learns from target labels alone."""
+        return cls.uses_source_labels and (cls.uses_unlabelled_target or not cls.uses_target_labels
+                                           or cls.joint_source)
+
     def hyperparameters(self) -> dict[str, Any]:
         """The options in force, defaults included (JSON-ready), for checkpoint metadata."""
         return _jsonable(dataclasses.asdict(self.options))

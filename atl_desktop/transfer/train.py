@@ -43,6 +43,12 @@ from atl_desktop.transfer.freeze import freeze_stages, layerwise_param_groups, u
 from atl_desktop.transfer.methods import Method, RoleOutputs, StepOutputs, make_method
 
 OPTIMIZERS = ("adamw", "sgd")
+# A labelled set is imbalanced when its largest class has more than IMBALANCE_RATIO times the
+# images of its smallest (classes without any left out). A 3-to-2 split is the ordinary scatter
+# of a few dozen labels and plain shuffling shows both classes in every batch; beyond it the
+# larger class fills the batches, and with few labels the model drifts to predicting it alone.
+IMBALANCE_RATIO = 1.5
+BALANCED_CHOICES = (True, False, "auto")
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     freeze: int = 0  # number of body stages kept fixed, from the input
     lr_decay: float = 1.0  # layer-wise: stage i of n gets lr * lr_decay ** (n - i)
-    balanced: bool = False  # class-balanced sampling of labelled data
+    # Class-balanced sampling of labelled data: True, False, or "auto" (on for each labelled
+    # set that is imbalanced, see is_imbalanced; projects train with "auto" by default).
+    balanced: bool | str = False
     augment: str = "none"  # "none" | "natural" | "histology"
     patience: int = 3  # early stopping: epochs without validation gain (0 = never stop)
     seed: int = 0
@@ -80,6 +88,8 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}")
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError("epochs, batch size and learning rate must be positive")
+        if self.balanced not in BALANCED_CHOICES:
+            raise ValueError("balanced must be true, false or \"auto\"")
         object.__setattr__(self, "method_options", dict(self.method_options))
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,10 +135,16 @@ class EvalResult:
         recalls = [r for r in self.per_class_recall if r is not None]
         return sum(recalls) / len(recalls) if recalls else math.nan
 
+    @property
+    def headline(self) -> str:
+        """The metric to read first: balanced accuracy where the evaluated classes are
+        imbalanced (plain accuracy there mostly counts the largest class), else accuracy."""
+        return "balanced_accuracy" if is_imbalanced([sum(row) for row in self.confusion]) else "accuracy"
+
     def to_dict(self) -> dict[str, Any]:
         return {
-            "n": self.n, "loss": self.loss, "accuracy": self.accuracy,
-            "balanced_accuracy": self.balanced_accuracy,
+            "n": self.n, "headline": self.headline, "accuracy": self.accuracy,
+            "balanced_accuracy": self.balanced_accuracy, "loss": self.loss,
             "per_class_recall": list(self.per_class_recall),
             "confusion": [list(r) for r in self.confusion], "classes": list(self.classes),
         }
@@ -136,9 +152,15 @@ class EvalResult:
     def report(self) -> str:
         names = list(self.classes) or [str(i) for i in range(len(self.confusion))]
         width = max(len(n) for n in names)
-        lines = [f"images: {self.n}   accuracy: {self.accuracy:.4f}   "
-                 f"balanced accuracy: {self.balanced_accuracy:.4f}   loss: {self.loss:.4f}",
-                 "", f"{'class':<{width}}  recall   n"]
+        plain, balanced = f"accuracy: {self.accuracy:.4f}", f"balanced accuracy: {self.balanced_accuracy:.4f}"
+        if self.headline == "balanced_accuracy":
+            counts = [sum(row) for row in self.confusion if sum(row)]
+            head = (f"images: {self.n}   {balanced}   {plain}   loss: {self.loss:.4f}\n"
+                    f"classes are imbalanced ({max(counts)} images against {min(counts)}): read balanced "
+                    "accuracy, the mean of the per-class recalls below")
+        else:
+            head = f"images: {self.n}   {plain}   {balanced}   loss: {self.loss:.4f}"
+        lines = [head, "", f"{'class':<{width}}  recall   n"]
         for name, recall, row in zip(names, self.per_class_recall, self.confusion, strict=True):
             shown = "   -  " if recall is None else f"{recall:.4f}"
             lines.append(f"{name:<{width}}  {shown}  {sum(row)}")
@@ -202,6 +224,20 @@ def dataset_labels(dataset: Dataset) -> list[int]:
         if values is not None:
             return [int(v) for v in values]
     return [int(dataset[i][1]) for i in range(len(dataset))]
+
+
+def is_imbalanced(counts: Sequence[int]) -> bool:
+    """Whether the largest class count is above IMBALANCE_RATIO times the smallest non-zero one."""
+    present = [int(c) for c in counts if c > 0]
+    return bool(present) and max(present) > IMBALANCE_RATIO * min(present)
+
+
+def resolve_balanced(setting: bool | str, dataset: Dataset) -> bool:
+    """TrainConfig.balanced for one labelled set: "auto" looks at the set's class counts."""
+    if setting != "auto":
+        return bool(setting)
+    labels = [y for y in dataset_labels(dataset) if y >= 0]
+    return is_imbalanced(np.bincount(labels)) if labels else False
 
 
 def balanced_weights(labels: Sequence[int]) -> torch.Tensor:
@@ -429,8 +465,10 @@ def train(
     for role, ds, seed in (("labelled", train_set, seeds[0]), ("source", source_set, seeds[1]),
                            ("target", target_set, seeds[2])):
         if ds is not None and len(ds) > 0:
-            loaders[role] = make_loader(ds, config, seed, train=True, pin=use_cuda,
-                                        balanced=config.balanced and role != "target",
+            balanced = role != "target" and resolve_balanced(config.balanced, ds)
+            if role != "target":  # what "auto" chose, kept with the checkpoint's metrics
+                selected[f"{role}_balanced_sampling"] = float(balanced)
+            loaders[role] = make_loader(ds, config, seed, train=True, pin=use_cuda, balanced=balanced,
                                         context=context)
     main_role = "labelled" if "labelled" in loaders else "source"
     config = with_min_steps(config, len(loaders[main_role]))

@@ -133,7 +133,16 @@ def test_cold_start_with_pseudo_labels_and_random_added(files):
     assert list(summary["arms"]) == ["random", "margin+ceal"]  # random is always the baseline
     rounds = summary["arms"]["margin+ceal"]["rounds"]["1"]
     assert [r["labels"] for r in rounds] == [10, 20]  # no source model: nothing to measure at 0
-    assert all(r["pseudo"] >= 0 for r in rounds)
+    # No entropy is below a threshold of 0, and every one (at most ln 10 = 2.3 nats) is below
+    # 10: then every pool row left unlabelled after the query is pseudo-labelled, 150 - 10 and
+    # 150 - 20 (the pool is USPS's first 150 training images).
+    assert summary["pool"] == 150
+    for delta0, expected in ((0.0, [0, 0]), (10.0, [140, 130])):
+        config = SimulationConfig(budget=20, batch=10, initial=0, seeds=(1,), epochs=1, pseudo_delta0=delta0)
+        rounds = run_job(simulate_job(data, [Arm("margin+ceal", "margin", pseudo=True)], config)
+                         )["arms"]["margin+ceal"]["rounds"]["1"]
+        assert [r["pseudo"] for r in rounds] == expected
+        assert [r["pseudo_accuracy"] is None for r in rounds] == [delta0 == 0.0] * 2
 
 
 def test_imagefolder_target_is_read_resized_and_split(tmp_path):
@@ -196,3 +205,64 @@ def test_an_arm_without_adaptation_steps_keeps_its_saved_key():
     assert Arm("m", "margin", method="dann", adapt_steps=300).to_json()["adapt_steps"] == 300
     with pytest.raises(ProjectError, match="adapt_steps"):
         Arm("m", "margin", adapt_steps=-1)
+
+
+@pytest.mark.parametrize("method", ["dann", "autodial", "source_only", "selective"])
+def test_a_method_that_needs_a_source_is_refused_without_one_before_any_work(method, files, tmp_path,
+                                                                              capsys, monkeypatch):
+    import atl_desktop.transfer.train as train_module
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before refusing")
+
+    monkeypatch.setattr(train_module, "train", no_training)
+    target, _ = files
+    code = main(["simulate", str(target), "--method", method, "--budget", "20", "--seeds", "1",
+                 "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "needs labelled source images" in err
+    assert not (tmp_path / "out").exists()
+    # The Python API refuses too, at its first step, before the random arm trains.
+    data = load_simulation_data(target)
+    job = simulate_job(data, [Arm(f"margin+{method}", "margin", method=method)], SimulationConfig(budget=20))
+    with pytest.raises(ProjectError, match=f"The method {method} needs labelled source images"):
+        next(job)
+
+
+def test_fine_tuning_and_heads_need_no_source():
+    from atl_desktop.simulate import check_source
+    from atl_desktop.transfer.methods import METHODS
+
+    assert [name for name, m in METHODS.items() if not m.needs_source()] == ["finetune"]
+    check_source([Arm("margin", "margin"), Arm("head", "margin", method="dann", head="logreg")], False)
+    check_source([Arm("margin+dann", "margin", method="dann")], True)
+    with pytest.raises(ProjectError, match="Unknown method"):
+        Arm("m", "margin", method="nope")
+
+
+def test_rounds_choose_no_epoch_on_validation_labels_the_budget_does_not_count(files, monkeypatch):
+    """With a validation split in the data, every fine-tune still trains its fixed schedule:
+    no validation set, so no best epoch kept by labels outside the budget."""
+    import dataclasses
+
+    import atl_desktop.transfer.train as train_module
+    from atl_desktop.simulate import _run_key
+
+    calls = []
+    real_train = train_module.train
+
+    def recording_train(model, train_set, config, **kwargs):
+        calls.append((kwargs.get("val_set"), config.patience))
+        return (yield from real_train(model, train_set, config, **kwargs))
+
+    monkeypatch.setattr(train_module, "train", recording_train)
+    data = load_simulation_data(*files)
+    with_val = dataclasses.replace(data, x_val=data.x_test[:40], y_val=data.y_test[:40])
+    config = SimulationConfig(budget=20, batch=10, initial=10, seeds=(0,), epochs=2, source_epochs=1, batch_size=16)
+    summary = run_job(simulate_job(with_val, [Arm("margin", "margin")], config))
+    assert summary["arms"]["margin"]["labels"] == [10, 20]
+    assert len(calls) == 1 + 2 * 2  # source pre-training, then rounds 0 and 1 of random and margin
+    assert calls == [(None, 0)] * 5
+    # Runs saved when a validation split still chose the epochs are not reused.
+    arm = Arm("margin", "margin")
+    assert _run_key(with_val, arm, config, 0) != _run_key(data, arm, config, 0)

@@ -127,6 +127,53 @@ def test_balanced_weights_by_hand_and_by_drawing():
     assert abs(drawn.float().mean().item() - 0.5) < 0.05
 
 
+def test_imbalance_by_hand():
+    assert not train_module.is_imbalanced([3, 2])  # 3 is 1.5 times 2: not above it
+    assert train_module.is_imbalanced([4, 2, 3])
+    assert not train_module.is_imbalanced([0, 3, 3])  # a class with no label is left out
+    assert train_module.is_imbalanced([5, 0, 3])  # 5 > 1.5 * 3
+    assert not train_module.is_imbalanced([])
+
+
+@pytest.mark.parametrize(("labels", "setting", "expected"), [
+    ([0] * 12 + [1] * 4, "auto", True),  # 12 against 4: imbalanced, so balanced sampling
+    ([0] * 8 + [1] * 8, "auto", False),
+    ([0] * 9 + [1] * 7, "auto", False),  # 9 / 7 = 1.29
+    ([0] * 12 + [1] * 4, False, False),  # an explicit choice is kept either way
+    ([0] * 8 + [1] * 8, True, True),
+])
+def test_auto_balanced_sampling_follows_the_labelled_sets_imbalance(labels, setting, expected, monkeypatch):
+    from torch.utils.data import WeightedRandomSampler
+
+    samplers = []
+    real = train_module.make_loader
+
+    def recording(*args, **kwargs):
+        loader = real(*args, **kwargs)
+        samplers.append(loader.sampler)
+        return loader
+
+    monkeypatch.setattr(train_module, "make_loader", recording)
+    data = digits(len(labels))
+    labelled = TensorDataset(data.tensors[0], torch.tensor(labels))
+    result = run_job(train(build_model("smallcnn", 10, seed=0), labelled, small_config(balanced=setting,
+                                                                                        max_steps=1)))
+    assert len(samplers) == 1 and isinstance(samplers[0], WeightedRandomSampler) == expected
+    assert result.metrics["labelled_balanced_sampling"] == float(expected)
+
+
+def test_projects_train_balanced_auto_unless_they_say_otherwise(tmp_path):
+    from atl_desktop.session import TRAIN_SETTING, project_train_config
+
+    with Project.create(tmp_path / "p.atl") as project:
+        assert project_train_config(project).balanced == "auto"
+        project.set_setting(TRAIN_SETTING, {"balanced": False})
+        assert project_train_config(project).balanced is False
+    assert TrainConfig().balanced is False  # the library default: what the caller asks for
+    with pytest.raises(ValueError, match="balanced"):
+        TrainConfig(balanced="sometimes")
+
+
 def test_same_seed_same_result_on_cpu_whatever_happens_between_steps():
     def run(seed: int, disturb: bool):
         model = build_model("smallcnn", 10, seed=seed)
@@ -218,6 +265,19 @@ def test_eval_result_by_hand():
     assert result.per_class_recall == pytest.approx((2 / 3, 1.0, None))
     assert result.balanced_accuracy == pytest.approx((2 / 3 + 1) / 2)
     assert "confusion" in result.report() and "a" in result.report()
+
+
+def test_balanced_accuracy_leads_the_report_where_classes_are_imbalanced():
+    # 10 images of "a" (8 right) against 2 of "b" (1 right): accuracy 9/12 = 0.75 mostly
+    # counts "a"; balanced accuracy is (0.8 + 0.5) / 2 = 0.65.
+    imbalanced = EvalResult(12, 0.5, ((8, 2), (1, 1)), ("a", "b"))
+    assert imbalanced.headline == "balanced_accuracy" and imbalanced.to_dict()["headline"] == "balanced_accuracy"
+    first = imbalanced.report().splitlines()[0]
+    assert first == "images: 12   balanced accuracy: 0.6500   accuracy: 0.7500   loss: 0.5000"
+    assert "imbalanced (10 images against 2)" in imbalanced.report().splitlines()[1]
+    balanced = EvalResult(8, 0.5, ((3, 1), (1, 3)), ("a", "b"))  # 4 and 4
+    assert balanced.headline == "accuracy"
+    assert balanced.report().splitlines()[0] == "images: 8   accuracy: 0.7500   balanced accuracy: 0.7500   loss: 0.5000"
 
 
 def test_evaluate_agrees_with_brute_force():
@@ -476,3 +536,12 @@ def test_min_steps_lengthens_short_epochs_but_never_shortens_long_ones():
     # 20 images in batches of 16: 2 steps an epoch, so 7 steps need 4 epochs, cut at 7 steps.
     result = run_job(train(model, digits(20), small_config(epochs=1, min_steps=7, max_steps=7)))
     assert result.steps == 7 and result.epochs == 4
+
+
+@pytest.mark.parametrize(("argv", "expected"), [([], "auto"), (["--balanced"], True), (["--balanced", "off"], False)])
+def test_atl_train_balanced_option(argv, expected):
+    from atl_desktop.cli import build_parser
+    from atl_desktop.commands.train import _config
+
+    args = build_parser().parse_args(["train", "p.atl", *argv])
+    assert _config(args, "smallcnn").balanced == expected
