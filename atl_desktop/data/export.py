@@ -220,14 +220,15 @@ def _event_json(event: LabelEvent, names: dict[int, str]) -> dict:
 
 
 def infer_format(out: Path) -> str:
-    """The export format OUT asks for: .csv, .json, or a folder (existing, or a name without a suffix)."""
+    """The export format OUT asks for: .csv, .json, .onnx (the model, `models.onnx_export`),
+    or a folder (existing, or a name without a suffix)."""
     suffix = out.suffix.lower()
-    if suffix in (".csv", ".json"):
+    if suffix in (".csv", ".json", ".onnx"):
         return suffix[1:]
     if out.is_dir() or not suffix:
         return "imagefolder"
-    raise ExportError(f"Cannot tell the export format from {out.name!r}: name a .csv or .json file "
-                      "or a folder, or pass --format (csv, json or imagefolder).")
+    raise ExportError(f"Cannot tell the export format from {out.name!r}: name a .csv, .json or .onnx "
+                      "file or a folder, or pass --format (csv, json, imagefolder or onnx).")
 
 
 def check_file_target(out: Path, overwrite: bool) -> Path:
