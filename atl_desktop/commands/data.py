@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "bad files are skipped and listed; images already in the project are merged.",
     )
     imp.add_argument("project", type=Path)
-    imp.add_argument("source", type=Path, help="a folder, a class-per-subfolder tree, a CSV of path,label, or an .npz")
+    imp.add_argument("source", type=Path, help="a folder, a class-per-subfolder tree, a CSV of path,label, or an .npz; DICOM files are images too")
     imp.add_argument("--domain", choices=DOMAINS, default="target", help="source: labelled data of another domain; target: your images (default)")
     imp.add_argument("--split", choices=SPLITS, default=None, help="default: pool (for .npz: train->pool, val->val, test->test)")
     imp.add_argument("--format", choices=FORMATS, default=None, help="default: detected from the source")

@@ -2,7 +2,8 @@
 
 Export only reads the project (open it with `readonly=True`). The class-folder
 export writes `OUT/<class>/<image>` ready for torchvision's `ImageFolder`; class
-names become safe folder names, and nothing is written outside `OUT`.
+names become safe folder names, and nothing is written outside `OUT`. Patches, frames and
+DICOM files are written as PNGs of their pixels (a DICOM header names the patient).
 """
 
 from __future__ import annotations
