@@ -195,11 +195,14 @@ def test_dicom_without_pixels_and_unsupported_syntaxes_are_skipped_with_the_reas
     frame = b"\xff\xd8" + bytes(30) + b"\xff\xd9"  # not decodable, and never asked to be
     write_dicom(folder / "private.dcm", np.zeros((4, 4), np.uint8), syntax="1.2.3.4.5.6",
                 pixel_data=encapsulate([frame]))
-    (folder / "damaged.dcm").write_bytes(bytes(128) + b"DICM" + b"\x02\x00\x10")
+    whole = write_dicom(tmp_path / "whole.dcm", np.arange(64, dtype=np.uint16).reshape(8, 8)).read_bytes()
+    (folder / "truncated.dcm").write_bytes(whole[:-40])
+    (folder / "header.dcm").write_bytes(bytes(128) + b"DICM" + b"\x02\x00\x10")  # a preamble only
     expected = {
         "report.dcm": "without an image (no Pixel Data",
+        "header.dcm": "without an image (no Pixel Data",
         "private.dcm": "unsupported DICOM transfer syntax",
-        "damaged.dcm": "DICOM",
+        "truncated.dcm": "pixel data cannot be decoded",
     }
     from pydicom.pixels import get_decoder
 
