@@ -229,7 +229,7 @@ def infer_format(out: Path) -> str:
     if out.is_dir() or not suffix:
         return "imagefolder"
     raise ExportError(f"Cannot tell the export format from {out.name!r}: name a .csv, .json or .onnx "
-                      "file or a folder, or pass --format (csv, json, imagefolder or onnx).")
+                      "file or a folder, or pass --format (csv, json or imagefolder; onnx for the model).")
 
 
 def check_file_target(out: Path, overwrite: bool) -> Path:

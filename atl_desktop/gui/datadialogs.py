@@ -192,7 +192,8 @@ class ImportDialog(QDialog):
 
     def _browse_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "CSV, .npz or image", str(self.start_folder),
-                                              "Sources (*.csv *.tsv *.txt *.npz);;All files (*)")
+                                              "Sources (*.csv *.tsv *.txt *.npz);;DICOM (*.dcm *.dicom);;"
+                                              "All files (*)")
         if path:
             self.source_edit.setText(path)
 
