@@ -112,6 +112,13 @@ def read_dataset(data: bytes, name: str, error: type[Exception]):
     syntax = _transfer_syntax(ds)
     if syntax is None:
         raise error(f"{name}: DICOM file without a transfer syntax; cannot tell how its pixels are stored.")
+    if getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) is None:
+        from pydicom.dataset import FileMetaDataset
+
+        # A bare dataset (no meta header): the pixel decoders read the syntax from the meta.
+        if getattr(ds, "file_meta", None) is None:
+            ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = syntax
     from pydicom.pixels import get_decoder
 
     try:
@@ -127,11 +134,12 @@ def read_dataset(data: bytes, name: str, error: type[Exception]):
 def _transfer_syntax(ds):
     meta = getattr(ds, "file_meta", None)
     syntax = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
-    if syntax is None and getattr(ds, "is_little_endian", None) is not None:
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if syntax is None and little:
         # No meta header (read with force): pydicom worked out the encoding itself.
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-        syntax = ImplicitVRLittleEndian if ds.is_implicit_VR else ExplicitVRLittleEndian
+        syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
     return syntax
 
 

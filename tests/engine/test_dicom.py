@@ -184,6 +184,16 @@ def test_unnamed_dicom_found_by_its_preamble(tmp_path):
     assert sorted(Path(p).name for p, _ in report.skipped) == ["README", "nopreamble"]
 
 
+def test_bare_dataset_named_dcm_is_read(tmp_path):
+    # no preamble and no meta header (as old archives hold them): the .dcm name says DICOM
+    ds = pydicom.dcmread(write_dicom(tmp_path / "with_meta.dcm", np.arange(16, dtype=np.uint8).reshape(4, 4),
+                                     WindowCenter=128, WindowWidth=256))
+    ds.file_meta, ds.preamble = FileMetaDataset(), None
+    ds.save_as(tmp_path / "bare.dcm", implicit_vr=True, little_endian=True)
+    assert (tmp_path / "bare.dcm").read_bytes()[128:132] != b"DICM"
+    assert grey(load_image(tmp_path / "bare.dcm")).ravel().tolist() == list(range(16))
+
+
 def test_dicom_without_pixels_and_unsupported_syntaxes_are_skipped_with_the_reason(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
