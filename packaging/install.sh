@@ -2,12 +2,13 @@
 # Install ATL Desktop from this checkout into ./.venv, with the system libraries Qt needs.
 # Usage: bash packaging/install.sh [--dev]
 #   --dev  also install the test and lint tools (pytest, pytest-qt, ruff, import-linter, ...)
-# Whole-slide reading (the `slides` extra: tiffslide, tifffile, imagecodecs) is always installed.
+# Whole-slide reading (the `slides` extra: tiffslide, tifffile, imagecodecs) and ONNX export
+# (the `onnx` extra) are always installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extra="[slides]"
-[ "${1:-}" = "--dev" ] && extra="[dev,slides,openslide]"  # tests cover the OpenSlide reader too
+extra="[slides,onnx]"
+[ "${1:-}" = "--dev" ] && extra="[dev,slides,openslide,onnx]"  # tests cover the OpenSlide reader too
 
 # Qt's shared libraries: offscreen needs the first group, a real window on X11 the xcb ones.
 qt_libs=(

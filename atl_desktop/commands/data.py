@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "bad files are skipped and listed; images already in the project are merged.",
     )
     imp.add_argument("project", type=Path)
-    imp.add_argument("source", type=Path, help="a folder, a class-per-subfolder tree, a CSV of path,label, or an .npz")
+    imp.add_argument("source", type=Path, help="a folder, a class-per-subfolder tree, a CSV of path,label, or an .npz; DICOM files are images too")
     imp.add_argument("--domain", choices=DOMAINS, default="target", help="source: labelled data of another domain; target: your images (default)")
     imp.add_argument("--split", choices=SPLITS, default=None, help="default: pool (for .npz: train->pool, val->val, test->test)")
     imp.add_argument("--format", choices=FORMATS, default=None, help="default: detected from the source")
@@ -39,13 +39,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.set_defaults(func=cmd_import)
 
     exp = subparsers.add_parser(
-        "export", help="write labels as CSV, JSON or class folders",
-        description="Export the labelled images. Read-only: works while the project is open elsewhere.",
+        "export", help="write labels as CSV, JSON or class folders, or the model as ONNX",
+        description="Export the labelled images, or (OUT ending in .onnx) the current checkpoint as "
+        "ONNX with a model card beside it (OUT.card.json, OUT.card.md). Read-only: works while "
+        "the project is open elsewhere.",
     )
     exp.add_argument("project", type=Path)
-    exp.add_argument("out", type=Path, help="a file (csv, json) or a folder (imagefolder)")
-    exp.add_argument("--format", choices=EXPORT_FORMATS, default=None,
-                     help="default: from OUT (.csv, .json, or a folder for imagefolder)")
+    exp.add_argument("out", type=Path, help="a file (csv, json, onnx) or a folder (imagefolder)")
+    exp.add_argument("--format", choices=(*EXPORT_FORMATS, "onnx"), default=None,
+                     help="default: from OUT (.csv, .json, .onnx, or a folder for imagefolder)")
+    exp.add_argument("--checkpoint", type=int, default=None, help="onnx: this checkpoint id (default: the latest)")
     exp.add_argument("--symlink", action="store_true", help="imagefolder: link to the images instead of copying them")
     exp.add_argument("--overwrite", action="store_true", help="replace an existing file, or write into a non-empty folder")
     exp.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -73,6 +76,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             report = export_csv(project, args.out, overwrite=args.overwrite)
         elif fmt == "json":
             report = export_json(project, args.out, overwrite=args.overwrite)
+        elif fmt == "onnx":
+            from atl_desktop.models.onnx_export import export_onnx  # torch: only when asked
+
+            job = export_onnx(project, args.out, checkpoint_id=args.checkpoint, overwrite=args.overwrite)
+            report = run_with_tqdm(job, desc="export", quiet=args.quiet)
         else:
             job = export_imagefolder(project, args.out, symlink=args.symlink, overwrite=args.overwrite)
             report = run_with_tqdm(job, desc="export", quiet=args.quiet)

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from atl_desktop.data.decode import DEFAULT_MAX_SIDE, IMAGE_SUFFIXES, load_image
 from atl_desktop.data.importers import SourceError
-from atl_desktop.store import PatchRef, Project, ProjectError
+from atl_desktop.store import FrameRef, PatchRef, Project, ProjectError
 
 UNLABELLED = -1
 Transform = Callable[[Image.Image], torch.Tensor]
@@ -48,8 +48,9 @@ class ImageDataset(Dataset):
     ):
         if labels is not None and len(labels) != len(paths):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels.")
-        # A patch of a slide (PatchRef) stays a reference; load_image reads it.
-        self.paths = [p if isinstance(p, PatchRef) else Path(p) for p in paths]
+        # A patch of a slide (PatchRef) or a frame of a file (FrameRef) stays a reference;
+        # load_image reads it.
+        self.paths = [p if isinstance(p, (PatchRef, FrameRef)) else Path(p) for p in paths]
         self.labels = None if labels is None else [int(v) for v in labels]
         self.transform = transform
         self.max_side = max_side

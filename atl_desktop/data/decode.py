@@ -1,7 +1,8 @@
 """Robust image decoding: every readable file becomes an 8-bit "RGB" or "L" image.
 
 Formats: PNG, JPEG, TIFF (first page), BMP, WebP, GIF (first frame), and
-whatever else Pillow reads. The normalisation rules, in the order applied:
+whatever else Pillow reads; DICOM (every frame, by `data.dicom`, whose rules
+replace those below for DICOM files). The normalisation rules, in the order applied:
 
 1. Size: the width and height are read from the file header before any pixel
    is decoded; a side longer than `max_side` is refused (such images belong to
@@ -49,12 +50,14 @@ from typing import NamedTuple, TypeVar
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from atl_desktop.data import dicom
 from atl_desktop.store.files import (
     MAX_READ_BYTES,
     FileTooLargeError,
     NotRegularFileError,
     read_regular,
 )
+from atl_desktop.store.frames import FrameRef
 from atl_desktop.store.slides import PatchRef
 
 T = TypeVar("T")
@@ -104,18 +107,23 @@ def load_image(path: str | os.PathLike, max_side: int = DEFAULT_MAX_SIDE) -> Ima
     """Decode the image at `path` into an 8-bit "RGB" or "L" image (rules in the module docstring).
 
     `path` may also be a patch of a slide (a `PatchRef`, what the project gives for
-    one): its pixels are read from the slide.
+    one): its pixels are read from the slide; or a frame of a multi-frame DICOM file
+    (a `FrameRef`). DICOM files are decoded by `data.dicom` (rules there).
     """
     if isinstance(path, PatchRef):
         from atl_desktop.data.slides import read_patch
 
         return read_patch(path)
+    if isinstance(path, FrameRef):
+        return _decode_dicom(read_file(path.path), str(path), max_side, frame=path.frame)[0]
     return decode_bytes(read_file(path), name=str(path), max_side=max_side)[0]
 
 
 def probe(path: str | os.PathLike) -> ImageInfo:
     """Read only the header of `path`: size, stored mode, bit depth, format, frames, orientation."""
     data = read_file(path)
+    if dicom.is_dicom(data, str(path)):
+        return _dicom_info(dicom.read_dataset(data, str(path), ImageDecodeError), str(path))
     return _with_image(data, str(path), lambda img: _info(img, data, _orientation(img)))
 
 
@@ -159,6 +167,8 @@ def decode_bytes(
     """
     if not data:
         raise ImageDecodeError(f"{name}: the file is empty (0 bytes).")
+    if dicom.is_dicom(data, name):
+        return _decode_dicom(data, name, max_side, frame=1)
 
     def work(img: Image.Image) -> tuple[Image.Image, ImageInfo]:
         info = _checked_load(img, data, name, max_side)
@@ -180,6 +190,13 @@ def check_bytes(
     """
     if not data:
         raise ImageDecodeError(f"{name}: the file is empty (0 bytes).")
+    if dicom.is_dicom(data, name):  # every frame is decoded once, to prove it can be
+        ds = dicom.read_dataset(data, name, ImageDecodeError)
+        info = _dicom_info(ds, name)
+        check_size(info.width, info.height, max_side, name)
+        for index in range(info.frames):
+            dicom.frame_image(ds, index, name, ImageDecodeError)
+        return info
 
     def work(img: Image.Image) -> ImageInfo:
         info = _checked_load(img, data, name, max_side)
@@ -204,6 +221,19 @@ def caught_warnings() -> Iterator[list[warnings.WarningMessage]]:
         yield caught
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
+
+def _dicom_info(ds, name: str) -> ImageInfo:
+    width, height, mode, bits, frames = dicom.info(ds, name, ImageDecodeError)
+    return ImageInfo(width, height, mode, bits, "DICOM", frames, 1)
+
+
+def _decode_dicom(data: bytes, name: str, max_side: int, frame: int) -> tuple[Image.Image, ImageInfo]:
+    """Frame `frame` (from 1) of a DICOM file held in memory, and the file's info."""
+    ds = dicom.read_dataset(data, name, ImageDecodeError)
+    info = _dicom_info(ds, name)
+    check_size(info.width, info.height, max_side, name)
+    return dicom.frame_image(ds, frame - 1, name, ImageDecodeError), info
 
 
 def _checked_load(img: Image.Image, data: bytes, name: str, max_side: int) -> ImageInfo:
@@ -383,4 +413,4 @@ def is_probably_image(path: Path) -> bool:
 
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".tif", ".tiff", ".bmp", ".dib", ".webp", ".gif"}
-)
+) | dicom.DICOM_SUFFIXES

@@ -2,7 +2,8 @@
 
 Export only reads the project (open it with `readonly=True`). The class-folder
 export writes `OUT/<class>/<image>` ready for torchvision's `ImageFolder`; class
-names become safe folder names, and nothing is written outside `OUT`.
+names become safe folder names, and nothing is written outside `OUT`. Patches, frames and
+DICOM files are written as PNGs of their pixels (a DICOM header names the patient).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from atl_desktop.data import dicom
 from atl_desktop.data.decode import IMAGE_SUFFIXES, load_image
 from atl_desktop.jobs import Job, Progress
-from atl_desktop.store import ImageRecord, LabelEvent, PatchRef, Project, ProjectError
+from atl_desktop.store import FrameRef, ImageRecord, LabelEvent, PatchRef, Project, ProjectError
 from atl_desktop.store.files import (
     NotRegularFileError,
     atomic_write_bytes,
@@ -99,7 +101,7 @@ def class_folder_names(names: Iterable[str]) -> dict[str, str]:
 @dataclass(frozen=True)
 class _Row:
     record: ImageRecord
-    path: Path | PatchRef
+    path: Path | PatchRef | FrameRef
     label: str
     newest: LabelEvent
 
@@ -119,9 +121,19 @@ def _labelled_rows(project: Project) -> list[_Row]:
     return rows
 
 
-def _path_text(path: Path | PatchRef) -> str:
-    """An absolute path; for a patch, the slide's path with the patch's place after '#'."""
+def _path_text(path: Path | PatchRef | FrameRef) -> str:
+    """An absolute path; for a patch, the slide's path with the patch's place after '#';
+    for a frame, the file's path with '#frame=N'."""
+    if isinstance(path, FrameRef):
+        return str(FrameRef(Path(os.path.abspath(path.path)), path.frame))
     return str(path) if isinstance(path, PatchRef) else os.path.abspath(path)
+
+
+def _as_png(path: Path | PatchRef | FrameRef) -> bool:
+    """Written as a PNG of its pixels rather than copied: a patch or frame has no file of its
+    own, and a DICOM file's header holds the patient's name and ids, which exports never carry."""
+    return isinstance(path, (PatchRef, FrameRef)) or dicom.has_dicom_name(path.name) or (
+        dicom.may_be_dicom_name(path.name) and dicom.sniff_file(str(path)))
 
 
 def _png(img) -> bytes:
@@ -209,14 +221,15 @@ def _event_json(event: LabelEvent, names: dict[int, str]) -> dict:
 
 
 def infer_format(out: Path) -> str:
-    """The export format OUT asks for: .csv, .json, or a folder (existing, or a name without a suffix)."""
+    """The export format OUT asks for: .csv, .json, .onnx (the model, `models.onnx_export`),
+    or a folder (existing, or a name without a suffix)."""
     suffix = out.suffix.lower()
-    if suffix in (".csv", ".json"):
+    if suffix in (".csv", ".json", ".onnx"):
         return suffix[1:]
     if out.is_dir() or not suffix:
         return "imagefolder"
-    raise ExportError(f"Cannot tell the export format from {out.name!r}: name a .csv or .json file "
-                      "or a folder, or pass --format (csv, json or imagefolder).")
+    raise ExportError(f"Cannot tell the export format from {out.name!r}: name a .csv, .json or .onnx "
+                      "file or a folder, or pass --format (csv, json or imagefolder; onnx for the model).")
 
 
 def check_file_target(out: Path, overwrite: bool) -> Path:
@@ -243,6 +256,8 @@ def refuse_project_files(project: Project, out: Path) -> None:
         size = os.path.getsize(real)
         for record in project.images():
             path = project.image_path(record)
+            if isinstance(path, FrameRef):
+                path = path.path
             if record.file_size == size and not isinstance(path, PatchRef) and os.path.realpath(path) == real:
                 raise ExportError(f"{out} is image {record.id} of {project.path.name}; writing there "
                                   "would destroy it. Choose another file name.")
@@ -258,6 +273,7 @@ def _refuse_owned(project: Project, real: str, out: Path) -> None:
 def _source_paths(project: Project) -> set[str]:
     """The real paths of every file the project reads its images from (slides included)."""
     paths = (project.image_path(record) for record in project.images())
+    paths = (p.path if isinstance(p, FrameRef) else p for p in paths)
     slides = (project.slide_path(slide) for slide in project.slides())
     return {os.path.realpath(p) for p in (*paths, *slides) if not isinstance(p, PatchRef)}
 
@@ -286,7 +302,7 @@ def export_imagefolder(
         else:
             folder = _class_folder(root, folders[row.label])
             target = folder / _unique_file_name(row, folders[row.label], used)
-            if isinstance(row.path, PatchRef):  # a patch of a slide: its pixels, as a PNG
+            if _as_png(row.path):  # a patch, a frame or a DICOM file: its pixels, as a PNG
                 atomic_write_bytes(target, _png(load_image(row.path)))
             else:
                 if os.path.realpath(target) in sources:  # belt and braces: see _refuse_folder_of
@@ -337,7 +353,9 @@ def _class_folder(root: Path, name: str) -> Path:
 def _unique_file_name(row: _Row, folder: str, used: set[str]) -> str:
     record = row.record
     original = Path(record.original_path or "").name
-    suffix = ".png" if isinstance(row.path, PatchRef) else (row.path.suffix.lower() or ".png")
+    if isinstance(row.path, FrameRef):  # image.dcm#frame=3 -> image_frame3.png
+        original = f"{row.path.path.stem}_frame{row.path.frame}.png"
+    suffix = ".png" if _as_png(row.path) else (row.path.suffix.lower() or ".png")
     stem = Path(original).stem if Path(original).suffix.lower() in IMAGE_SUFFIXES else ""
     name = safe_name(f"{stem}{suffix}" if stem else f"image_{record.id}{suffix}")
     if f"{folder}/{name}".lower() in used:

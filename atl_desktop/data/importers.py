@@ -1,5 +1,9 @@
 """Import images into a project: a folder, a class-per-subfolder tree, a CSV, or a NumPy .npz.
 
+DICOM files are images like any other (`data.dicom` says which files and how they
+are read); each frame of a multi-frame file becomes an image of its own, named by
+its file and frame number (`store.frames`).
+
 Each import is a job (a generator of `Progress` that returns an `ImportReport`).
 Files are read once: the bytes are hashed (sha256, the image's identity) and
 decoded from memory to prove they are images. Bad files are skipped with the
@@ -31,6 +35,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from atl_desktop.data import dicom
 from atl_desktop.data.decode import (
     DEFAULT_MAX_SIDE,
     IMAGE_SUFFIXES,
@@ -43,6 +48,7 @@ from atl_desktop.jobs import Job, Progress
 from atl_desktop.store import DOMAINS, SPLITS, NewImage, Project, ProjectError
 from atl_desktop.store.errors import storage_error
 from atl_desktop.store.files import sha256_bytes
+from atl_desktop.store.frames import frame_location, frame_sha256
 
 FORMATS = ("folder", "imagefolder", "csv", "npz")
 LABEL_MODES = ("labels", "truth", "none")
@@ -188,7 +194,7 @@ def detect_format(source: Path) -> str:
             return "npz"
         if suffix in CSV_SUFFIXES:
             return "csv"
-        if suffix in IMAGE_SUFFIXES:
+        if suffix in IMAGE_SUFFIXES or _is_unnamed_dicom(str(source), source.name):
             return "folder"  # a single image
         raise SourceError(
             f"{source}: cannot tell how to import this file; give a folder, a .csv or an .npz."
@@ -345,6 +351,12 @@ def _is_image_name(name: str) -> bool:
     return bool(stem.lstrip(".")) and f".{suffix.lower()}" in IMAGE_SUFFIXES
 
 
+def _is_unnamed_dicom(path: str, name: str) -> bool:
+    """A DICOM file whose name does not say so (IM000001, or named by its UID): only such
+    names are opened, to read the preamble and "DICM"; every other file stays unopened."""
+    return dicom.may_be_dicom_name(name) and dicom.sniff_file(path)
+
+
 def _holds_images(folder: Path) -> bool:
     for _root, _dirs, files in os.walk(folder):
         if any(_is_image_name(f) for f in files):
@@ -380,7 +392,7 @@ def _walk_images(folder: Path, project: Project) -> tuple[list[tuple[str, bool]]
                     subfolders.append(entry.path)
             elif not _utf8(entry.path):
                 skipped.append((printable(entry.path), _NOT_UTF8))
-            elif _is_image_name(entry.name):
+            elif _is_image_name(entry.name) or _is_unnamed_dicom(entry.path, entry.name):
                 files.append((entry.path, entry.is_symlink()))
             elif not entry.name.endswith(_PROJECT_FILES):
                 suffix = os.path.splitext(entry.name)[1] or "no extension"
@@ -542,7 +554,7 @@ def _check_until(
         for item in pending:
             taken += 1
             try:
-                batch.append(_prepare(project, item, options, locator, caught))
+                batch += _prepare(project, item, options, locator, caught)
             except ImageDecodeError as error:
                 report.skipped.append((item.name, _reason(error, item.name)))
             if len(batch) >= options.batch_size or time.monotonic() >= deadline:
@@ -562,10 +574,11 @@ def _reason(error: ImageDecodeError, name: str) -> str:
 def _prepare(
     project: Project, item: _Item, options: ImportOptions, locator: _Locator,
     caught: list[warnings.WarningMessage],
-) -> _Ready:
-    """Read, hash and check one item (outside any transaction)."""
+) -> list[_Ready]:
+    """Read, hash and check one item (outside any transaction): its image, or one per frame
+    of a multi-frame DICOM file."""
     if item.array is not None:
-        return _prepare_array(project, item, options, locator)
+        return [_prepare_array(project, item, options, locator)]
     data, st = read_file_stat(item.path)
     sha = sha256_bytes(data)
     info = check_bytes(data, name=item.name, max_side=options.max_side, caught=caught)
@@ -573,13 +586,19 @@ def _prepare(
     location, absolute = locator.locate(item.path, item.link)
     stored = "ref"
     if options.copy:  # the bytes go into the project's media folder instead
-        suffix = os.path.splitext(item.path)[1].lower() or ".img"
+        suffix = os.path.splitext(item.path)[1].lower() or (".dcm" if info.format == "DICOM" else ".img")
         location, stored = _media(project, data, sha, suffix, locator), "media"
     image = NewImage(
         sha, location, stored, absolute, st.st_size, st.st_mtime,
         width, height, info.mode, info.bit_depth, options.domain, item.split,
     )
-    return item, image
+    if info.format != "DICOM" or info.frames == 1:
+        return [(item, image)]
+    return [
+        (item, image._replace(sha256=frame_sha256(sha, k), location=frame_location(location, k),
+                              original_path=frame_location(absolute, k)))
+        for k in range(1, info.frames + 1)
+    ]
 
 
 class _Locator:

@@ -49,6 +49,40 @@ def export_job(project, *, format: str, out: str, overwrite: bool = False):
     return report
 
 
+def model_export_job(project, *, out: str, overwrite: bool = True):
+    """The latest checkpoint as ONNX with its model card; returns a ModelExportReport.
+    (The file dialog has already asked before replacing a file.)"""
+    from atl_desktop.models.onnx_export import export_onnx
+
+    return (yield from export_onnx(project, out, overwrite=overwrite))
+
+
+MODEL_EXPORT_JOB = "export-model"
+
+
+def ask_export_model(window) -> bool:
+    """File ▸ Export model: a file dialog, then the export as a job."""
+    project = window.ws.project.path
+    out, _ = QFileDialog.getSaveFileName(window, "Export model (ONNX and model card)",
+                                         str(project.with_name(f"{project.stem}-model.onnx")),
+                                         "ONNX models (*.onnx)")
+    if not out:
+        return False
+    if not out.lower().endswith(".onnx"):
+        out += ".onnx"
+    return start_model_export(window, out)
+
+
+def start_model_export(window, out: str) -> bool:
+    return window._start_other(MODEL_EXPORT_JOB, model_export_job, "Exporting the model", "data", out=out)
+
+
+def connect_model_export(window) -> None:
+    window.runner.finished.connect(
+        lambda name, result: window.statusBar().showMessage(result.summary(), 12000)
+        if name == MODEL_EXPORT_JOB else None)
+
+
 def import_job(project, *, source: str, options: dict):
     """Import `source` with ImportOptions(**options); returns an ImportReport."""
     from atl_desktop.data.importers import ImportOptions, import_source
@@ -158,7 +192,8 @@ class ImportDialog(QDialog):
 
     def _browse_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "CSV, .npz or image", str(self.start_folder),
-                                              "Sources (*.csv *.tsv *.txt *.npz);;All files (*)")
+                                              "Sources (*.csv *.tsv *.txt *.npz);;DICOM (*.dcm *.dicom);;"
+                                              "All files (*)")
         if path:
             self.source_edit.setText(path)
 

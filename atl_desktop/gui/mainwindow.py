@@ -32,6 +32,8 @@ from atl_desktop.gui.datadialogs import (
     ExportDialog,
     ImportDialog,
     ImportReportDialog,
+    ask_export_model,
+    connect_model_export,
     export_job,
     import_job,
 )
@@ -53,7 +55,7 @@ from atl_desktop.gui.workspace import Workspace
 from atl_desktop.store import Project, ProjectError
 
 JOB_TITLES = {"query": "Scoring the pool", "train": "Training", "pseudo": "Proposing pseudo-labels",
-              "import": "Importing images", "export": "Exporting labels",
+              "import": "Importing images", "export": "Exporting labels", "export-model": "Exporting the model",
               "setup": "Setting up the project", "evaluate": "Evaluating", "score": "Scoring the pool",
               "pretrain": "Learning an encoder from your images", "similar": "Finding similar images"}
 RECENT_LIMIT = 8
@@ -257,6 +259,7 @@ class MainWindow(QMainWindow):
         self._action(file_menu, "&Import images…", self.ask_import, QKeySequence("Ctrl+I"))
         self._action(file_menu, "&Export labels…", self.ask_export, QKeySequence("Ctrl+E"))
         self._action(file_menu, "Export &report…", lambda: ask_report(self))
+        self._action(file_menu, "Export &model…", lambda: ask_export_model(self))
         file_menu.addSeparator()
         self.demo_menu = add_demo_menu(self, file_menu)
         file_menu.addSeparator()
@@ -337,6 +340,7 @@ class MainWindow(QMainWindow):
             lambda n: self.tabs.setTabText(1, f"Review pseudo-labels ({n})" if n else "Review pseudo-labels"))
         self.runner.finished.connect(self._on_job_finished)
         connect_report(self)
+        connect_model_export(self)
         self.runner.failed.connect(self._on_job_failed)
         self.runner.cancelled.connect(self._on_job_cancelled)
         self.runner.started.connect(lambda _: self._update_busy())

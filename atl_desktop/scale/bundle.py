@@ -37,6 +37,7 @@ from atl_desktop.jobs import Progress
 from atl_desktop.store import Project, ProjectError
 from atl_desktop.store.errors import storage_error
 from atl_desktop.store.files import atomic_write_text, confined, copy_regular, sha256_file
+from atl_desktop.store.frames import FrameRef, frame_location
 from atl_desktop.store.slides import PatchRef
 from atl_desktop.store.snapshot import copy_database, relocate
 
@@ -128,6 +129,9 @@ def _place_images(project: Project, copy: Project, images: str, prefixes):
     manifest: list[tuple] = []
     for k, record in enumerate(records):
         where = project.image_path(record)
+        frame = ""  # a frame of a multi-frame file: the file travels, the suffix names the frame
+        if isinstance(where, FrameRef):
+            where, frame = where.path, frame_location("", where.frame)
         if isinstance(where, PatchRef):
             manifest.append((record, record.location))
         elif images == "copy":
@@ -139,10 +143,10 @@ def _place_images(project: Project, copy: Project, images: str, prefixes):
             if not target.exists():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(where, target)  # the same size and time: `atl info` sees no change
-            moves[record.id] = (location, "media", record.original_path)
-            manifest.append((record, f"{PROJECT_FILE}.d/{location}"))
+            moves[record.id] = (location + frame, "media", record.original_path)
+            manifest.append((record, f"{PROJECT_FILE}.d/{location}{frame}"))
         else:
-            remote = _remote_path(where, prefixes)
+            remote = _remote_path(where, prefixes) + frame
             moves[record.id] = (remote, "ref", remote)
             manifest.append((record, remote))
         if (k + 1) % 256 == 0 or k + 1 == len(records):

@@ -1,6 +1,7 @@
 """The project file: schema and migrations, the Project API, atomic file writes."""
 
 from atl_desktop.store.errors import ClassError, NewerProjectError, ProjectError, ProjectLockedError
+from atl_desktop.store.frames import FrameRef
 from atl_desktop.store.project import (
     DOMAINS,
     LABEL_KINDS,
@@ -21,6 +22,6 @@ from atl_desktop.store.slides import PatchRef, PatchRow, SlideRecord
 
 __all__ = [
     "DOMAINS", "LABEL_KINDS", "SPLITS", "SCHEMA_VERSION", "CheckpointRecord", "ClassError",
-    "ClassRecord", "GeneratorRecord", "ImageRecord", "LabelEvent", "NewImage", "NewerProjectError", "Project", "ProjectError",
+    "ClassRecord", "FrameRef", "GeneratorRecord", "ImageRecord", "LabelEvent", "NewImage", "NewerProjectError", "Project", "ProjectError",
     "ProjectLockedError", "PseudoLabel", "RoundRecord", "SyntheticRecord", "PatchRef", "PatchRow", "SlideRecord",
 ]

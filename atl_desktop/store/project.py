@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 from atl_desktop.store.errors import ClassError, ProjectError
 from atl_desktop.store.files import atomic_write_bytes
+from atl_desktop.store.frames import FrameRef, split_frame
 from atl_desktop.store.lock import WriterLock
 from atl_desktop.store.schema import (
     SCHEMA_VERSION,
@@ -513,7 +514,7 @@ class Project(SlideStore):
         return results
 
     def _with_stat(self, image: NewImage) -> NewImage:
-        file_size, mtime = self._stat(image.location, image.stored)
+        file_size, mtime = self._stat(split_frame(image.location)[0], image.stored)
         return image._replace(file_size=file_size, mtime=mtime)
 
     def _stat(self, location: str, stored: str) -> tuple[int | None, float | None]:
@@ -559,20 +560,22 @@ class Project(SlideStore):
             params.append(split)
         return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
 
-    def image_path(self, record: ImageRecord) -> Path | PatchRef:
+    def image_path(self, record: ImageRecord) -> Path | PatchRef | FrameRef:
         """Where the pixels are now: the stored relative location first, then the original path.
 
-        For a patch of a slide, a `PatchRef` (`load_image` reads it).
+        For a patch of a slide, a `PatchRef`; for a frame of a multi-frame file, a
+        `FrameRef` (`load_image` reads both).
         """
         patch = self.patch_ref(record.location) if record.stored == "ref" else None
         if patch is not None:
             return patch
-        path = self._resolve(record.location, record.stored)
+        location, frame = split_frame(record.location)
+        path = self._resolve(location, record.stored)
         if record.stored == "ref" and not path.exists() and record.original_path:
-            original = Path(record.original_path)
+            original = Path(split_frame(record.original_path)[0])
             if original.exists():
-                return original
-        return path
+                path = original
+        return path if frame is None else FrameRef(path, frame)
 
     def image_id_for_path(self, path: str | os.PathLike) -> int | None:
         absolute = str(Path(path).resolve())
@@ -595,7 +598,9 @@ class Project(SlideStore):
                 elif patch.slide_id in slides["changed"]:
                     changed.append(record.id)
                 continue
-            state = file_state(self.image_path(record), record.file_size, record.mtime)
+            where = self.image_path(record)
+            state = file_state(where.path if isinstance(where, FrameRef) else where,
+                               record.file_size, record.mtime)
             if state != "ok":
                 (missing if state == "missing" else changed).append(record.id)
         return {"missing": missing, "changed": changed}
