@@ -478,6 +478,13 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def sq_distance_blocks(x: np.ndarray):
+    """(rows, squared distances from those rows to every row) in row chunks: never N x N at once."""
+    norms = sq_norms(x)
+    for rows in row_chunks(len(x), len(x)):
+        yield rows, norms[rows][:, None] - 2.0 * (x[rows] @ x.T) + norms[None, :]
+
+
 def knn_mean_distance(x: np.ndarray, k: int) -> np.ndarray:
     """Mean Euclidean distance of every row to its k nearest other rows (row chunks, no N x N)."""
     n = len(x)
@@ -485,9 +492,7 @@ def knn_mean_distance(x: np.ndarray, k: int) -> np.ndarray:
     out = np.zeros(n)
     if k < 1:
         return out
-    norms = sq_norms(x)
-    for rows in row_chunks(n, n):
-        d = norms[rows][:, None] - 2.0 * (x[rows] @ x.T) + norms[None, :]
+    for rows, d in sq_distance_blocks(x):
         d[np.arange(d.shape[0]), np.arange(rows.start, rows.stop)] = np.inf  # not itself
         nearest = np.partition(d, k - 1, axis=1)[:, :k]
         out[rows] = np.sqrt(np.maximum(nearest, 0.0)).mean(axis=1)
@@ -550,9 +555,7 @@ def typiclust(
 def impure_distance(x: np.ndarray, pseudo: np.ndarray) -> np.ndarray:
     """Distance from every row to its nearest row of another pseudo-class (inf if none)."""
     out = np.full(len(x), np.inf)
-    norms = sq_norms(x)
-    for rows in row_chunks(len(x), len(x)):
-        d = norms[rows][:, None] - 2.0 * (x[rows] @ x.T) + norms[None, :]
+    for rows, d in sq_distance_blocks(x):
         d[pseudo[rows][:, None] == pseudo[None, :]] = np.inf
         out[rows] = np.sqrt(np.maximum(d.min(axis=1), 0.0))
     return out
@@ -574,10 +577,8 @@ def probcover_radius(x: np.ndarray, num_classes: int, rng: np.random.Generator,
 
 def ball_edges(x: np.ndarray, delta: float) -> list[np.ndarray]:
     """For every row, the rows inside its open ball of radius delta (itself included)."""
-    norms = sq_norms(x)
     edges: list[np.ndarray] = []
-    for rows in row_chunks(len(x), len(x)):
-        d = norms[rows][:, None] - 2.0 * (x[rows] @ x.T) + norms[None, :]
+    for rows, d in sq_distance_blocks(x):
         inside = d < delta * delta
         inside[np.arange(d.shape[0]), np.arange(rows.start, rows.stop)] = True
         edges.extend(np.flatnonzero(row).astype(np.int64) for row in inside)

@@ -58,8 +58,7 @@ def test_the_report_names_the_encoder_and_the_head(tmp_path):
     assert main(["query", str(path), "--strategy", "typiclust", "--batch", "2", "--quiet"]) == 0
     with Project.open(path, readonly=True) as p:
         used = {m["name"]: m for m in methods_used(p, p.rounds(), p.checkpoints())}
-    assert "SimCLR" in used["SimCLR (self-supervised)"]["references"][0] or \
-        "Contrastive" in used["SimCLR (self-supervised)"]["references"][0]
+    assert "Contrastive Learning" in used["SimCLR (self-supervised)"]["references"][0]
     assert used["head on cached embeddings"]["where"] == "round 1 (logreg)"
     assert "ICML 2022" in used["typiclust"]["references"][0]
 
