@@ -214,10 +214,6 @@ def strip_head(model: nn.Module) -> tuple[str, int]:
     return name, width
 
 
-def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 @torch.no_grad()
 def copy_head_rows(
     model: Classifier, old_classes: Sequence[str], old_head: nn.Linear, new_classes: Sequence[str]
