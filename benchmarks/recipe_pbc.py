@@ -51,7 +51,8 @@ def curve(data: SimData, config: SimulationConfig, tag: str) -> dict:
     points = dict(zip(arm["labels"], arm["mean"], strict=True))
     stds = dict(zip(arm["labels"], arm["std"], strict=True))
     return {"at_40": points[40], "at_200": points[200], "std_40": stds[40], "std_200": stds[200],
-            "per_seed": arm["accuracy_per_seed"], "seconds": time.perf_counter() - started}
+            "balanced_accuracy_per_seed": arm["balanced_accuracy_per_seed"],
+            "accuracy_per_seed": arm["accuracy_per_seed"], "seconds": time.perf_counter() - started}
 
 
 def main() -> int:
