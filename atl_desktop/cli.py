@@ -64,7 +64,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     code = run_command(argv)
-    context = sys.modules.get("atl_desktop.scale.context")  # loaded only by distributed commands
+    context = sys.modules.get("atl_desktop.dist")  # loaded only by distributed commands
     if context is not None and context.joined_a_group():
         context.leave_process(code)  # a rank of an outside torchrun/SLURM launch: see leave_process
     return code

@@ -36,7 +36,7 @@ from atl_desktop.active.scoring import (
     unscored,
 )
 from atl_desktop.jobs import Progress
-from atl_desktop.scale.context import DistContext
+from atl_desktop.dist import DistContext
 
 SHARDS_PREFIX = ".tmp-shards-"  # ".tmp-": an ordinary scoring pass clears leftovers
 
