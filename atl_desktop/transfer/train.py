@@ -36,9 +36,9 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
+from atl_desktop.dist import SINGLE, DistContext
 from atl_desktop.jobs import Progress
 from atl_desktop.models.classifier import FEATURES, LOGITS, Classifier
-from atl_desktop.dist import SINGLE, DistContext
 from atl_desktop.transfer.freeze import freeze_stages, layerwise_param_groups, unfreeze
 from atl_desktop.transfer.methods import Method, RoleOutputs, StepOutputs, make_method
 

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
+from atl_desktop import dist as dist_module
 from atl_desktop.active.scoring import (
     ScoringConfig,
     load_scores,
@@ -26,9 +27,6 @@ from atl_desktop.active.scoring import (
     score_pool,
     unscored,
 )
-from atl_desktop.jobs import run_job
-from atl_desktop.models.classifier import Classifier, InputSpec, Stage
-from atl_desktop import dist as dist_module
 from atl_desktop.dist import (
     DistContext,
     Ranks,
@@ -37,6 +35,8 @@ from atl_desktop.dist import (
     start,
     stop,
 )
+from atl_desktop.jobs import run_job
+from atl_desktop.models.classifier import Classifier, InputSpec, Stage
 from atl_desktop.scale.launch import (
     LaunchOptions,
     failure_message,
