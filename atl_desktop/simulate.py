@@ -153,7 +153,8 @@ class SimulationConfig:
         """What a saved run depends on: fields added later are left out at their defaults,
         so runs saved before they existed are still found, and the encoder's fields count
         only for the embedding-first arms (`embedding`)."""
-        data = {k: v for k, v in self.to_json().items() if k not in ("seeds", "device")}
+        # The metric only chooses which recorded curve is drawn: every run records both.
+        data = {k: v for k, v in self.to_json().items() if k not in ("seeds", "device", "metric")}
         for name, default in NEW_CONFIG_DEFAULTS.items():
             if data.get(name) == default or (not embedding and name in ENCODER_FIELDS):
                 data.pop(name, None)

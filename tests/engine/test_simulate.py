@@ -307,3 +307,12 @@ def test_project_recipe_trains_each_round_its_minimum_steps_with_one_cycle(files
     assert "schedule" not in SimulationConfig().run_fields()  # runs saved before keep their keys
     with pytest.raises(ProjectError, match="schedule"):
         SimulationConfig(schedule="steps")
+
+
+def test_the_metric_follows_the_test_split_s_balance_unless_named():
+    from atl_desktop.commands.simulate import _metric
+
+    assert _metric("auto", [0, 0, 1, 1, 2, 2]) == "accuracy"
+    assert _metric("auto", [0, 0, 0, 0, 1, 1]) == "balanced_accuracy"  # 4 against 2: above 1.5
+    assert _metric("auto", [0, 0, 0, 1, 1]) == "accuracy"  # 3 against 2: the ordinary scatter
+    assert _metric("accuracy", [0, 0, 0, 0, 1]) == "accuracy"
