@@ -44,16 +44,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="gaal: who labels synthetic images in a simulation (see README)")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of each fine-tune")
     parser.add_argument("--max-steps", type=int, help="cap on each round's optimiser steps")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per optimiser step")
+    parser.add_argument("--batch-size", type=int, help="images per optimiser step (default 32)")
     parser.add_argument("--min-steps", type=int, help="at least this many optimiser steps a round")
-    parser.add_argument("--schedule", default="constant", choices=("constant", "onecycle"),
-                        help="learning-rate schedule of each fine-tune")
-    parser.add_argument("--augment", default="none", choices=("none", "dihedral"),
-                        help="dihedral: random flips and 90-degree rotations of the labelled images")
+    parser.add_argument("--schedule", choices=("constant", "onecycle"),
+                        help="learning-rate schedule of each fine-tune (default constant)")
+    parser.add_argument("--augment", choices=("none", "dihedral"),
+                        help="dihedral: random flips and 90-degree rotations of the labelled images (default none)")
     parser.add_argument("--input-size", type=int, help="the model's input size (default: the backbone's)")
     parser.add_argument("--project-recipe", action="store_true",
-                        help="train each round as a new project does: --min-steps 200 --schedule onecycle "
-                             "--augment dihedral (flags given as well win)")
+                        help="train each round as a new project does: --min-steps 400 --batch-size 64 "
+                             "--schedule onecycle --augment dihedral (flags given as well win)")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="strategy parameter for every arm, VALUE in JSON (see `atl query --param`)")
     parser.add_argument("--pseudo-max-per-class", type=int, help="CEAL: at most this many per class and round")
@@ -107,7 +107,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         budget=args.budget, batch=args.batch, initial=args.initial, rounds=args.rounds,
         seeds=tuple(range(args.seeds)), backbone=args.backbone, epochs=args.epochs,
         source_epochs=args.source_epochs, pool_size=args.pool_size, device=args.device, lr=args.lr,
-        max_steps=args.max_steps, batch_size=args.batch_size, pseudo_max_per_class=args.pseudo_max_per_class,
+        max_steps=args.max_steps, pseudo_max_per_class=args.pseudo_max_per_class,
         input_size=args.input_size, **_recipe(args), encoder=args.encoder, encoder_weights=args.encoder_weights,
         selfsup={"backbone": args.selfsup_backbone, "steps": args.selfsup_steps,
                  "batch_size": args.selfsup_batch})
@@ -140,12 +140,13 @@ def _metric(choice: str, y_test) -> str:
 
 
 def _recipe(args: argparse.Namespace) -> dict:
-    """The fine-tune's steps, schedule and augmentation: the flags, over a new project's
-    defaults when --project-recipe is given."""
+    """The fine-tune's steps, batch size, schedule and augmentation: the flags, over a new
+    project's defaults with --project-recipe, else over the per-epoch defaults."""
     from atl_desktop.store.keys import NEW_PROJECT_TRAINING
 
-    recipe = {"min_steps": args.min_steps, "schedule": args.schedule, "augment": args.augment}
-    if args.project_recipe:
-        base = {**NEW_PROJECT_TRAINING, "augment": "dihedral"}  # the geometric part, as simulate has it
-        recipe = {k: base[k] if recipe[k] in (None, "constant", "none") else recipe[k] for k in recipe}
-    return recipe
+    given = {"min_steps": args.min_steps, "batch_size": args.batch_size, "schedule": args.schedule,
+             "augment": args.augment}
+    base = {"min_steps": None, "batch_size": 32, "schedule": "constant", "augment": "none"}
+    if args.project_recipe:  # simulate has the augmentation's geometric part
+        base = {**{k: NEW_PROJECT_TRAINING[k] for k in base}, "augment": "dihedral"}
+    return {k: base[k] if value is None else value for k, value in given.items()}

@@ -289,7 +289,11 @@ def test_project_recipe_trains_each_round_its_minimum_steps_with_one_cycle(files
     from atl_desktop.commands.simulate import _recipe
 
     args = build_parser().parse_args(["simulate", "t", "--out", "o", "--project-recipe", "--min-steps", "6"])
-    assert _recipe(args) == {"min_steps": 6, "schedule": "onecycle", "augment": "dihedral"}
+    assert _recipe(args) == {"min_steps": 6, "batch_size": 64, "schedule": "onecycle", "augment": "dihedral"}
+    mixed = build_parser().parse_args(["simulate", "t", "--out", "o", "--project-recipe", "--schedule", "constant"])
+    assert _recipe(mixed)["schedule"] == "constant"  # a flag given wins over the recipe
+    plain = build_parser().parse_args(["simulate", "t", "--out", "o"])
+    assert _recipe(plain) == {"min_steps": None, "batch_size": 32, "schedule": "constant", "augment": "none"}
     seen = []
     real_train = train_module.train
 
@@ -300,8 +304,8 @@ def test_project_recipe_trains_each_round_its_minimum_steps_with_one_cycle(files
         return result
 
     monkeypatch.setattr(train_module, "train", spying_train)
-    config = SimulationConfig(budget=20, batch=10, initial=10, seeds=(0,), epochs=1, batch_size=16,
-                              input_size=20, **_recipe(args))
+    config = SimulationConfig(budget=20, batch=10, initial=10, seeds=(0,), epochs=1, input_size=20,
+                              **{**_recipe(args), "batch_size": 16})
     run_job(simulate_job(load_simulation_data(files[0]), [Arm("random", "random")], config))
     assert seen == [("onecycle", 6, True, 20), ("onecycle", 6, True, 20)]
     assert "schedule" not in SimulationConfig().run_fields()  # runs saved before keep their keys
