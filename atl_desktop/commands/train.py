@@ -30,8 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("project", type=Path, nargs="?", help="the .atl project")
     train.add_argument("--data", type=Path, help=".npz file or ImageFolder tree (instead of a project)")
     train.add_argument("--out", type=Path, help="model file to write with --data (.safetensors)")
-    train.add_argument("--method", choices=METHOD_NAMES, default="finetune", metavar="METHOD",
-                       help="transfer method (default finetune); `atl methods` lists them")
+    train.add_argument("--method", choices=METHOD_NAMES, metavar="METHOD",
+                       help="transfer method (finetune unless the project says otherwise); `atl methods` lists them")
     train.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
                        help="a hyper-parameter of the method (repeatable; VALUE as JSON, else text), "
                        "e.g. --method-option trade_off=0.5")
@@ -40,25 +40,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "`atl methods` lists them")
     train.add_argument("--weights", help="'imagenet' (from the local torch cache), 'none', or a weights "
                        "file; default: imagenet for torchvision backbones")
-    train.add_argument("--epochs", type=int, default=10)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default="adamw", metavar="NAME",
-                       help="adamw (default) or sgd")
-    train.add_argument("--freeze", type=int, default=0, metavar="K", help="keep the first K stages fixed")
-    train.add_argument("--lr-decay", type=float, default=1.0,
-                       help="layer-wise learning-rate decay per stage towards the input (0 < d <= 1)")
-    train.add_argument("--balanced", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
+    # Unset options take the project's training settings (those the window's Training settings
+    # edit; a new project has store.keys.NEW_PROJECT_TRAINING), else TrainConfig's defaults.
+    train.add_argument("--epochs", type=int, help="(default 10)")
+    train.add_argument("--min-steps", type=int, help="at least this many optimiser steps, however few the labels")
+    train.add_argument("--batch-size", type=int, help="(default 32; a new project's: 64)")
+    train.add_argument("--lr", type=float, help="(peak) learning rate (default 1e-3)")
+    train.add_argument("--schedule", choices=("constant", "onecycle"),
+                       help="learning-rate schedule (default constant; a new project's: onecycle)")
+    train.add_argument("--optimizer", choices=OPTIMIZER_NAMES, metavar="NAME", help="adamw (default) or sgd")
+    train.add_argument("--freeze", type=int, metavar="K", help="keep the first K stages fixed (default 0)")
+    train.add_argument("--lr-decay", type=float,
+                       help="layer-wise learning-rate decay per stage towards the input (0 < d <= 1; default 1)")
+    train.add_argument("--balanced", nargs="?", const="on", choices=("auto", "on", "off"),
                        help="class-balanced sampling of labelled images: auto (the default) turns it on "
                             "when the largest class has more than 1.5 times the images of the smallest")
-    train.add_argument("--augment", choices=AUGMENTATION_NAMES, default="none", metavar="NAME",
-                       help="none (default), natural, histology or hed")
-    train.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs (0: off)")
+    train.add_argument("--augment", choices=AUGMENTATION_NAMES, metavar="NAME",
+                       help="none (default), natural, histology (a new project's) or hed")
+    train.add_argument("--patience", type=int, help="early-stopping patience in epochs (0: off; default 3)")
     train.add_argument("--input-size", type=int, help="override the backbone's input size")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int)
     train.add_argument("--from-scratch", action="store_true", help="ignore existing checkpoints")
-    train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    train.add_argument("--num-workers", type=int, default=0)
+    train.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
+    train.add_argument("--num-workers", type=int)
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--json", action="store_true", help="print the result as JSON")
     add_launch_options(train)
@@ -136,15 +140,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _project_config(args: argparse.Namespace, project: Project):
-    """The TrainConfig of the arguments; the backbone defaults to the latest checkpoint's,
-    else to one suited to the target images' size."""
+    """The project's training settings with the options given applied; the backbone defaults
+    to the settings', else the latest checkpoint's, else one suited to the target images' size."""
+    from atl_desktop.store.keys import TRAIN_SETTING
+
+    saved = dict(project.get_setting(TRAIN_SETTING, {}))
     latest = None if args.from_scratch else project.latest_checkpoint()
-    if args.backbone is None:
-        sides = [max(r.width or 0, r.height or 0) for r in project.images(domain="target")]
-        backbone = latest.backbone if latest else _default_backbone(sides)
-    else:
-        backbone = args.backbone
-    return _config(args, backbone)
+    backbone = args.backbone or saved.get("backbone") or (latest.backbone if latest else None)
+    if backbone is None:
+        backbone = _default_backbone([max(r.width or 0, r.height or 0) for r in project.images(domain="target")])
+    if latest is not None and backbone == latest.backbone and latest.config.get("input_size"):
+        saved.setdefault("input_size", latest.config["input_size"])  # e.g. a self-supervised encoder's
+    return _config(args, backbone, saved)
 
 
 def _train_on_data(args: argparse.Namespace) -> int:
@@ -172,26 +179,30 @@ def _train_on_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config(args: argparse.Namespace, backbone: str):
+# TrainConfig fields set by options of the same name (dashes for underscores).
+OPTION_FIELDS = ("method", "epochs", "min_steps", "batch_size", "lr", "schedule", "optimizer", "freeze",
+                 "lr_decay", "augment", "patience", "seed", "input_size", "device", "num_workers")
+
+
+def _config(args: argparse.Namespace, backbone: str, saved: dict | None = None):
+    """TrainConfig from `saved` settings (a project's), overridden by the options given."""
     from atl_desktop.models.registry import backbone_info
     from atl_desktop.transfer.train import TrainConfig
 
-    weights = args.weights
-    if weights is None:
-        weights = "imagenet" if backbone_info(backbone).torchvision else None
-    elif weights.lower() == "none":
-        weights = None
+    fields = {"balanced": "auto", **(saved or {}), "backbone": backbone}
+    fields.update({name: getattr(args, name) for name in OPTION_FIELDS if getattr(args, name) is not None})
+    if args.balanced is not None:
+        fields["balanced"] = {"on": True, "off": False}.get(args.balanced, "auto")
+    if args.weights is not None:
+        fields["weights"] = None if args.weights.lower() == "none" else args.weights
+    elif "weights" not in fields:
+        fields["weights"] = "imagenet" if backbone_info(backbone).torchvision else None
+    method = fields.get("method", "finetune")
+    if args.method_option or args.method is not None:  # new options for the method asked for
+        fields["method_options"] = _method_options(method, args.method_option)
     try:
-        return TrainConfig(
-            backbone=backbone, weights=weights, method=args.method,
-            method_options=_method_options(args.method, args.method_option), epochs=args.epochs,
-            batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, freeze=args.freeze,
-            lr_decay=args.lr_decay, balanced={"on": True, "off": False}.get(args.balanced, "auto"),
-            augment=args.augment,
-            patience=args.patience, seed=args.seed, input_size=args.input_size,
-            device=args.device, num_workers=args.num_workers,
-        )
-    except ValueError as error:
+        return TrainConfig.from_dict(fields)
+    except (TypeError, ValueError) as error:
         raise ProjectError(str(error)) from None
 
 

@@ -573,3 +573,24 @@ def collect_progress(gen) -> list:
             progress.append(next(gen))
         except StopIteration:
             return progress
+
+
+def test_atl_train_takes_the_project_s_settings_and_the_options_given(tmp_path):
+    """One recipe for the window and `atl train`: the project's saved training settings, then
+    only the options the user typed."""
+    from atl_desktop.cli import build_parser
+    from atl_desktop.commands.train import _project_config
+    from atl_desktop.store import Project
+    from atl_desktop.store.keys import TRAIN_SETTING
+
+    with Project.create(tmp_path / "p.atl") as project:
+        project.add_class("a")
+        project.set_setting(TRAIN_SETTING, {"backbone": "smallcnn", "min_steps": 7, "schedule": "onecycle",
+                                            "batch_size": 64, "augment": "histology"})
+        plain = _project_config(build_parser().parse_args(["train", "p.atl"]), project)
+        assert (plain.backbone, plain.min_steps, plain.schedule, plain.batch_size, plain.augment) == (
+            "smallcnn", 7, "onecycle", 64, "histology")
+        assert (plain.epochs, plain.lr, plain.balanced, plain.weights) == (10, 1e-3, "auto", None)
+        typed = _project_config(build_parser().parse_args(
+            ["train", "p.atl", "--schedule", "constant", "--batch-size", "16", "--epochs", "2"]), project)
+        assert (typed.schedule, typed.batch_size, typed.epochs, typed.min_steps) == ("constant", 16, 2, 7)
