@@ -6,7 +6,6 @@ drives it with tqdm, the window on a QThread, and tests by iterating.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -14,7 +13,6 @@ import numpy as np
 
 from atl_desktop.active.heads import HEADS, head_probs
 from atl_desktop.active.pseudo import PseudoLabelConfig, pseudo_labels_for_round
-from atl_desktop.active.scores import PROB_SCORES
 from atl_desktop.active.scoring import (
     ScoreTable,
     ScoringConfig,
@@ -22,14 +20,7 @@ from atl_desktop.active.scoring import (
     scores_dir,
     write_meta,
 )
-from atl_desktop.active.strategies import (
-    STRATEGIES,
-    SelectionInput,
-    aift_scores,
-    auto_phase,
-    bald,
-    select,
-)
+from atl_desktop.active.strategies import STRATEGIES, SelectionInput, explain, select
 from atl_desktop.jobs import Progress, relabel
 from atl_desktop.models.encoders import COLD_START_BACKBONE, UNTRAINED, EncoderChoice
 from atl_desktop.rounds import (
@@ -430,23 +421,10 @@ def check_labels_job(project: Project, *, folds: int = 5, model: ModelChoice | N
 
 # ---- why each image was chosen, in words ---------------------------------------------
 
-_SCORE_WORDS = {
-    "entropy": lambda v: f"entropy {v:.2f} nats",
-    "margin": lambda v: f"top two classes {1 - v:.0%} apart",
-    "least_confidence": lambda v: f"best class only {1 - v:.0%} sure",
-}
-
-
-def _top_share(scores: np.ndarray, value: float) -> str:
-    """'top 3 % of the pool' for a value among `scores` (higher is more wanted)."""
-    rank = int((scores > value).sum()) + 1
-    share = max(1, math.ceil(100 * rank / len(scores)))
-    return f"top {share} % of {len(scores)} unlabelled"
-
 
 def describe_picks(strategy: str, data: SelectionInput, picks: np.ndarray,
                    unlabelled: np.ndarray, params: Mapping) -> list[QueryItem]:
-    values, words = _reason_scores(strategy, data, picks, params)
+    values, words = explain(strategy, data, picks, params)
     items = []
     for k, row in enumerate(picks):
         top: list[tuple[int, float]] = []
@@ -456,58 +434,6 @@ def describe_picks(strategy: str, data: SelectionInput, picks: np.ndarray,
             top = [(int(c), float(p[c])) for c in order]
         items.append(QueryItem(int(unlabelled[row]), float(values[k]), words[k], top))
     return items
-
-
-def _reason_scores(strategy: str, data: SelectionInput, picks: np.ndarray,
-                   params: Mapping) -> tuple[np.ndarray, list[str]]:
-    n = len(picks)
-    if strategy == "auto":
-        labelled = 0 if data.labelled_features is None else len(data.labelled_features)
-        classes = data.probs.shape[1] if data.probs is not None else 1
-        typical = data.probs is None or classes < 2 or auto_phase(
-            labelled, classes, float(params.get("typical_per_class", 5.0))) == "typical"
-        strategy, params = ("typiclust", {}) if typical else ("hybrid", {"score": "margin"})
-    if strategy == "typiclust":
-        return np.zeros(n), ["typical of a cluster that has no label yet (TypiClust)"] * n
-    if strategy == "probcover":
-        return np.zeros(n), ["covers the most unlabelled images nearby (ProbCover)"] * n
-    score_name = params.get("score", "entropy") if strategy == "hybrid" else strategy
-    if score_name in PROB_SCORES and data.probs is not None and data.probs.shape[1] > 1:
-        scores = PROB_SCORES[score_name](np.asarray(data.probs))
-        text = [f"{_SCORE_WORDS.get(score_name, lambda v: f'{score_name} {v:.3g}')(scores[r])}, "
-                f"{_top_share(scores, scores[r])}" for r in picks]
-        if strategy == "hybrid":
-            text = [t + "; unlike the other chosen images" for t in text]
-        return scores[picks], text
-    if strategy == "bald":
-        scores = bald(np.asarray(data.mc_probs))
-        return scores[picks], [f"dropout samples disagree (BALD {scores[r]:.2f}), "
-                               f"{_top_share(scores, scores[r])}" for r in picks]
-    if strategy == "aift":
-        scores = aift_scores(np.asarray(data.augmented_probs),
-                             **{k: params[k] for k in ("alpha", "lambda1", "lambda2") if k in params})
-        return scores[picks], [f"predictions disagree across augmented copies (AIFT {scores[r]:.2f}), "
-                               f"{_top_share(scores, scores[r])}" for r in picks]
-    if strategy in ("coreset", "kmeans") and data.features is not None:
-        return _distance_reasons(strategy, data, picks)
-    if strategy == "mmd":
-        return np.zeros(n), ["brings the labelled set closer to the unlabelled pool (MMD reduction)"] * n
-    return np.zeros(n), ["chosen at random (the baseline)"] * n
-
-
-def _distance_reasons(strategy: str, data: SelectionInput, picks: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    feats = np.asarray(data.features, dtype=np.float64)
-    labelled = data.labelled_features
-    if labelled is None or not len(labelled):
-        what = "one image per cluster of the pool" if strategy == "kmeans" else "spread over the pool"
-        return np.zeros(len(picks)), [f"{what} (nothing labelled yet)"] * len(picks)
-    lab = np.asarray(labelled, dtype=np.float64)
-    chosen = feats[picks]
-    d2 = (chosen**2).sum(1)[:, None] + (lab**2).sum(1)[None, :] - 2 * chosen @ lab.T
-    nearest = np.sqrt(np.maximum(d2.min(axis=1), 0))
-    typical = np.median(np.sqrt(np.maximum(((lab - lab.mean(0)) ** 2).sum(1), 0))) or 1.0
-    return nearest, [f"far from every labelled image (distance {d:.2f}, {d / typical:.1f}× the "
-                     "labelled set's spread)" for d in nearest]
 
 
 # ---- CEAL pseudo-labels ----------------------------------------------------------------

@@ -5,9 +5,10 @@ Every strategy is a function
     select(data: SelectionInput, batch: int, rng: numpy.random.Generator, **params) -> np.ndarray
 
 returning indices into the unlabelled pool rows of `data`, most wanted first.
-`STRATEGIES` maps a name to the function and to what it needs from the scoring
-pass; the CLI, the GUI and the benchmarks all read it, so a new strategy is one
-function plus one line there.
+`STRATEGIES` maps a name to the function, to what it needs from the scoring
+pass and to its `explain` (the reason shown on a tile, see `reasons`); the CLI,
+the GUI and the benchmarks all read it, so a new strategy is one function plus
+one line there.
 
 Diversity steps never build an N x N matrix: k-centre keeps one "distance to
 the nearest centre" per pool point, MMD reduction keeps two kernel sums per
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from atl_desktop.active import reasons
 from atl_desktop.active.coldstart import as_float, kmeans, kmeans_select, row_chunks, sq_norms
 from atl_desktop.active.scores import EPS, PROB_SCORES, bald, entropy_of
 
@@ -704,33 +706,78 @@ class Strategy:
     needs: frozenset[str]  # SelectionInput fields the scoring pass must fill
     help: str
     synthetic: bool = False  # True: `select` makes new images (see `synthesise`), not pool rows
+    explain: reasons.Explain = reasons.RANDOM  # (data, picks, params) -> (values, sentences)
 
 
-def _s(select: Callable[..., np.ndarray], needs: str, help: str, synthetic: bool = False) -> Strategy:
-    return Strategy(select, frozenset(needs.split()), help, synthetic)
+def _s(select: Callable[..., np.ndarray], needs: str, help: str, synthetic: bool = False,
+       explain: reasons.Explain = reasons.RANDOM) -> Strategy:
+    return Strategy(select, frozenset(needs.split()), help, synthetic, explain)
+
+
+def _explain_bald(data: SelectionInput, picks: np.ndarray, params) -> reasons.Explanation:
+    if data.mc_probs is None:
+        return reasons.RANDOM(data, picks, params)
+    scores = bald(np.asarray(data.mc_probs))
+    return reasons.ranked(scores, picks, lambda v: f"dropout samples disagree (BALD {v:.2f})")
+
+
+def _explain_aift(data: SelectionInput, picks: np.ndarray, params) -> reasons.Explanation:
+    if data.augmented_probs is None:
+        return reasons.RANDOM(data, picks, params)
+    options = {k: params[k] for k in ("alpha", "lambda1", "lambda2") if k in params}
+    scores = aift_scores(np.asarray(data.augmented_probs), **options)
+    return reasons.ranked(scores, picks, lambda v: f"predictions disagree across augmented copies (AIFT {v:.2f})")
+
+
+def _explain_auto(data: SelectionInput, picks: np.ndarray, params) -> reasons.Explanation:
+    """The phase select_auto was in: typical images, or margin with diversity."""
+    labelled = 0 if data.labelled_features is None else len(data.labelled_features)
+    classes = data.probs.shape[1] if data.probs is not None else 1
+    if data.probs is None or classes < 2 or auto_phase(
+            labelled, classes, float(params.get("typical_per_class", 5.0))) == "typical":
+        return _TYPICAL(data, picks, {})
+    return _UNCERTAIN_DIVERSE(data, picks, {"score": "margin"})
+
+
+_TYPICAL = reasons.fixed("typical of a cluster that has no label yet (TypiClust)")
+_UNCERTAIN_DIVERSE = reasons.uncertainty(diverse=True)
 
 
 STRATEGIES: dict[str, Strategy] = {
     "random": _s(select_random, "", "uniformly at random"),
-    "least_confidence": _s(_uncertainty("least_confidence"), "probs", "top-b by 1 - max p"),
-    "margin": _s(_uncertainty("margin"), "probs", "top-b by smallest gap between the two best classes"),
-    "entropy": _s(_uncertainty("entropy"), "probs", "top-b by predictive entropy"),
-    "bald": _s(select_bald, "mc_probs", "top-b by BALD over MC-dropout samples"),
-    "aift": _s(select_aift, "augmented_probs", "AIFT: entropy + diversity over augmented patches"),
-    "coreset": _s(select_coreset, "features labelled_features", "greedy k-centre on features"),
-    "mmd": _s(select_mmd, "features labelled_features source_features", "greedy MMD reduction"),
-    "hybrid": _s(select_hybrid, "probs features labelled_features", "uncertainty shortlist, then diversity"),
-    "kmeans": _s(select_kmeans, "features", "cold start: one sample per k-means cluster"),
+    "least_confidence": _s(_uncertainty("least_confidence"), "probs", "top-b by 1 - max p",
+                           explain=reasons.uncertainty("least_confidence")),
+    "margin": _s(_uncertainty("margin"), "probs", "top-b by smallest gap between the two best classes",
+                 explain=reasons.uncertainty("margin")),
+    "entropy": _s(_uncertainty("entropy"), "probs", "top-b by predictive entropy",
+                  explain=reasons.uncertainty("entropy")),
+    "bald": _s(select_bald, "mc_probs", "top-b by BALD over MC-dropout samples", explain=_explain_bald),
+    "aift": _s(select_aift, "augmented_probs", "AIFT: entropy + diversity over augmented patches",
+               explain=_explain_aift),
+    "coreset": _s(select_coreset, "features labelled_features", "greedy k-centre on features",
+                  explain=reasons.far_from_labelled("coreset")),
+    "mmd": _s(select_mmd, "features labelled_features source_features", "greedy MMD reduction",
+              explain=reasons.fixed("brings the labelled set closer to the unlabelled pool (MMD reduction)")),
+    "hybrid": _s(select_hybrid, "probs features labelled_features", "uncertainty shortlist, then diversity",
+                 explain=_UNCERTAIN_DIVERSE),
+    "kmeans": _s(select_kmeans, "features", "cold start: one sample per k-means cluster",
+                 explain=reasons.far_from_labelled("kmeans")),
     "typiclust": _s(select_typiclust, "features labelled_features",
-                    "TypiClust: the most typical image of each uncovered cluster (cold start)"),
+                    "TypiClust: the most typical image of each uncovered cluster (cold start)", explain=_TYPICAL),
     "probcover": _s(select_probcover, "features labelled_features",
-                    "ProbCover: greedy coverage of the embedding space by pure balls (cold start)"),
+                    "ProbCover: greedy coverage of the embedding space by pure balls (cold start)",
+                    explain=reasons.fixed("covers the most unlabelled images nearby (ProbCover)")),
     "auto": _s(select_auto, "probs features labelled_features",
-               "typical first (TypiClust), then smallest margin with diversity"),
+               "typical first (TypiClust), then smallest margin with diversity", explain=_explain_auto),
     "gaal": _s(select_gaal, "generative", "GAAL: GAN-made images of maximal entropy, labelled as they are",
                synthetic=True),
     "asal": _s(select_asal, "generative", "ASAL: pool images nearest to GAN-made high-entropy images"),
 }
+
+
+def explain(name: str, data: SelectionInput, picks: np.ndarray, params) -> reasons.Explanation:
+    """Why strategy `name` chose `picks` (rows of `data`): one value and one sentence each."""
+    return STRATEGIES[name].explain(data, np.asarray(picks, dtype=np.int64), params)
 
 
 def select(name: str, data: SelectionInput, batch: int, rng: np.random.Generator, **params) -> np.ndarray:

@@ -1,6 +1,5 @@
 """The round's steps over a real (tiny) project: query with reasons, pseudo-labels."""
 
-import numpy as np
 import pytest
 
 from atl_desktop.active.pseudo import PseudoLabelConfig
@@ -8,7 +7,6 @@ from atl_desktop.jobs import run_job
 from atl_desktop.rounds import discard_round
 from atl_desktop.session import (
     SKIPPED_SETTING,
-    _top_share,
     pseudo_label_job,
     query_job,
     unlabelled_pool,
@@ -32,12 +30,6 @@ def project(tmp_path):
         model = build_model("smallcnn", len(p.class_names()))
         save_checkpoint(p, model, classes=p.class_names(), seed=0)
         yield p
-
-
-def test_top_share_worked_by_hand():
-    scores = np.array([0.1, 0.5, 0.9, 0.3])
-    assert _top_share(scores, 0.9) == "top 25 % of 4 unlabelled"  # rank 1 of 4
-    assert _top_share(scores, 0.3) == "top 75 % of 4 unlabelled"  # rank 3 of 4
 
 
 def test_entropy_query_records_a_round_and_says_why(project):
