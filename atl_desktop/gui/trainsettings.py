@@ -31,10 +31,17 @@ from PySide6.QtWidgets import (
 
 from atl_desktop.gui.background import Background
 from atl_desktop.store import Project, ProjectError
+from atl_desktop.store.keys import TRAIN_SETTING
 
-TRAIN_SETTING = "train_config"  # = atl_desktop.session.TRAIN_SETTING (not imported: torch)
 DEFAULTS = {"backbone": "resnet18", "weights": "imagenet", "method": "finetune", "epochs": 10,
-            "batch_size": 32, "lr": 1e-3, "freeze": 0, "lr_decay": 1.0, "processes": 1}
+            "batch_size": 32, "lr": 1e-3, "freeze": 0, "lr_decay": 1.0, "processes": 1,
+            "min_steps": None, "schedule": "constant", "augment": "none"}
+SCHEDULE_CHOICES = (("Constant", "constant"), ("One cycle: warm up, then anneal", "onecycle"))
+# = models.transforms.AUGMENTATIONS, with what each does (not imported: torch)
+AUGMENT_CHOICES = (("None", "none"),
+                   ("Flips, 90° rotations, mild colour jitter (microscopy)", "histology"),
+                   ("Flips, 90° rotations, HED stain jitter (H&E histology)", "hed"),
+                   ("Crops, horizontal flips, colour jitter (photographs, X-ray)", "natural"))
 WEIGHT_CHOICES = (("ImageNet (from the local torch cache)", "imagenet"),
                   ("None: random initialisation", None))
 
@@ -172,6 +179,11 @@ class TrainSettings(QWidget):
         self.epochs = _spin(1, 1000, "Passes over the labelled images (early stopping on the "
                             "validation split may end sooner)")
         self.batch = _spin(1, 4096, "Images per step")
+        self.min_steps = _spin(0, 1_000_000, "At least this many steps, however few the labels: a "
+                               "few dozen labels make very short epochs (0 = the epochs decide)")
+        self.schedule = _choices(SCHEDULE_CHOICES, "How the learning rate moves during a training")
+        self.augment = _choices(AUGMENT_CHOICES, "Random changes to the labelled images while training; "
+                                "rotations suit images without an up or down")
         self.processes = _spin(1, 64, "Train over this many processes on this computer with "
                                "torch.distributed: one per GPU, or CPU cores (gloo). Each step's "
                                "batch is split among them, so the batch size must divide evenly")
@@ -190,8 +202,9 @@ class TrainSettings(QWidget):
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         for text, widget in (("Method", self.method_box), ("Backbone", self.backbone_box),
                              ("Weights", self.weights_box), ("", self.start_over), ("", self.note),
-                             ("Epochs", self.epochs), ("Batch size", self.batch),
-                             ("Processes", self.processes),
+                             ("Epochs", self.epochs), ("Minimum steps", self.min_steps),
+                             ("Batch size", self.batch), ("Schedule", self.schedule),
+                             ("Augmentation", self.augment), ("Processes", self.processes),
                              ("Frozen stages", self.freeze), ("Learning rate", self.lr),
                              ("Layer-wise decay", self.lr_decay)):
             form.addRow(text, widget)
@@ -329,6 +342,9 @@ class TrainSettings(QWidget):
         self.freeze.setValue(int(saved["freeze"]))
         self.lr.setValue(float(saved["lr"]))
         self.lr_decay.setValue(float(saved["lr_decay"]))
+        self.min_steps.setValue(int(saved["min_steps"] or 0))
+        _select(self.schedule, saved["schedule"])
+        _select(self.augment, saved["augment"])
         self.set_checkpoint(latest)
 
     def values(self) -> dict[str, Any]:
@@ -338,6 +354,8 @@ class TrainSettings(QWidget):
             "weights": None if weights == "file" else weights, "epochs": self.epochs.value(),
             "batch_size": self.batch.value(), "freeze": self.freeze.value(), "lr": self.lr.value(),
             "lr_decay": self.lr_decay.value(), "processes": self.processes.value(),
+            "min_steps": self.min_steps.value() or None, "schedule": self.schedule.currentData(),
+            "augment": self.augment.currentData(),
             "method_options": {name: _option_value(w) for name, w in self._option_widgets.items()},
         }
 
@@ -355,6 +373,23 @@ def _tooltip_role():
     from PySide6.QtCore import Qt
 
     return Qt.ItemDataRole.ToolTipRole
+
+
+def _choices(choices, tip: str) -> QComboBox:
+    box = QComboBox()
+    for text, value in choices:
+        box.addItem(text, value)
+    box.setToolTip(tip)
+    return box
+
+
+def _select(box: QComboBox, value) -> None:
+    """Show `value` (an unknown one is added as itself, never dropped)."""
+    index = box.findData(value)
+    if index < 0:
+        box.addItem(str(value), value)
+        index = box.count() - 1
+    box.setCurrentIndex(index)
 
 
 def _spin(low: int, high: int, tip: str) -> QSpinBox:

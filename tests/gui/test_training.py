@@ -183,3 +183,21 @@ def test_the_settings_note_gets_the_height_its_wrapped_text_needs(qtbot):
     note.resize(2000, note.height())
     qtbot.waitUntil(lambda: note.width() == 2000)
     assert note.minimumHeight() < 2 * one_line  # one line once wide enough
+
+
+def test_the_recipe_fields_show_the_project_s_settings_and_save_back(qtbot, open_window, project_path):
+    """Minimum steps, schedule and augmentation: what a new project trains with, editable."""
+    from atl_desktop.store.keys import NEW_PROJECT_TRAINING
+
+    window = open_window(project_path)
+    project = window.ws.project
+    project.set_setting(TRAIN_SETTING, {**project.get_setting(TRAIN_SETTING, {}), **NEW_PROJECT_TRAINING})
+    form = window.training.settings
+    form.load()
+    assert (form.min_steps.value(), form.schedule.currentData(), form.augment.currentData()) == (
+        NEW_PROJECT_TRAINING["min_steps"], "onecycle", "histology")
+    form.min_steps.setValue(0)
+    form.augment.setCurrentIndex(form.augment.findData("natural"))
+    saved = form.save()
+    assert (saved["min_steps"], saved["schedule"], saved["augment"]) == (None, "onecycle", "natural")
+    assert project.get_setting(TRAIN_SETTING)["augment"] == "natural"
