@@ -679,23 +679,21 @@ class Project(SlideStore):
 
     def delete_class(self, class_id: int, *, annotator: str = "") -> list[int]:
         """Remove a class: its images become unlabelled (recorded as events). Returns those images."""
-        with self.transaction():
-            affected = self.images_with_label(class_id)
-            for image_id in affected:
-                self._append_label(image_id, None, kind="human", annotator=annotator)
-            self.db.execute("UPDATE classes SET deleted = 1 WHERE id = ?", (class_id,))
-            self._renumber_classes()
-        return affected
+        return self._retire_class(class_id, None, annotator)
 
     def merge_classes(self, source_id: int, into_id: int, *, annotator: str = "") -> list[int]:
         """Relabel every image of `source_id` as `into_id` and remove `source_id`."""
         if source_id == into_id:
             raise ClassError("A class cannot be merged into itself.")
+        return self._retire_class(source_id, into_id, annotator)
+
+    def _retire_class(self, class_id: int, relabel_as: int | None, annotator: str) -> list[int]:
+        """Give the class's images `relabel_as` (None: no label), as label events, and mark it deleted."""
         with self.transaction():
-            affected = self.images_with_label(source_id)
+            affected = self.images_with_label(class_id)
             for image_id in affected:
-                self._append_label(image_id, into_id, kind="human", annotator=annotator)
-            self.db.execute("UPDATE classes SET deleted = 1 WHERE id = ?", (source_id,))
+                self._append_label(image_id, relabel_as, kind="human", annotator=annotator)
+            self.db.execute("UPDATE classes SET deleted = 1 WHERE id = ?", (class_id,))
             self._renumber_classes()
         return affected
 
