@@ -78,15 +78,15 @@ class EncoderOption:
 
 
 def encoder_options(checkpoints=()) -> list[EncoderOption]:
-    """Every encoder a user can choose: an untrained backbone, the torchvision backbones with
-    ImageNet weights, the foundation models, then `checkpoints` (the project's CheckpointRecords)."""
+    """Every encoder a user can choose: an untrained backbone, `checkpoints` (the project's
+    CheckpointRecords), the foundation models, then the torchvision backbones."""
     from atl_desktop.models.foundation import FOUNDATION_MODELS
     from atl_desktop.models.registry import BACKBONES
 
     untrained = EncoderOption(
         UNTRAINED + COLD_START_BACKBONE, "untrained",
-        f"{COLD_START_BACKBONE} with a fixed random initialisation: no weights needed, weak features "
-        "(learn an encoder from your images to do better)", sized=True)
+        f"{COLD_START_BACKBONE}, fixed random initialisation: no weights needed, weak features",
+        sized=True)
     backbones = [
         EncoderOption(name, "torchvision",
                       f"torchvision {name} with ImageNet weights from the local torch cache, or a weights file",
@@ -100,7 +100,8 @@ def encoder_options(checkpoints=()) -> list[EncoderOption]:
                       "or the folder that holds it")
         for name, model in FOUNDATION_MODELS.items()
     ]
-    return [untrained, *backbones, *foundation, *(checkpoint_option(r) for r in checkpoints)]
+    # The project's own encoders first, then the models that need a file: the likelier choices on top.
+    return [untrained, *(checkpoint_option(r) for r in checkpoints), *foundation, *backbones]
 
 
 def checkpoint_option(record) -> EncoderOption:
