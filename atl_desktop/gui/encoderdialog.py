@@ -33,6 +33,9 @@ from atl_desktop.store.keys import CHECKPOINT, ENCODER_SETTING, describe_encoder
 ENCODER_JOB = "encoder"
 ENCODER_JOB_TITLE = "Loading the encoder"
 DEFAULT_SIZE = 0  # the input-size box's "default": the backbone's own size
+# EncoderOption.weights values (models.encoders' NO_/OPTIONAL_/REQUIRED_WEIGHTS, not imported
+# here: that module pulls in torch, which the GUI thread never imports).
+NO_WEIGHTS, OPTIONAL_WEIGHTS, REQUIRED_WEIGHTS = "none", "optional", "required"
 WEIGHT_FILES = "Weights (*.safetensors *.bin *.pth *.pt);;All files (*)"
 
 
@@ -159,9 +162,9 @@ class EncoderDialog(QDialog):
             self._typed[self._shown] = self.weights.text()
         self._shown = self._selected_index()
         option = self.selected()
-        takes_weights = option is not None and option.weights != "none"
+        takes_weights = option is not None and option.weights != NO_WEIGHTS
         self.weights.setText(self._typed.get(self._shown, "") if takes_weights else "")
-        placeholder = "imagenet" if takes_weights and option.weights == "optional" else "a file or folder"
+        placeholder = "imagenet" if takes_weights and option.weights == OPTIONAL_WEIGHTS else "a file or folder"
         self.weights.setPlaceholderText(placeholder if takes_weights else "no weights needed")
         self.weights_row.setEnabled(takes_weights)
         self.hint.setText(f"Expects {option.weights_hint}." if takes_weights else "")
@@ -182,7 +185,7 @@ class EncoderDialog(QDialog):
         """The selection as EncoderChoice JSON ("imagenet" when a torchvision backbone's path is empty)."""
         option = self.selected()
         weights = self.weights.text().strip() or None
-        if weights is None and option.weights == "optional":
+        if weights is None and option.weights == OPTIONAL_WEIGHTS:
             weights = "imagenet"
         size = self.size.value() if option.sized and self.size.value() != DEFAULT_SIZE else None
         return {"name": option.name, "weights": weights, "checkpoint_id": None, "input_size": size}
@@ -194,7 +197,7 @@ class EncoderDialog(QDialog):
         if option.name == CHECKPOINT:
             self.checkpoint_chosen.emit(option.checkpoint_id)
             return
-        if option.weights == "required" and not self.weights.text().strip():
+        if option.weights == REQUIRED_WEIGHTS and not self.weights.text().strip():
             self.show_problem(f"{option.name} needs its weights: choose {option.weights_hint}.")
             return
         self.set_checking(True)

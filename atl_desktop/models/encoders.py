@@ -66,7 +66,7 @@ NO_WEIGHTS, OPTIONAL_WEIGHTS, REQUIRED_WEIGHTS = "none", "optional", "required"
 
 @dataclass(frozen=True)
 class EncoderOption:
-    """One encoder a user can choose, as a chooser lists it (the window's dialog, `atl encoder`)."""
+    """One encoder a user can choose, as the window's Choose encoder dialog lists it."""
 
     name: str  # an EncoderChoice name
     kind: str  # "untrained" | "torchvision" | "foundation" | "checkpoint"

@@ -49,6 +49,11 @@ def test_lists_the_registry_with_descriptions_and_preselects_the_current(open_wi
     _choose(dialog, "phikon_vitb16")
     assert dialog.weights_row.isEnabled() and not dialog.size.isEnabled()
     assert "model.safetensors" in dialog.hint.text()
+    from atl_desktop.gui import encoderdialog
+    from atl_desktop.models import encoders
+
+    for name in ("NO_WEIGHTS", "OPTIONAL_WEIGHTS", "REQUIRED_WEIGHTS"):  # copied, to keep torch out
+        assert getattr(encoderdialog, name) == getattr(encoders, name)
     if SHOT:
         dialog.grab().save(SHOT)
 
