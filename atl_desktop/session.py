@@ -40,10 +40,9 @@ from atl_desktop.rounds import (
     training_labels,
 )
 from atl_desktop.store import Project, ProjectError
-from atl_desktop.store.keys import TRAIN_SETTING
+from atl_desktop.store.keys import ENCODER_SETTING, TRAIN_SETTING
 
 SKIPPED_SETTING = "skipped_images"  # images the expert marked unsure (the window's x key)
-ENCODER_SETTING = "encoder"  # models.encoders.EncoderChoice as JSON: the cold start's encoder
 HEAD_CHOICES = ("auto", "model", *HEADS)  # auto: the model's own head if trained, else logreg
 COLD_START_STRATEGY = "typiclust"  # for strategies that need predictions while nothing is labelled
 TOP_PREDICTIONS = 3
@@ -113,6 +112,22 @@ def cold_start_encoder(project: Project) -> EncoderChoice:
     """The encoder used before any checkpoint exists: the project's choice, else an untrained one."""
     saved = project.get_setting(ENCODER_SETTING)
     return EncoderChoice.from_json(saved) if saved else EncoderChoice(UNTRAINED + COLD_START_BACKBONE)
+
+
+def set_encoder_job(project: Project, choice: EncoderChoice) -> Generator[Progress, None, EncoderChoice]:
+    """Make `choice` the project's encoder (ENCODER_SETTING) once it builds.
+
+    Building loads and checks the weights (seconds for a ViT-L), so a missing or
+    mismatched file fails here with the registry's one-line WeightsError and nothing
+    is saved; a cancel at the yield after building saves nothing either.
+    """
+    from atl_desktop.models.encoders import build_encoder
+
+    yield Progress(0, 1, f"loading {choice.describe()}")
+    build_encoder(choice, 1)
+    yield Progress(1, 1, "loaded")
+    project.set_setting(ENCODER_SETTING, choice.to_json())
+    return choice
 
 
 def trained_head(project: Project, checkpoint_id: int | None) -> bool:

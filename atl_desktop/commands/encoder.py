@@ -77,17 +77,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_encoder(args: argparse.Namespace) -> int:
-    from atl_desktop.models.encoders import EncoderChoice, build_encoder
-    from atl_desktop.session import ENCODER_SETTING, cold_start_encoder
+    from atl_desktop.models.encoders import EncoderChoice
+    from atl_desktop.session import cold_start_encoder, set_encoder_job
 
     if args.name is None:
         with Project.open(args.project, readonly=True) as project:
             print(f"Cold-start encoder: {cold_start_encoder(project).describe()}")
         return 0
     choice = EncoderChoice(args.name, args.weights, input_size=args.input_size)
-    build_encoder(choice, 1)  # fails now, in one line, when the weights are missing or do not fit
-    with Project.open(args.project) as project:
-        project.set_setting(ENCODER_SETTING, choice.to_json())
+    with Project.open(args.project) as project:  # fails in one line when the weights are missing or do not fit
+        run_with_tqdm(set_encoder_job(project, choice), desc="encoder", quiet=True)
     print(f"Cold-start encoder set to {choice.describe()}.")
     return 0
 

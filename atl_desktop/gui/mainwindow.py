@@ -38,6 +38,12 @@ from atl_desktop.gui.datadialogs import (
     import_job,
 )
 from atl_desktop.gui.demos import add_demo_menu, ask_report, connect_report
+from atl_desktop.gui.encoderdialog import (
+    ENCODER_JOB,
+    ENCODER_JOB_TITLE,
+    ask_encoder,
+    connect_encoder,
+)
 from atl_desktop.gui.gcguard import freeze_what_is_loaded, hold_until_frozen
 from atl_desktop.gui.helpdialogs import AboutDialog, PreferencesDialog, ShortcutSheet
 from atl_desktop.gui.imageviewer import ImageViewer
@@ -57,7 +63,8 @@ from atl_desktop.store import Project, ProjectError
 JOB_TITLES = {"query": "Scoring the pool", "train": "Training", "pseudo": "Proposing pseudo-labels",
               "import": "Importing images", "export": "Exporting labels", "export-model": "Exporting the model",
               "setup": "Setting up the project", "evaluate": "Evaluating", "score": "Scoring the pool",
-              "pretrain": "Learning an encoder from your images", "similar": "Finding similar images"}
+              "pretrain": "Learning an encoder from your images", "similar": "Finding similar images",
+              ENCODER_JOB: ENCODER_JOB_TITLE}
 RECENT_LIMIT = 8
 SIMILAR_K = 24  # images shown by "more like this"
 
@@ -299,6 +306,9 @@ class MainWindow(QMainWindow):
                                             self.start_pretrain)
         self.pretrain_action.setToolTip("SimCLR on the unlabelled images: no weights or labels needed. "
                                         "Queries then fit a light head on its embeddings after every label.")
+        self.encoder_action = self._action(jobs, "Choose &encoder…", lambda: ask_encoder(self))
+        self.encoder_action.setToolTip("The encoder queries embed images with: an untrained backbone, "
+                                       "ImageNet weights, a foundation model file, or a checkpoint")
         self._action(jobs, "&Cancel the running job", self.status.cancel_current,
                      QKeySequence("Ctrl+."))
 
@@ -341,6 +351,7 @@ class MainWindow(QMainWindow):
         self.runner.finished.connect(self._on_job_finished)
         connect_report(self)
         connect_model_export(self)
+        connect_encoder(self)
         self.runner.failed.connect(self._on_job_failed)
         self.runner.cancelled.connect(self._on_job_cancelled)
         self.runner.started.connect(lambda _: self._update_busy())
@@ -515,6 +526,8 @@ class MainWindow(QMainWindow):
     def _on_job_failed(self, name: str, message: str, details: str) -> None:
         self._update_busy()
         self.ws.notify()  # whatever the job committed before failing is shown
+        if name == ENCODER_JOB:
+            return  # the encoder dialog shows why, and keeps its values to fix the path
         where = f"\n\nThe details are also in {self.runner.log_file}." if self.runner.log_file else ""
         messages.show_error(self, "Job failed", f"{JOB_TITLES.get(name, name)} failed: {message}{where}",
                             details)

@@ -29,6 +29,7 @@ from atl_desktop.gui.models import ClassTableModel
 from atl_desktop.gui.undo import AddClass, DeleteClass, MergeClasses, RenameClass, UpdateClass
 from atl_desktop.gui.workspace import Workspace
 from atl_desktop.store import ClassRecord, ProjectError
+from atl_desktop.store.keys import ENCODER_SETTING, describe_encoder
 
 REFRESH_DELAY_MS = 60
 RESERVED_KEYS = {"x": "X marks an image as unsure", " ": "Space accepts the suggestion",
@@ -94,7 +95,7 @@ class ProjectPanel(QWidget):
         progress = QGroupBox("Progress")
         form = QFormLayout(progress)
         for name in ("Images", "Labelled", "Unlabelled", "By who", "Pseudo-labels", "Round",
-                     "Checkpoint"):
+                     "Checkpoint", "Encoder"):
             value = QLabel()
             value.setWordWrap(True)
             value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -131,6 +132,7 @@ class ProjectPanel(QWidget):
             self.model.reload(project.classes(), counts["by_class"])
             rounds = project.rounds()
             checkpoint = project.latest_checkpoint()
+            encoder = project.get_setting(ENCODER_SETTING)
         except ProjectError:
             return  # the project is closing
         if selected is not None:
@@ -149,6 +151,9 @@ class ProjectPanel(QWidget):
         else:
             self.values["Round"].setText("none yet")
         self.values["Checkpoint"].setText(_checkpoint_text(checkpoint))
+        self.values["Encoder"].setText(_encoder_text(encoder, checkpoint))
+        self.values["Encoder"].setToolTip(f"Chosen encoder: {describe_encoder(encoder)}, used while the project "
+                                          "has no checkpoint. Model ▸ Choose encoder… changes it.")
 
     def selected_class(self) -> ClassRecord | None:
         rows = self.table.selectionModel().selectedRows() if self.table.selectionModel() else []
@@ -274,3 +279,11 @@ def _checkpoint_text(checkpoint) -> str:
             text += f", accuracy {float(checkpoint.metrics[key]):.1%}"
             break
     return text
+
+
+def _encoder_text(saved: dict | None, checkpoint) -> str:
+    """What queries embed images with: the current checkpoint once there is one, else the chosen encoder."""
+    if checkpoint is None:
+        return describe_encoder(saved)
+    phase = (checkpoint.config or {}).get("phase")
+    return f"checkpoint #{checkpoint.id} ({phase + ' ' if phase else ''}{checkpoint.backbone})"

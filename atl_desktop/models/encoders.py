@@ -28,10 +28,13 @@ import json
 from dataclasses import asdict, dataclass
 
 from atl_desktop.models.weights import WeightsError
+from atl_desktop.store.keys import (  # kept torch-free there for the window; re-exported here
+    CHECKPOINT,
+    COLD_START_BACKBONE,
+    UNTRAINED,
+    describe_encoder,
+)
 
-CHECKPOINT = "checkpoint"
-UNTRAINED = "untrained:"
-COLD_START_BACKBONE = "resnet18"  # what "untrained:" uses when no backbone is named
 COLD_START_SIZE = 64
 UNTRAINED_SEED = 0
 
@@ -54,11 +57,59 @@ class EncoderChoice:
         return cls(**{k: data[k] for k in ("name", "weights", "checkpoint_id", "input_size") if k in data})
 
     def describe(self) -> str:
-        if self.name == CHECKPOINT:
-            return "the current checkpoint" if self.checkpoint_id is None else f"checkpoint {self.checkpoint_id}"
-        if self.name.startswith(UNTRAINED):
-            return f"an untrained {self.name[len(UNTRAINED):] or COLD_START_BACKBONE} (no weights)"
-        return f"{self.name} ({self.weights or 'random weights'})"
+        return describe_encoder(self.to_json())
+
+
+# How an encoder takes weights: EncoderOption.weights.
+NO_WEIGHTS, OPTIONAL_WEIGHTS, REQUIRED_WEIGHTS = "none", "optional", "required"
+
+
+@dataclass(frozen=True)
+class EncoderOption:
+    """One encoder a user can choose, as the window's Choose encoder dialog lists it."""
+
+    name: str  # an EncoderChoice name
+    kind: str  # "untrained" | "torchvision" | "foundation" | "checkpoint"
+    description: str  # one line
+    weights: str = NO_WEIGHTS  # NO_WEIGHTS, OPTIONAL_WEIGHTS ("imagenet" when none) or REQUIRED_WEIGHTS
+    weights_hint: str = ""  # what the weights path should hold
+    sized: bool = False  # the input size is the user's to choose
+    checkpoint_id: int | None = None  # kind "checkpoint" only
+
+
+def encoder_options(checkpoints=()) -> list[EncoderOption]:
+    """Every encoder a user can choose: an untrained backbone, `checkpoints` (the project's
+    CheckpointRecords), the foundation models, then the torchvision backbones."""
+    from atl_desktop.models.foundation import FOUNDATION_MODELS
+    from atl_desktop.models.registry import BACKBONES
+
+    untrained = EncoderOption(
+        UNTRAINED + COLD_START_BACKBONE, "untrained",
+        f"{COLD_START_BACKBONE}, fixed random initialisation: no weights needed, weak features",
+        sized=True)
+    backbones = [
+        EncoderOption(name, "torchvision",
+                      f"torchvision {name} with ImageNet weights from the local torch cache, or a weights file",
+                      OPTIONAL_WEIGHTS, "imagenet (the local torch cache), or a .pth/.safetensors file",
+                      sized=True)
+        for name, backbone in BACKBONES.items() if backbone.torchvision
+    ]
+    foundation = [
+        EncoderOption(name, "foundation", f"{model.description}: needs its weights file or snapshot folder",
+                      REQUIRED_WEIGHTS, f"{' or '.join(model.expected_files)} (from {model.source}), "
+                      "or the folder that holds it")
+        for name, model in FOUNDATION_MODELS.items()
+    ]
+    # The project's own encoders first, then the models that need a file: the likelier choices on top.
+    return [untrained, *(checkpoint_option(r) for r in checkpoints), *foundation, *backbones]
+
+
+def checkpoint_option(record) -> EncoderOption:
+    """A project checkpoint as an encoder: a self-supervised encoder (`transfer.selfsup`) or a trained model."""
+    config = record.config or {}
+    what = config.get("phase") or config.get("method") or "trained"
+    return EncoderOption(CHECKPOINT, "checkpoint", f"checkpoint #{record.id}: {record.backbone}, {what}",
+                         checkpoint_id=record.id)
 
 
 def encoder_names() -> list[str]:

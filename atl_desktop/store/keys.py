@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 TRAIN_SETTING = "train_config"  # the project's TrainConfig fields, as JSON
 # A new project's fine-tunes take at least this many steps of 64 images, however few the labels
 # (20 labels made one step an epoch), with a one-cycle learning rate and flips and 90-degree
@@ -17,3 +19,22 @@ def init_training_defaults(project) -> None:
     """Give a new project NEW_PROJECT_TRAINING (projects made before keep epochs-only training)."""
     saved = dict(project.get_setting(TRAIN_SETTING, {}))
     project.set_setting(TRAIN_SETTING, {**NEW_PROJECT_TRAINING, **saved})
+
+
+# The encoder queries embed images with while the project has no checkpoint
+# (models.encoders.EncoderChoice as JSON; written by `atl encoder` and Model ▸ Choose encoder).
+ENCODER_SETTING = "encoder"
+CHECKPOINT = "checkpoint"  # the encoder name of a project checkpoint
+UNTRAINED = "untrained:"  # prefix of a backbone with a fixed random initialisation
+COLD_START_BACKBONE = "resnet18"  # what "untrained:" uses when no backbone is named
+
+
+def describe_encoder(saved: Mapping | None) -> str:
+    """An encoder setting in words, without importing torch (the window's project panel shows it)."""
+    name = (saved or {}).get("name") or UNTRAINED + COLD_START_BACKBONE
+    if name == CHECKPOINT:
+        checkpoint_id = saved.get("checkpoint_id")
+        return "the current checkpoint" if checkpoint_id is None else f"checkpoint {checkpoint_id}"
+    if name.startswith(UNTRAINED):
+        return f"an untrained {name[len(UNTRAINED):] or COLD_START_BACKBONE} (no weights)"
+    return f"{name} ({saved.get('weights') or 'random weights'})"

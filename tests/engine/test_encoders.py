@@ -43,3 +43,46 @@ def test_unknown_encoder_lists_the_choices():
 def test_choice_round_trips_through_json():
     choice = EncoderChoice("dinov2_vits14", "/models/dinov2")
     assert EncoderChoice.from_json(choice.to_json()) == choice
+
+
+def test_options_say_which_take_weights_and_what_file_a_foundation_model_expects():
+    from atl_desktop.models.encoders import OPTIONAL_WEIGHTS, REQUIRED_WEIGHTS, encoder_options
+
+    options = {o.name: o for o in encoder_options()}
+    assert next(iter(options)) == "untrained:resnet18"
+    assert options["untrained:resnet18"].weights == "none" and options["untrained:resnet18"].sized
+    assert options["resnet18"].weights == OPTIONAL_WEIGHTS and options["resnet18"].sized
+    assert "smallcnn" not in options  # no ImageNet weights exist for it
+    dino = options["dinov2_vits14"]
+    assert dino.weights == REQUIRED_WEIGHTS and not dino.sized
+    assert "model.safetensors" in dino.weights_hint and "DINOv2 ViT-S/14" in dino.description
+    assert {"dinov2_vitb14", "uni_vitl16", "phikon_vitb16"} <= set(options)
+    assert all(o.description and "\n" not in o.description for o in options.values())
+
+
+def test_checkpoints_are_options_named_by_id_and_phase():
+    from types import SimpleNamespace
+
+    from atl_desktop.models.encoders import encoder_options
+
+    ssl = SimpleNamespace(id=4, backbone="resnet18", config={"phase": "self-supervised", "method": "simclr"})
+    options = encoder_options([ssl])
+    option = options[1]  # after the untrained backbone, before the models that need a file
+    assert (option.name, option.checkpoint_id, option.weights) == ("checkpoint", 4, "none")
+    assert option.description == "checkpoint #4: resnet18, self-supervised"
+
+
+def test_set_encoder_job_saves_only_an_encoder_that_builds(tmp_path):
+    from atl_desktop.jobs import run_job
+    from atl_desktop.session import cold_start_encoder, set_encoder_job
+    from atl_desktop.store import Project
+
+    with Project.create(tmp_path / "p.atl") as project:
+        missing = EncoderChoice("dinov2_vits14", str(tmp_path / "nowhere"))
+        with pytest.raises(WeightsError, match="nowhere does not exist"):
+            run_job(set_encoder_job(project, missing), lambda p: None, lambda: False)
+        assert project.get_setting("encoder") is None
+        chosen = EncoderChoice("untrained:smallcnn", input_size=16)
+        assert run_job(set_encoder_job(project, chosen), lambda p: None, lambda: False) == chosen
+        assert cold_start_encoder(project) == chosen
+        assert chosen.describe() == "an untrained smallcnn (no weights)"
