@@ -207,7 +207,8 @@ def model_card(project: Project, record, spec, *, onnx_version: str = "", torch_
 
 def training_labels(project: Project) -> dict[str, Any]:
     """Current labels of the images training draws on (the pool of both domains; validation and
-    test images are left out), by class and by who gave them (the newest label event)."""
+    test images and held-out audit images are left out), by class and by who gave them (the newest
+    label event)."""
     names = {c.id: c.name for c in project.classes()}
     pool = set(project.image_ids(split="pool"))
     newest = {}
@@ -215,7 +216,7 @@ def training_labels(project: Project) -> dict[str, Any]:
         newest[event.image_id] = event
     by_class: Counter[str] = Counter()
     by_annotator: Counter[str] = Counter()
-    for image_id, class_id in project.current_labels().items():
+    for image_id, class_id in project.current_labels(for_training=True).items():
         if image_id not in pool or class_id not in names:
             continue
         by_class[names[class_id]] += 1
