@@ -1,0 +1,132 @@
+"""The audit sample in queries, training and the estimate, over a real (tiny) project."""
+
+import numpy as np
+import pytest
+
+from atl_desktop.data.datasets import project_dataset
+from atl_desktop.jobs import run_job
+from atl_desktop.rounds import discard_round, label_from_truth, training_labels
+from atl_desktop.session import (
+    AUDIT_REASON,
+    audit_job,
+    live_head,
+    live_suggestions,
+    query_job,
+    unlabelled_pool,
+)
+from atl_desktop.store import Project, ProjectError
+from atl_desktop.store.keys import AUDIT_SHARE_SETTING
+from tests.conftest import TESTDATA
+
+
+def _new_project(path):
+    import torch
+
+    from atl_desktop.data.importers import ImportOptions, import_source
+    from atl_desktop.models import build_model
+    from atl_desktop.models.checkpoints import save_checkpoint
+
+    p = Project.create(path)
+    run_job(import_source(p, TESTDATA / "pathmnist_270.npz",
+                          ImportOptions(domain="target", split="pool", labels="truth")))
+    torch.manual_seed(0)
+    save_checkpoint(p, build_model("smallcnn", len(p.class_names())), classes=p.class_names(), seed=0)
+    return p
+
+
+@pytest.fixture
+def project(tmp_path):
+    with _new_project(tmp_path / "p.atl") as p:
+        yield p
+
+
+def _audit_items(result):
+    return [it.image_id for it in result.items if it.reason == AUDIT_REASON]
+
+
+def test_one_in_ten_is_drawn_at_random_marked_and_shown_without_a_suggestion(project, tmp_path):
+    result = run_job(query_job(project, strategy="entropy", batch=20, seed=5))
+    audit = _audit_items(result)
+    assert len(result.items) == 20 and len(audit) == 2
+    assert all(not it.top for it in result.items if it.image_id in audit)  # no suggestion to lean on
+    assert project.audit_ids() == set(audit)
+    (rnd,) = project.rounds()
+    assert rnd.params["audit"] == {"images": audit, "share": 0.1, "seed": 5}
+    assert {r.round_id for r in project.audit_images()} == {rnd.id}
+    assert not set(audit) & set(rnd.params["shown"])
+    # the same seed draws the same audit images; another seed other ones
+    with _new_project(tmp_path / "same.atl") as same:
+        assert _audit_items(run_job(query_job(same, strategy="entropy", batch=20, seed=5))) == audit
+    with _new_project(tmp_path / "other.atl") as other:
+        assert _audit_items(run_job(query_job(other, strategy="entropy", batch=20, seed=6))) != audit
+
+
+def test_the_share_adds_up_over_small_batches_and_discarded_audits_come_back(project):
+    drawn = []
+    for seed in range(4):  # 5 images a round: the 10th and the 20th image are audit images
+        result = run_job(query_job(project, strategy="random", batch=5, seed=seed))
+        drawn.append(_audit_items(result))
+        discard_round(project)
+    assert [len(d) for d in drawn] == [0, 1, 0, 1]
+    assert drawn[3] == drawn[1]  # still unlabelled: offered again before any new draw
+    project.set_setting(AUDIT_SHARE_SETTING, 0.0)
+    assert _audit_items(run_job(query_job(project, strategy="random", batch=20))) == []
+    discard_round(project)
+    project.set_setting(AUDIT_SHARE_SETTING, 2)
+    with pytest.raises(ProjectError, match="between 0 and 1"):
+        run_job(query_job(project, strategy="random", batch=20))
+
+
+def test_audit_labels_train_nothing_until_released(project):
+    result = run_job(query_job(project, strategy="random", batch=20, seed=1))
+    audit = _audit_items(result)
+    label_from_truth(project, result.round_id)
+    unlabelled, labels = unlabelled_pool(project)
+    assert not set(audit) & set(unlabelled.tolist()) and not set(audit) & set(labels)
+    train, _ = training_labels(project, result.round_id)
+    assert len(train) == 18 and not set(audit) & set(train)
+    dataset = project_dataset(project, for_training=True)
+    assert len(dataset) == 18 and not set(audit) & set(dataset.image_ids)
+    assert len(project_dataset(project)) == 20  # every label, for views and exports
+    project.release_audit()
+    assert set(audit) <= set(training_labels(project, result.round_id)[0])
+
+
+def test_the_live_head_learns_without_audit_labels_and_suggests_nothing_for_them(project):
+    result = run_job(query_job(project, strategy="random", batch=20, seed=2, head="logreg"))
+    audit = _audit_items(result)
+    label_from_truth(project, result.round_id)
+    live = live_head(project, result.round_id)
+    assert len(live.labels) == 18 and not set(audit) & set(live.labels)
+    pool = project.image_ids()
+    suggested = live_suggestions(live, pool)
+    assert suggested and not set(audit) & set(suggested)
+
+
+def test_audit_estimate_compares_the_model_with_the_audit_labels(project):
+    with pytest.raises(ProjectError, match="no labelled audit images yet"):
+        run_job(audit_job(project))
+    for seed in range(3):
+        result = run_job(query_job(project, strategy="random", batch=20, seed=seed))
+        label_from_truth(project, result.round_id)
+        discard_round(project)
+    audit = sorted(project.audit_ids())
+    assert len(audit) == 6
+    estimate = run_job(audit_job(project, head="model")).estimate
+    truth = project.truth()
+    position = project.class_index()
+    assert estimate.n == 6
+    assert sum(c.count for c in estimate.per_class) == 6
+    assert [c.count for c in estimate.per_class] == list(
+        np.bincount([position[truth[i]] for i in audit], minlength=len(position)))
+    # an independent computation: the checkpoint's cached probabilities on the audit images
+    from atl_desktop.active.scoring import ScoringConfig
+    from atl_desktop.session import score_job
+
+    table = run_job(score_job(project, config=ScoringConfig())).target
+    preds = np.asarray(table.probs[table.rows(audit)]).argmax(1)
+    right = int(sum(preds[k] == position[truth[i]] for k, i in enumerate(audit)))
+    assert estimate.accuracy.estimate == pytest.approx(right / 6)
+    project.release_audit()
+    with pytest.raises(ProjectError, match="no labelled audit images yet"):
+        run_job(audit_job(project))
