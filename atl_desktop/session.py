@@ -322,7 +322,7 @@ def audit_share(project: Project) -> float:
     share = float(project.get_setting(AUDIT_SHARE_SETTING, DEFAULT_AUDIT_SHARE))
     if not 0.0 <= share <= 1.0:
         raise ProjectError(f"The audit share must be between 0 and 1, not {share}; "
-                           f"set it with `atl audit {project.path.name} --share 0.1`.")
+                           f"set it with `atl audit set {project.path.name} --share 0.1`.")
     return share
 
 
@@ -389,17 +389,18 @@ def audit_job(project: Project, *, model: ModelChoice | None = None, scoring: Sc
     scored = yield from score_job(project, model=model or ModelChoice(), config=scoring or ScoringConfig())
     if head == "auto":
         head = "model" if trained_head(project, scored.checkpoint_id) else "logreg"
-    probs = current_model_probs(project, scored.target, ids, head)
+    probs = current_model_probs(scored.target, ids, head, training_positions(project), len(project.class_names()))
     yield Progress(1, 1, "audit estimate")
     return AuditResult(audit_estimate(labels, probs.argmax(axis=1), project.class_names()),
                        scored.checkpoint_id, head)
 
 
-def current_model_probs(project: Project, table: ScoreTable, image_ids: np.ndarray, head: str) -> np.ndarray:
+def current_model_probs(table: ScoreTable, image_ids: np.ndarray, head: str, train: Mapping[int, int],
+                        n_classes: int) -> np.ndarray:
     """Probabilities (N, C) of `image_ids` (target pool images) from the model's own head
-    ("model", the cached scores) or from `head` fitted on the training labels' cached
-    embeddings (what the query view suggests)."""
-    n_classes = len(project.class_names())
+    ("model", the cached scores) or from `head` fitted on the cached embeddings of `train`
+    (image id -> class position: the labels a model may learn from), as the query view
+    suggests. Numpy and files only: any thread may call it."""
     if head == "model":
         probs = np.asarray(table.probs[table.rows(image_ids)])
         if probs.shape[1] != n_classes:
@@ -407,14 +408,60 @@ def current_model_probs(project: Project, table: ScoreTable, image_ids: np.ndarr
                                "train again after changing classes.")
         return probs
     in_table = set(table.image_ids.tolist())
-    train = {i: c for i, c in training_positions(project).items() if i in in_table}
-    if not train:
+    train_ids = np.asarray(sorted(i for i in train if i in in_table), dtype=np.int64)
+    if not len(train_ids):
         raise ProjectError("The model has learnt from no label yet: label some of the images a query "
                            "chose (not only audit images), then ask again.")
-    train_ids = np.asarray(sorted(train), dtype=np.int64)
     y = np.asarray([train[i] for i in train_ids], dtype=np.int64)
     probs = head_probs(head, np.asarray(table.features), table.rows(train_ids), y, n_classes)
     return probs[table.rows(image_ids)]
+
+
+@dataclass(frozen=True)
+class AuditInputs:
+    """What `cached_audit` needs, read from the project on its own thread (the window's)."""
+
+    cache: str  # the score cache of the current model
+    head: str
+    pool_ids: np.ndarray  # every real target pool image, ascending
+    ids: np.ndarray  # labelled held-out audit images
+    labels: np.ndarray  # their class positions
+    train: dict[int, int]  # the labels a model may learn from, as class positions
+    classes: tuple[str, ...]
+
+
+def audit_inputs(project: Project) -> AuditInputs | None:
+    """The current model's score cache and the audit labels (None when none is labelled): the
+    checkpoint's own scores when its head was trained on these classes, else the newest
+    round's embeddings with the head it used. A ProjectError when nothing is scored yet."""
+    ids, labels = audit_labels(project)
+    if not len(ids):
+        return None
+    latest = project.latest_checkpoint()
+    if latest is not None and trained_head(project, latest.id):
+        key, head = latest.sha256, "model"
+    else:
+        newest = next((r for r in reversed(project.rounds()) if r.params.get("embeddings")), None)
+        if newest is None:
+            raise ProjectError("The pool has not been scored by the current model yet: "
+                               f"`atl audit show {project.path.name}` scores it.")
+        key, head = newest.params["embeddings"], newest.params.get("head", "logreg")
+    pool = np.asarray(sorted(project.image_ids(domain="target", split="pool", synthetic=False)), dtype=np.int64)
+    return AuditInputs(str(scores_dir(project.data_dir, key, ScoringConfig())), head, pool, ids, labels,
+                       training_positions(project), tuple(project.class_names()))
+
+
+def cached_audit(inputs: AuditInputs) -> AuditEstimate:
+    """The audit estimate from the cached scores alone (numpy and files: any thread)."""
+    from atl_desktop.active.scoring import MissingScores, load_scores
+
+    try:
+        table = load_scores(inputs.cache, inputs.pool_ids)
+    except (MissingScores, OSError):
+        raise ProjectError("The current model has not scored every audit image yet: the next query, "
+                           "or `atl audit show`, scores them.") from None
+    probs = current_model_probs(table, inputs.ids, inputs.head, inputs.train, len(inputs.classes))
+    return audit_estimate(inputs.labels, probs.argmax(axis=1), inputs.classes)
 
 
 def stop_decision(project: Project, stabilised: bool, estimate: AuditEstimate | None) -> StopDecision:

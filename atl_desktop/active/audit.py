@@ -11,7 +11,9 @@ model's predictions, estimate how often the model is right on the images it has 
 - balanced accuracy, the mean of the per-class recalls over the K classes that have audit
   labels, with an adjusted Wald interval for a mean of independent proportions in the
   manner of Agresti & Caffo (2000): one success and one failure are added to each class,
-  r̃_k = (x_k + 1) / (n_k + 2), and the interval is mean(r̃) ± z·sqrt(Σ r̃_k(1-r̃_k)/(n_k + 2)) / K.
+  r̃_k = (x_k + 1) / (n_k + 2), and the interval is mean(r̃) ± z·sqrt(Σ r̃_k(1-r̃_k)/(n_k + 2)) / K,
+  widened where needed to hold the estimate itself (with one or two labels a class the
+  adjusted centre can lie far from the raw mean).
   (The plain Wald variance Σ r_k(1-r_k)/n_k / K² is zero for a class whose few audit images
   are all right, which makes intervals far too narrow at the sizes an audit has.) A class
   with no audit label yet is left out and named, so the estimate covers only the classes seen.
@@ -72,7 +74,8 @@ def balanced_interval(correct: Sequence[int], counts: Sequence[int], z: float = 
     adjusted = (x + 1) / (n + 2)
     half = z * math.sqrt(float(np.sum(adjusted * (1 - adjusted) / (n + 2)))) / k
     centre = float(adjusted.mean())
-    return Interval(float(np.mean(x / n)), max(0.0, centre - half), min(1.0, centre + half))
+    estimate = float(np.mean(x / n))
+    return Interval(estimate, max(0.0, min(centre - half, estimate)), min(1.0, max(centre + half, estimate)))
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,16 @@ def stop_rule(stabilised: bool, estimate: AuditEstimate | None, *, width: float 
     stop = stabilised and audit_ok
     verdict = "Stop labelling" if stop else "Keep labelling"
     return StopDecision(stop, stabilised, audit_ok, f"{verdict}: {stable_words}; {audit_words}.")
+
+
+def recorded_audit(project) -> dict | None:
+    """The newest round's recorded audit estimate (or None) and stopping rule:
+    {"round", "estimate", "rule"}; None before any round recorded the rule."""
+    for record in reversed(project.rounds()):
+        rule = (record.metrics.get("stop") or {}).get("rule")
+        if rule is not None:
+            return {"round": record.id, "estimate": record.metrics.get("audit"), "rule": rule}
+    return None
 
 
 RULE_TEXT = ("Stop when the model's predictions have stabilised between rounds (Cohen's κ on a fixed "

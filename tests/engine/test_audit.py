@@ -46,6 +46,14 @@ def test_balanced_interval_worked_by_hand():
     assert interval.upper == pytest.approx(0.892513, abs=2e-6)
 
 
+def test_balanced_interval_always_holds_its_estimate():
+    # one wrong label in each of three classes: estimate 0, adjusted 1/3 each,
+    # half 1.96 * sqrt(3 * (1/3 * 2/3 / 3)) / 3 = 0.307978 around 1/3: [0.0254, 0.6413] -> from 0
+    interval = balanced_interval([0, 0, 0], [1, 1, 1])
+    assert interval.estimate == 0.0 and interval.lower == 0.0
+    assert interval.upper == pytest.approx(1 / 3 + 0.307978, abs=2e-6)
+
+
 def test_all_right_in_a_class_still_leaves_doubt():
     # the plain Wald variance would be 0 here: 5 of 5 and 5 of 5
     interval = balanced_interval([5, 5], [5, 5])

@@ -130,3 +130,21 @@ def test_audit_estimate_compares_the_model_with_the_audit_labels(project):
     project.release_audit()
     with pytest.raises(ProjectError, match="no labelled audit images yet"):
         run_job(audit_job(project))
+
+
+def test_the_window_s_estimate_from_cached_scores_matches_the_job(project):
+    from atl_desktop.session import audit_inputs, cached_audit
+
+    assert audit_inputs(project) is None  # nothing labelled yet
+    for seed in range(2):
+        result = run_job(query_job(project, strategy="random", batch=20, seed=seed, head="logreg"))
+        label_from_truth(project, result.round_id)
+        discard_round(project)
+    project.release_audit([min(project.audit_ids())])  # released: no longer in the estimate
+    inputs = audit_inputs(project)
+    # the checkpoint's head predicts the project's classes: its own scores, as audit_job's "auto"
+    assert len(inputs.ids) == 3 and inputs.head == "model" and not set(inputs.ids.tolist()) & set(inputs.train)
+    cached = cached_audit(inputs)
+    measured = run_job(audit_job(project)).estimate
+    assert cached.n == measured.n == 3
+    assert cached.accuracy == measured.accuracy and cached.per_class == measured.per_class
