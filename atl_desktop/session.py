@@ -395,6 +395,28 @@ def audit_job(project: Project, *, model: ModelChoice | None = None, scoring: Sc
                        scored.checkpoint_id, head)
 
 
+def round_audit_job(project: Project, checkpoint_id: int, *,
+                    device: str | None = None) -> Generator[Progress, None, AuditResult]:
+    """`audit_job` for a round's new checkpoint. A checkpoint whose head predicts these classes
+    (a fine-tune's) predicts the audit images alone, as `rounds.assess_job` does the test split,
+    not the whole pool; otherwise its embeddings of the pool are scored and a head fitted."""
+    if not trained_head(project, checkpoint_id):
+        return (yield from audit_job(project, model=ModelChoice(checkpoint_id=checkpoint_id),
+                                     scoring=ScoringConfig(device=device)))
+    from atl_desktop.data.datasets import ImageDataset
+    from atl_desktop.models.checkpoints import load_checkpoint
+    from atl_desktop.models.transforms import input_transform
+    from atl_desktop.rounds import predict_probs
+
+    ids, labels = audit_labels(project)
+    classes = project.class_names()
+    model, _ = load_checkpoint(project, checkpoint_id, classes=classes)
+    dataset = ImageDataset([project.image_path(project.image(int(i))) for i in ids], None,
+                           input_transform(model.spec))
+    probs = yield from predict_probs(model, dataset, device=device or "auto", message="predicting the audit images")
+    return AuditResult(audit_estimate(labels, probs.argmax(axis=1), classes), checkpoint_id, "model")
+
+
 def current_model_probs(table: ScoreTable, image_ids: np.ndarray, head: str, train: Mapping[int, int],
                         n_classes: int) -> np.ndarray:
     """Probabilities (N, C) of `image_ids` (target pool images) from the model's own head
@@ -816,10 +838,13 @@ def finish_round_job(
     checkpoint_id = int(state.data["checkpoint"])
     assessed = yield from assess_job(project, checkpoint_id, _previous_model(project, round_id, checkpoint_id),
                                      device=config.device)
-    assessed = yield from _with_audit(project, assessed, device)
+    assessed = yield from _with_audit(project, assessed, checkpoint_id, config.device)
     labels, _ = training_labels(project, round_id)
     metrics = {
-        **assessed, "train": state.data.get("train", {}), "labels": len(labels),
+        # "labels": every target pool label given, audit ones included (the labelling spent);
+        # "training_labels": those the model may learn from.
+        **assessed, "train": state.data.get("train", {}),
+        "labels": len(project.current_labels(domain="target", split="pool")), "training_labels": len(labels),
         "pseudo_used": state.data.get("train", {}).get("n_pseudo", 0),
         "pseudo_proposed": state.data.get("pseudo"), "pseudo_config": state.data.get("pseudo_config"),
         "oracle": bool(state.data.get("oracle", False)), "train_config": config.to_dict(),
@@ -832,13 +857,14 @@ def finish_round_job(
     return RoundSummary(round_id, checkpoint_id, metrics)
 
 
-def _with_audit(project: Project, assessed: dict, device: str | None) -> Generator[Progress, None, dict]:
+def _with_audit(project: Project, assessed: dict, checkpoint_id: int,
+                device: str | None) -> Generator[Progress, None, dict]:
     """A round's assessment with the new model's audit estimate (when audit images are labelled)
     and the stopping rule, which combines it with the stop set's agreement."""
     out = dict(assessed)
     estimate = None
     if len(audit_labels(project)[0]):
-        result = yield from relabel(audit_job(project, scoring=ScoringConfig(device=device)), "audit")
+        result = yield from relabel(round_audit_job(project, checkpoint_id, device=device), "audit")
         out["audit"] = result.to_json()
         estimate = result.estimate
     stop = dict(out.get("stop") or {})

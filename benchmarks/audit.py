@@ -50,7 +50,6 @@ def embed(x: np.ndarray) -> np.ndarray:
     from atl_desktop.models.encoders import EncoderChoice, build_encoder
     from atl_desktop.simulate import SimulationConfig, _embed
 
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     model = build_encoder(EncoderChoice("untrained:resnet18", input_size=SIZE), 8)
     return run_job(_embed(model, x, SimulationConfig(device="cpu"), "embedding"))
@@ -59,6 +58,11 @@ def embed(x: np.ndarray) -> np.ndarray:
 def accuracy_and_balanced(y: np.ndarray, pred: np.ndarray, n_classes: int) -> tuple[float, float]:
     recalls = [float(np.mean(pred[y == k] == k)) for k in range(n_classes)]
     return float(np.mean(pred == y)), float(np.mean(recalls))
+
+
+def rounded(values: dict[str, float]) -> dict[str, float]:
+    """4 decimals: what the README quotes (coverage needs no rounding: a count over REPEATS)."""
+    return {key: round(value, 4) for key, value in values.items()}
 
 
 def wald_balanced(y: np.ndarray, pred: np.ndarray, n_classes: int) -> tuple[float, float]:
@@ -91,7 +95,7 @@ def simulate_audits(y: np.ndarray, pred: np.ndarray, classes: tuple[str, ...], n
     return {
         "audit_labels": n,
         "coverage": {key: count / repeats for key, count in hits.items()},
-        "mean_width": {metric: float(np.mean(w)) for metric, w in widths.items()},
+        "mean_width": {metric: round(float(np.mean(w)), 4) for metric, w in widths.items()},
         "share_with_a_class_missing": missing / repeats,
     }
 
@@ -100,6 +104,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=REPEATS)
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)  # before machine(), which records the thread count
     started = time.perf_counter()
     info = machine()
     x, y, classes = load_pbc(SIZE)
@@ -131,15 +138,15 @@ def main() -> None:
                   "split_seed": SPLIT_SEED},
         "model": {"encoder": "untrained:resnet18", "head": "logreg (active.heads, default L2)",
                   "train_labels": TRAIN_LABELS, "seed": MODEL_SEED},
-        "truth": truth,
+        "truth": {where: rounded(values) for where, values in truth.items()},
         "audits": audits, "repeats": args.repeats, "audit_seed": AUDIT_SEED,
         "intervals": {"accuracy": "Wilson score, 95 %",
                       "balanced_accuracy": "mean of per-class recalls over the classes seen; adjusted Wald "
                                            "(one success and one failure added per class), 95 %",
                       "balanced_wald": "plain Wald, sum p(1-p)/n / K^2, for comparison"},
         "goal": "coverage 0.93-0.97 against the true test value",
-        "embed_seconds": embed_seconds,
-        "seconds": time.perf_counter() - started,
+        "embed_seconds": round(embed_seconds, 1),
+        "seconds": round(time.perf_counter() - started, 1),
     }
     print(write_json("audit.json", result))
 

@@ -58,7 +58,9 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> Interval:
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half))
+    # The bounds are exactly 0 and 1 at the ends; the formula misses them by a rounding error.
+    return Interval(p, 0.0 if correct == 0 else max(0.0, centre - half),
+                    1.0 if correct == n else min(1.0, centre + half))
 
 
 def balanced_interval(correct: Sequence[int], counts: Sequence[int], z: float = Z95) -> Interval:
@@ -109,6 +111,14 @@ class AuditEstimate:
                 "balanced_accuracy": interval(self.balanced_accuracy),
                 "per_class": [{**asdict(c), "recall": c.recall} for c in self.per_class],
                 "missing_classes": self.missing_classes}
+
+    @classmethod
+    def from_json(cls, data: dict) -> AuditEstimate:
+        def interval(d: dict) -> Interval:
+            return Interval(d["estimate"], d["lower"], d["upper"])
+
+        return cls(int(data["n"]), interval(data["accuracy"]), interval(data["balanced_accuracy"]),
+                   tuple(ClassRecall(c["name"], int(c["correct"]), int(c["count"])) for c in data["per_class"]))
 
     def summary(self) -> str:
         """One line: both estimates with their 95 % intervals."""
@@ -178,11 +188,11 @@ def stop_rule(stabilised: bool, estimate: AuditEstimate | None, *, width: float 
 
 
 def recorded_audit(project) -> dict | None:
-    """The newest round's recorded audit estimate (or None) and stopping rule:
-    {"round", "estimate", "rule"}; None before any round recorded the rule."""
+    """The newest round's recorded audit estimate and stopping rule (either may be None):
+    {"round", "estimate", "rule"}; None before any round recorded either."""
     for record in reversed(project.rounds()):
         rule = (record.metrics.get("stop") or {}).get("rule")
-        if rule is not None:
+        if rule is not None or record.metrics.get("audit"):
             return {"round": record.id, "estimate": record.metrics.get("audit"), "rule": rule}
     return None
 

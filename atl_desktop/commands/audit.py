@@ -12,7 +12,7 @@ from atl_desktop.store import Project, ProjectError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "audit", help="the audit sample: accuracy with 95 % intervals, release, settings",
+        "audit", help="the audit sample: accuracy with 95 %% intervals, release, settings",
         description="A share of every queried batch (default 1 in 10) is drawn at random from the unlabelled "
                     "pool and kept out of training: its labels estimate the model's accuracy with 95 % "
                     "intervals. `show` prints the estimate, `release` lets the audit images train the model, "

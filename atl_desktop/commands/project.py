@@ -122,7 +122,8 @@ def format_audit(counts: dict, recorded: dict | None) -> list[str]:
         lines.append(f"    round {recorded['round']}'s model on {estimate['n']} audit labels: accuracy "
                      f"{a['estimate']:.1%} (95 % CI {a['lower']:.1%}–{a['upper']:.1%}), balanced accuracy "
                      f"{b['estimate']:.1%} ({b['lower']:.1%}–{b['upper']:.1%})")
-    lines.append(f"    {recorded['rule']['reason']}")
+    if recorded["rule"]:
+        lines.append(f"    {recorded['rule']['reason']}")
     return lines
 
 

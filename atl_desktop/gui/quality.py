@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from atl_desktop.active.audit import RULE_TEXT, WHY_AUDIT, stop_rule
+from atl_desktop.active.audit import RULE_TEXT, WHY_AUDIT, AuditEstimate, recorded_audit, stop_rule
 from atl_desktop.gui.background import Background
 from atl_desktop.gui.jobrunner import JobRunner
 from atl_desktop.gui.workspace import RefreshWhenShown, Workspace
@@ -225,16 +225,26 @@ class QualityView(QWidget):
         self._audit_calls.call(lambda: cached_audit(inputs), self._show_audit)
 
     def _show_audit(self, result) -> None:
-        """`result`: an AuditEstimate, or the exception that says why there is none."""
+        """`result`: an AuditEstimate, or the exception that says why there is none (then the
+        newest round's recorded estimate, if any, is shown and said to be so)."""
         self.audit = None if isinstance(result, BaseException) else result
+        note = "" if self.audit is None else self.audit.summary() + "."
         if self.audit is None:
-            self.audit_note.setText(str(result) if isinstance(result, ProjectError) else
-                                    f"The audit estimate failed: {result}")
-            self.audit_table.setRowCount(0)
-        else:
-            self.audit_note.setText(self.audit.summary() + ".")
-            self._show_audit_recall(self.audit.per_class)
+            note = str(result) if isinstance(result, ProjectError) else f"The audit estimate failed: {result}"
+            recorded = self._recorded_audit() if "not scored" in note else None
+            if recorded is not None:
+                self.audit = AuditEstimate.from_json(recorded["estimate"])
+                note = f"{self.audit.summary()} (as recorded at the end of round {recorded['round']})."
+        self.audit_note.setText(note)
+        self._show_audit_recall(self.audit.per_class if self.audit is not None else ())
         self._show_rule()
+
+    def _recorded_audit(self) -> dict | None:
+        try:
+            recorded = recorded_audit(self.ws.project)
+        except ProjectError:
+            return None
+        return recorded if recorded and recorded.get("estimate") else None
 
     def _show_audit_recall(self, per_class) -> None:
         table = self.audit_table

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import time
 import warnings
@@ -66,15 +65,14 @@ def card_paths(out: Path) -> tuple[Path, Path]:
     return out.with_name(f"{out.stem}.card.json"), out.with_name(f"{out.stem}.card.md")
 
 
-def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """The Wilson score interval for a proportion correct/n (95 % by default); (0, 1) for n = 0."""
+def wilson_interval(correct: int, n: int) -> tuple[float, float]:
+    """The Wilson score 95 % interval for correct/n (active.audit's); (0, 1) for n = 0."""
+    from atl_desktop.active.audit import wilson_interval as wilson
+
     if n <= 0:
         return 0.0, 1.0
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    # The bounds are exactly 0 and 1 at the ends; the formula misses them by a rounding error.
-    return (0.0 if correct == 0 else max(0.0, centre - half)), (1.0 if correct == n else min(1.0, centre + half))
+    interval = wilson(correct, n)
+    return interval.lower, interval.upper
 
 
 def export_onnx(project: Project, out: str | os.PathLike, *, checkpoint_id: int | None = None,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from atl_desktop.active.audit import (
+    AuditEstimate,
     audit_estimate,
     balanced_interval,
     stop_rule,
@@ -117,3 +118,8 @@ def test_stop_rule_waits_for_every_class():
     est = audit_estimate(labels, labels, ["a", "b"])
     decision = stop_rule(True, est)
     assert not decision.stop and "no audit label yet for b" in decision.reason
+
+
+def test_estimate_survives_json_as_a_round_records_it():
+    est = audit_estimate([0, 0, 1, 2], [0, 1, 1, 2], ["a", "b", "c"])
+    assert AuditEstimate.from_json(est.to_json()) == est

@@ -148,3 +148,51 @@ def test_the_window_s_estimate_from_cached_scores_matches_the_job(project):
     measured = run_job(audit_job(project)).estimate
     assert cached.n == measured.n == 3
     assert cached.accuracy == measured.accuracy and cached.per_class == measured.per_class
+
+
+def test_audit_commands_show_release_and_set(project, capsys):
+    import json
+
+    from atl_desktop.cli import main
+
+    path = str(project.path)
+    project.close()
+    assert main(["audit", "show", path, "--quiet"]) == 1
+    assert "no labelled audit images yet" in capsys.readouterr().err
+    with Project.open(path) as p:
+        result = run_job(query_job(p, strategy="random", batch=20, seed=3))
+        label_from_truth(p, result.round_id)
+        audit = sorted(p.audit_ids())
+    assert main(["audit", "show", path, "--json", "--quiet"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["n"] == 2 and shown["head"] == "model" and len(shown["per_class"]) == 9
+    assert main(["audit", "show", path, "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith("2 audit labels: accuracy")
+    assert main(["info", path, "--no-check"]) == 0
+    assert "audit images: 2 held out of training (2 labelled), 0 released" in capsys.readouterr().out
+    assert main(["audit", "set", path, "--share", "0.2", "--width", "0.05", "--target", "0.9"]) == 0
+    assert "Audit share 20%" in capsys.readouterr().out
+    assert main(["audit", "set", path, "--share", "1.5"]) == 1
+    assert "between 0 and 1" in capsys.readouterr().err
+    assert main(["audit", "release", path]) == 0
+    assert "Released 2 audit images" in capsys.readouterr().out
+    with Project.open(path) as p:
+        assert p.audit_ids(held_out=False) == set(audit)
+        assert p.get_setting("audit_share") == 0.2 and p.get_setting("stop_rule") == {"width": 0.05, "target": 0.9}
+
+
+def test_info_shows_the_recorded_estimate_and_rule():
+    from atl_desktop.commands.project import format_audit
+
+    estimate = {
+        "n": 10, "accuracy": {"estimate": 0.8, "lower": 0.4902, "upper": 0.9433},
+        "balanced_accuracy": {"estimate": 0.75, "lower": 0.5, "upper": 0.9}}
+    lines = format_audit({"drawn": 12, "held_out": 10, "labelled": 10},
+                         {"round": 3, "estimate": estimate,
+                          "rule": {"reason": "Keep labelling: predictions still change between rounds; x."}})
+    assert lines[0] == "  audit images: 10 held out of training (10 labelled), 2 released"
+    assert lines[1] == ("    round 3's model on 10 audit labels: accuracy 80.0% (95 % CI 49.0%–94.3%), "
+                        "balanced accuracy 75.0% (50.0%–90.0%)")
+    assert lines[2].strip().startswith("Keep labelling")
+    assert format_audit({"drawn": 0, "held_out": 0, "labelled": 0}, None) == [
+        "  audit images: 0 held out of training (0 labelled), 0 released"]

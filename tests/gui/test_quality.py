@@ -153,3 +153,25 @@ def test_releasing_the_audit_images_is_asked_and_undoable(open_window, project_p
     assert project.audit_ids(held_out=True) == set(ids[:2])
     window.ws.stack.redo()
     assert project.audit_ids(held_out=False) == set(ids[:2])
+
+
+def test_the_recorded_audit_is_shown_until_the_new_model_has_scored_the_audit_images(
+        qtbot, open_window, project_path):
+    from atl_desktop.active.audit import audit_estimate
+    from atl_desktop.models import build_model
+    from atl_desktop.models.checkpoints import save_checkpoint
+
+    with Project.open(project_path) as project:
+        checkpoint = save_checkpoint(project, build_model("smallcnn", 3, seed=0), classes=project.class_names())
+        ids = project.image_ids()
+        project.mark_audit(ids[:1])
+        project.set_label(ids[0], project.classes()[0].id)
+        recorded = audit_estimate([0, 0, 1], [0, 1, 1], project.class_names())
+        round_id = project.start_round("entropy")
+        project.finish_round(round_id, {"audit": recorded.to_json(), "stop": {"stop": True}},
+                             checkpoint_id=checkpoint)
+    window = open_window(project_path)
+    view = window.quality
+    window.tabs.setCurrentWidget(view)
+    qtbot.waitUntil(lambda: "as recorded at the end of round 1" in view.audit_note.text(), timeout=20000)
+    assert view.audit == recorded and view.audit_table.item(0, 2).text() == "2"
