@@ -1157,11 +1157,14 @@ class Project(SlideStore):
         }
 
     def _audit_counts(self) -> dict[str, int]:
-        """Audit images drawn, held out, and those held out that carry a label."""
-        labelled = self.current_labels()
-        held = self.audit_ids(held_out=True)
-        return {"drawn": len(self.audit_ids()), "held_out": len(held),
-                "labelled": sum(i in labelled for i in held)}
+        """Audit images drawn, held out, and those held out that carry a label (one indexed
+        look-up per audit image, not a scan of every label: counts() serves `atl info`)."""
+        drawn, held = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(released IS NULL), 0) FROM audit_images").fetchone()
+        labelled = self.db.execute(
+            "SELECT COUNT(*) FROM audit_images a WHERE a.released IS NULL AND (SELECT class_id FROM"
+            " label_events WHERE image_id = a.image_id ORDER BY id DESC LIMIT 1) IS NOT NULL").fetchone()[0]
+        return {"drawn": drawn, "held_out": held, "labelled": labelled}
 
     def integrity_ok(self) -> bool:
         return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
