@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "atl_desktop.commands.slides",
     "atl_desktop.commands.scale",
     "atl_desktop.commands.report",
+    "atl_desktop.commands.audit",
 )
 
 

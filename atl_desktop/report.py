@@ -26,8 +26,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from atl_desktop.active.audit import RULE_TEXT, WHY_AUDIT, recorded_audit
 from atl_desktop.jobs import Progress
 from atl_desktop.store import Project, ProjectError
+from atl_desktop.store.keys import DEFAULT_STOP_WIDTH, STOP_RULE_SETTING
 
 BASELINE_SETTING = "random_baseline"  # {"strategy": "random", "labels": [...], "accuracy": [...], "how": ...}
 SOURCE_SETTING = "source_model"  # {"accuracy": test accuracy of the source-trained model, "labels": 0}
@@ -133,6 +135,9 @@ def gather(project: Project) -> dict[str, Any]:
                          "sha256": c.sha256, "file": c.file,
                          "created": _when(c.created)} for c in checkpoints],
         "current_checkpoint": None if project.latest_checkpoint() is None else project.latest_checkpoint().id,
+        "audit": {"counts": project.counts()["audit"], "recorded": recorded_audit(project), "now": None,
+                  "note": None, "width": (project.get_setting(STOP_RULE_SETTING) or {}).get("width",
+                                                                                         DEFAULT_STOP_WIDTH)},
     }
 
 
@@ -285,6 +290,27 @@ def current_assessment_job(project: Project, facts: Mapping[str, Any], *,
     return {"checkpoint": current, "round": None, "test": evaluation_metrics(probs, dataset.labels, classes)}
 
 
+def current_audit_job(project: Project, audit: Mapping[str, Any], *,
+                      device: str = "auto") -> Generator[Progress, None, dict[str, Any]]:
+    """The audit facts with the current model measured on the audit images now (when any is
+    labelled), or a note saying why not."""
+    from atl_desktop.active.scoring import ScoringConfig
+    from atl_desktop.jobs import relabel
+    from atl_desktop.session import audit_job, audit_labels
+
+    out = dict(audit)
+    if not len(audit_labels(project)[0]):
+        return out
+    try:
+        result = yield from relabel(audit_job(project, scoring=ScoringConfig(device=None if device == "auto"
+                                                                             else device)), "audit")
+    except ProjectError as error:
+        out["note"] = str(error)
+        return out
+    out["now"] = result.to_json()
+    return out
+
+
 def report_job(project: Project, out: str | Path, *, evaluate: bool = True,
                device: str = "auto") -> Generator[Progress, None, Path]:
     """Write the report to `out` (atomically); returns its path."""
@@ -297,6 +323,7 @@ def report_job(project: Project, out: str | Path, *, evaluate: bool = True,
     facts = gather(project)
     if evaluate:
         facts["assessed"] = yield from current_assessment_job(project, facts, device=device)
+        facts["audit"] = yield from current_audit_job(project, facts["audit"], device=device)
     yield Progress(1, 3, "drawing the figures")
     figures = draw_figures(facts)
     yield Progress(2, 3, "writing the report")
@@ -426,6 +453,7 @@ def render_html(facts: Mapping[str, Any], figures: Mapping[str, str]) -> str:
     parts += _data_section(facts)
     parts += _curve_section(facts, figures)
     parts += _model_section(facts, figures)
+    parts += _audit_section(facts)
     parts += _methods_section(facts)
     parts += _reproduce_section(facts)
     parts.append("</body></html>")
@@ -501,6 +529,36 @@ def _model_section(facts: Mapping[str, Any], figures: Mapping[str, str]) -> list
         out.append(_table(("class", "recall", "test images"),
                           [(c, _num(r), sum(row)) for c, r, row in zip(classes, recalls, test["confusion"],
                                                                        strict=False)], numeric=(1, 2)))
+    return out
+
+
+def _audit_section(facts: Mapping[str, Any]) -> list[str]:
+    audit = facts["audit"]
+    counts = audit["counts"]
+    out = ["<h2>The audit sample: accuracy without a test set</h2>",
+           f"<p>{_e(WHY_AUDIT)} {counts['drawn']} audit images were drawn at random from the unlabelled "
+           f"pool; {counts['held_out']} are held out of training ({counts['labelled']} of them labelled), "
+           f"{counts['drawn'] - counts['held_out']} were released to train the model.</p>"]
+    if audit.get("note"):
+        out.append(f"<p class=note>{_e(audit['note'])}</p>")
+    recorded = audit.get("recorded") or {}
+    estimate = audit.get("now") or recorded.get("estimate")
+    if estimate:
+        when = "the current model, measured for this report" if audit.get("now") else \
+            f"round {recorded['round']}'s model, as recorded"
+        a, b = estimate["accuracy"], estimate["balanced_accuracy"]
+        out.append(f"<p>{_e(when)}: {estimate['n']} audit labels; accuracy {_num(a['estimate'])} "
+                   f"(95 % interval {_num(a['lower'])}–{_num(a['upper'])}, Wilson); balanced accuracy "
+                   f"{_num(b['estimate'])} ({_num(b['lower'])}–{_num(b['upper'])}, adjusted Wald over the "
+                   "classes with audit labels).</p>")
+        out.append(_table(("class", "recall", "audit labels"),
+                          [(c["name"], _num(c["recall"]), c["count"]) for c in estimate["per_class"]],
+                          numeric=(1, 2)))
+    elif not audit.get("note"):
+        out.append("<p>No audit label yet: label the audit images a query shows (1 in 10 by default).</p>")
+    if recorded.get("rule"):
+        out.append(f"<p><b>Stopping</b> (round {recorded['round']}): {_e(recorded['rule']['reason'])}</p>")
+    out.append(f"<p class=note>{_e(RULE_TEXT.format(width=audit['width']))}</p>")
     return out
 
 

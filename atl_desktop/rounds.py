@@ -185,12 +185,14 @@ def label_provenance(project: Project, image_id: int) -> dict:
 def training_labels(project: Project, round_id: int | None) -> tuple[dict[int, int], dict[int, int]]:
     """(labels, pseudo): the target pool's labels (accepted pseudo-labels included, being
     labels) and the round's pending pseudo-labels on images still unlabelled (CEAL uses
-    them for this fine-tune only). Rejected and expired pseudo-labels are in neither."""
-    labels = project.current_labels(domain="target", split="pool")
+    them for this fine-tune only). Rejected and expired pseudo-labels are in neither, and
+    neither holds an audit image still held out (it trains nothing until released)."""
+    labels = project.current_labels(domain="target", split="pool", for_training=True)
     pseudo = {}
     if round_id is not None:
+        held_out = project.audit_ids(held_out=True)
         pseudo = {p.image_id: p.class_id for p in project.pseudo_labels("pending")
-                  if p.round_id == round_id and p.image_id not in labels}
+                  if p.round_id == round_id and p.image_id not in labels and p.image_id not in held_out}
     return labels, pseudo
 
 

@@ -6,11 +6,13 @@ drives it with tqdm, the window on a QThread, and tests by iterating.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from atl_desktop.active.audit import AuditEstimate, StopDecision, audit_estimate, stop_rule
 from atl_desktop.active.heads import HEADS, head_probs
 from atl_desktop.active.pseudo import PseudoLabelConfig, pseudo_labels_for_round
 from atl_desktop.active.scoring import (
@@ -40,7 +42,14 @@ from atl_desktop.rounds import (
     training_labels,
 )
 from atl_desktop.store import Project, ProjectError
-from atl_desktop.store.keys import ENCODER_SETTING, TRAIN_SETTING
+from atl_desktop.store.keys import (
+    AUDIT_SHARE_SETTING,
+    DEFAULT_AUDIT_SHARE,
+    DEFAULT_STOP_WIDTH,
+    ENCODER_SETTING,
+    STOP_RULE_SETTING,
+    TRAIN_SETTING,
+)
 
 SKIPPED_SETTING = "skipped_images"  # images the expert marked unsure (the window's x key)
 HEAD_CHOICES = ("auto", "model", *HEADS)  # auto: the model's own head if trained, else logreg
@@ -177,13 +186,15 @@ def score_job(
 
 
 def unlabelled_pool(project: Project, *, include_skipped: bool = False) -> tuple[np.ndarray, dict[int, int]]:
-    """Real target pool images with no label (and, unless asked, not marked unsure)."""
+    """(images, labels): real target pool images with no label, never drawn for the audit sample
+    (and, unless asked, not marked unsure); and the target pool labels a model may learn from
+    (those of held-out audit images left out)."""
     labelled = project.current_labels(domain="target", split="pool")
     pool = np.asarray(project.image_ids(domain="target", split="pool", synthetic=False), dtype=np.int64)
-    keep = ~np.isin(pool, list(labelled))
+    keep = ~np.isin(pool, list(labelled)) & ~np.isin(pool, list(project.audit_ids()))
     if not include_skipped:
         keep &= ~np.isin(pool, list(project.get_setting(SKIPPED_SETTING, [])))
-    return pool[keep], labelled
+    return pool[keep], project.current_labels(domain="target", split="pool", for_training=True)
 
 
 def selection_input(project: Project, scored: ScoredPool | None, unlabelled: np.ndarray,
@@ -270,7 +281,11 @@ def query_job(
                                          checkpoint_id=checkpoint_id,
                                          device=None if scoring is None else scoring.device))
     unlabelled, labelled = unlabelled_pool(project)
-    if not len(unlabelled):
+    audit = draw_audit(project, batch, unlabelled, seed)
+    drawn_before = project.audit_ids()
+    pending_audit = [i for i in audit if i in drawn_before]
+    unlabelled = unlabelled[~np.isin(unlabelled, audit)]
+    if not len(unlabelled) and not audit:
         raise ProjectError("Every target pool image is labelled or skipped; nothing to choose from.")
     scored = None
     if needs or head != "model":
@@ -285,19 +300,205 @@ def query_job(
     chosen_by = strategy
     if "probs" in needs and data.probs is None:
         chosen_by, params = COLD_START_STRATEGY, {}
-    picks = select(chosen_by, data, batch, np.random.default_rng(seed), **params)
-    items = describe_picks(chosen_by, data, picks, unlabelled, params)
+    wanted = min(batch - len(audit), len(unlabelled))
+    picks = select(chosen_by, data, wanted, np.random.default_rng(seed), **params) if wanted > 0 else []
+    items = describe_picks(chosen_by, data, np.asarray(picks, dtype=np.int64), unlabelled, params)
+    items += [QueryItem(i, 0.0, AUDIT_REASON, []) for i in audit]
     record = {
         "batch": batch, "chosen": [it.image_id for it in items], "params": params, "seed": seed,
         "head": head, "pool_size": int(len(unlabelled)), "shown": shown_suggestions(items),
+        "audit": {"images": audit, "share": audit_share(project), "seed": seed},
     }
     if chosen_by != strategy:
         record["cold_start"] = chosen_by
     if scored is not None and head in HEADS:
         record["embeddings"] = scored.key  # the live head reads them again (live_suggestions)
-    round_id = project.start_round(strategy, record,
-                                   checkpoint_id=None if scored is None else scored.checkpoint_id)
+    with project.transaction():
+        round_id = project.start_round(strategy, record,
+                                       checkpoint_id=None if scored is None else scored.checkpoint_id)
+        project.mark_audit([i for i in audit if i not in pending_audit], round=round_id, seed=seed)
     return QueryResult(round_id, strategy, items, int(len(unlabelled)), params)
+
+
+# ---- the audit sample ---------------------------------------------------------------------
+
+AUDIT_REASON = "audit: drawn at random to measure accuracy (no suggestion shown; trains nothing until released)"
+
+
+def audit_share(project: Project) -> float:
+    """The share of queried images drawn for the audit sample (project setting, default 1 in 10)."""
+    share = float(project.get_setting(AUDIT_SHARE_SETTING, DEFAULT_AUDIT_SHARE))
+    if not 0.0 <= share <= 1.0:
+        raise ProjectError(f"The audit share must be between 0 and 1, not {share}; "
+                           f"set it with `atl audit set {project.path.name} --share 0.1`.")
+    return share
+
+
+def audit_quota(project: Project, batch: int) -> int:
+    """How many of this batch are audit images: floor(share * shown) grows by this much, with
+    `shown` every image queried since audits began (rounds that record "audit"), so over many
+    rounds exactly the share is audit however small the batches."""
+    share = audit_share(project)
+    shown = sum(len(r.params.get("chosen", [])) for r in project.rounds() if "audit" in r.params)
+    return math.floor(share * (shown + batch) + 1e-9) - math.floor(share * shown + 1e-9)
+
+
+def draw_audit(project: Project, batch: int, unlabelled: np.ndarray, seed: int) -> list[int]:
+    """This batch's audit images: first those drawn before but still unlabelled (a discarded
+    round's), then new ones drawn uniformly at random from `unlabelled` (the unlabelled pool
+    without audit images) with a generator of their own, so the strategy's draws are unchanged."""
+    quota = audit_quota(project, batch)
+    labelled = project.current_labels()
+    skipped = set(project.get_setting(SKIPPED_SETTING, []))
+    pending = [r.image_id for r in project.audit_images(held_out=True)
+               if r.image_id not in labelled and r.image_id not in skipped][:quota]
+    rng = np.random.default_rng([seed, 0xA0D1])
+    new = rng.choice(unlabelled, size=min(quota - len(pending), len(unlabelled)), replace=False)
+    return pending + sorted(int(i) for i in new)
+
+
+# ---- the audit estimate ---------------------------------------------------------------------
+
+
+def audit_labels(project: Project) -> tuple[np.ndarray, np.ndarray]:
+    """(image ids, class positions) of the held-out audit images that have a label. Released
+    ones are left out: a model may have learnt from them, so they no longer test it."""
+    position = project.class_index()
+    labelled = project.current_labels(domain="target", split="pool")
+    ids = sorted(i for i in project.audit_ids(held_out=True) if labelled.get(i) in position)
+    return np.asarray(ids, dtype=np.int64), np.asarray([position[labelled[i]] for i in ids], dtype=np.int64)
+
+
+def no_audit_labels_message(project: Project) -> str:
+    return (f"{project.path.name} has no labelled audit images yet: each query (`atl query`, the window's "
+            f"Query next batch) draws {audit_share(project):.0%} of its batch at random as audit images; "
+            "label them and ask again.")
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    estimate: AuditEstimate
+    checkpoint_id: int | None  # the model scored (None: the cold-start encoder)
+    head: str  # "model": the checkpoint's own head; else the head fitted on the embeddings
+
+    def to_json(self) -> dict:
+        return {**self.estimate.to_json(), "checkpoint_id": self.checkpoint_id, "head": self.head}
+
+
+def audit_job(project: Project, *, model: ModelChoice | None = None, scoring: ScoringConfig | None = None,
+              head: str = "auto") -> Generator[Progress, None, AuditResult]:
+    """The current model's accuracy on the held-out audit images, with 95 % intervals
+    (active.audit). The model is the one a query would use: the pool's cached scores (scored
+    first if need be) and, with head "auto", the checkpoint's own head when it was trained on
+    this project's classes, else a logistic head fitted on the training labels' embeddings."""
+    ids, labels = audit_labels(project)
+    if not len(ids):
+        raise ProjectError(no_audit_labels_message(project))
+    scored = yield from score_job(project, model=model or ModelChoice(), config=scoring or ScoringConfig())
+    if head == "auto":
+        head = "model" if trained_head(project, scored.checkpoint_id) else "logreg"
+    probs = current_model_probs(scored.target, ids, head, training_positions(project), len(project.class_names()))
+    yield Progress(1, 1, "audit estimate")
+    return AuditResult(audit_estimate(labels, probs.argmax(axis=1), project.class_names()),
+                       scored.checkpoint_id, head)
+
+
+def round_audit_job(project: Project, checkpoint_id: int, *,
+                    device: str | None = None) -> Generator[Progress, None, AuditResult]:
+    """`audit_job` for a round's new checkpoint. A checkpoint whose head predicts these classes
+    (a fine-tune's) predicts the audit images alone, as `rounds.assess_job` does the test split,
+    not the whole pool; otherwise its embeddings of the pool are scored and a head fitted."""
+    if not trained_head(project, checkpoint_id):
+        return (yield from audit_job(project, model=ModelChoice(checkpoint_id=checkpoint_id),
+                                     scoring=ScoringConfig(device=device)))
+    from atl_desktop.data.datasets import ImageDataset
+    from atl_desktop.models.checkpoints import load_checkpoint
+    from atl_desktop.models.transforms import input_transform
+    from atl_desktop.rounds import predict_probs
+
+    ids, labels = audit_labels(project)
+    classes = project.class_names()
+    model, _ = load_checkpoint(project, checkpoint_id, classes=classes)
+    dataset = ImageDataset([project.image_path(project.image(int(i))) for i in ids], None,
+                           input_transform(model.spec))
+    probs = yield from predict_probs(model, dataset, device=device or "auto", message="predicting the audit images")
+    return AuditResult(audit_estimate(labels, probs.argmax(axis=1), classes), checkpoint_id, "model")
+
+
+def current_model_probs(table: ScoreTable, image_ids: np.ndarray, head: str, train: Mapping[int, int],
+                        n_classes: int) -> np.ndarray:
+    """Probabilities (N, C) of `image_ids` (target pool images) from the model's own head
+    ("model", the cached scores) or from `head` fitted on the cached embeddings of `train`
+    (image id -> class position: the labels a model may learn from), as the query view
+    suggests. Numpy and files only: any thread may call it."""
+    if head == "model":
+        probs = np.asarray(table.probs[table.rows(image_ids)])
+        if probs.shape[1] != n_classes:
+            raise ProjectError(f"The model predicts {probs.shape[1]} classes but the project has {n_classes}; "
+                               "train again after changing classes.")
+        return probs
+    in_table = set(table.image_ids.tolist())
+    train_ids = np.asarray(sorted(i for i in train if i in in_table), dtype=np.int64)
+    if not len(train_ids):
+        raise ProjectError("The model has learnt from no label yet: label some of the images a query "
+                           "chose (not only audit images), then ask again.")
+    y = np.asarray([train[i] for i in train_ids], dtype=np.int64)
+    probs = head_probs(head, np.asarray(table.features), table.rows(train_ids), y, n_classes)
+    return probs[table.rows(image_ids)]
+
+
+@dataclass(frozen=True)
+class AuditInputs:
+    """What `cached_audit` needs, read from the project on its own thread (the window's)."""
+
+    cache: str  # the score cache of the current model
+    head: str
+    pool_ids: np.ndarray  # every real target pool image, ascending
+    ids: np.ndarray  # labelled held-out audit images
+    labels: np.ndarray  # their class positions
+    train: dict[int, int]  # the labels a model may learn from, as class positions
+    classes: tuple[str, ...]
+
+
+def audit_inputs(project: Project) -> AuditInputs | None:
+    """The current model's score cache and the audit labels (None when none is labelled): the
+    checkpoint's own scores when its head was trained on these classes, else the newest
+    round's embeddings with the head it used. A ProjectError when nothing is scored yet."""
+    ids, labels = audit_labels(project)
+    if not len(ids):
+        return None
+    latest = project.latest_checkpoint()
+    if latest is not None and trained_head(project, latest.id):
+        key, head = latest.sha256, "model"
+    else:
+        newest = next((r for r in reversed(project.rounds()) if r.params.get("embeddings")), None)
+        if newest is None:
+            raise ProjectError("The pool has not been scored by the current model yet: "
+                               f"`atl audit show {project.path.name}` scores it.")
+        key, head = newest.params["embeddings"], newest.params.get("head", "logreg")
+    pool = np.asarray(sorted(project.image_ids(domain="target", split="pool", synthetic=False)), dtype=np.int64)
+    return AuditInputs(str(scores_dir(project.data_dir, key, ScoringConfig())), head, pool, ids, labels,
+                       training_positions(project), tuple(project.class_names()))
+
+
+def cached_audit(inputs: AuditInputs) -> AuditEstimate:
+    """The audit estimate from the cached scores alone (numpy and files: any thread)."""
+    from atl_desktop.active.scoring import MissingScores, load_scores
+
+    try:
+        table = load_scores(inputs.cache, inputs.pool_ids)
+    except (MissingScores, OSError):
+        raise ProjectError("The current model has not scored every audit image yet: the next query, "
+                           "or `atl audit show`, scores them.") from None
+    probs = current_model_probs(table, inputs.ids, inputs.head, inputs.train, len(inputs.classes))
+    return audit_estimate(inputs.labels, probs.argmax(axis=1), inputs.classes)
+
+
+def stop_decision(project: Project, stabilised: bool, estimate: AuditEstimate | None) -> StopDecision:
+    """active.audit.stop_rule with the project's width and target (STOP_RULE_SETTING)."""
+    rule = project.get_setting(STOP_RULE_SETTING, {}) or {}
+    return stop_rule(stabilised, estimate, width=float(rule.get("width", DEFAULT_STOP_WIDTH)),
+                     target=rule.get("target"))
 
 
 # ---- suggestions refitted after every label (the embedding-first loop) ------------------
@@ -310,8 +511,9 @@ class LiveHead:
     cache: str  # the score cache folder holding the round's embeddings
     head: str
     pool_ids: np.ndarray  # every real target pool image, ascending
-    labels: dict[int, int]  # image id -> class position, the current labels
+    labels: dict[int, int]  # image id -> class position, the labels a model may learn from
     num_classes: int
+    hidden: frozenset = frozenset()  # audit images: no suggestion, so the expert's label stays independent
     # Carried from one refit to the next (dataclasses.replace shares it): the pool's
     # standardisation, computed once, and the last logistic fit, the next one's warm start.
     memo: dict = field(default_factory=dict, compare=False, repr=False)
@@ -323,11 +525,17 @@ def live_head(project: Project, round_id: int | None) -> LiveHead | None:
     if record is None or record.params.get("head") not in HEADS or not record.params.get("embeddings"):
         return None
     position = project.class_index()
-    labels = {i: position[c] for i, c in project.current_labels(domain="target", split="pool").items()
-              if c in position}
     cache = scores_dir(project.data_dir, record.params["embeddings"], ScoringConfig())
     pool = np.asarray(sorted(project.image_ids(domain="target", split="pool", synthetic=False)), dtype=np.int64)
-    return LiveHead(str(cache), record.params["head"], pool, labels, len(position))
+    return LiveHead(str(cache), record.params["head"], pool, training_positions(project), len(position),
+                    frozenset(project.audit_ids()))
+
+
+def training_positions(project: Project) -> dict[int, int]:
+    """image id -> class position of the target pool labels a model may learn from."""
+    position = project.class_index()
+    return {i: position[c] for i, c in project.current_labels(domain="target", split="pool", for_training=True).items()
+            if c in position}
 
 
 def live_suggestions(live: LiveHead, image_ids) -> dict[int, list[tuple[int, float]]]:
@@ -359,7 +567,7 @@ def live_suggestions(live: LiveHead, image_ids) -> dict[int, list[tuple[int, flo
         live.memo["head"] = head
     else:
         head.fit(x, y)
-    wanted = np.asarray([i for i in image_ids if i in in_pool], dtype=np.int64)
+    wanted = np.asarray([i for i in image_ids if i in in_pool and i not in live.hidden], dtype=np.int64)
     if not len(wanted):
         return {}
     probs = head.predict_proba(scaler(table.features[table.rows(wanted)]))
@@ -586,9 +794,13 @@ def finish_round_job(
     checkpoint_id = int(state.data["checkpoint"])
     assessed = yield from assess_job(project, checkpoint_id, _previous_model(project, round_id, checkpoint_id),
                                      device=config.device)
+    assessed = yield from _with_audit(project, assessed, checkpoint_id, config.device)
     labels, _ = training_labels(project, round_id)
     metrics = {
-        **assessed, "train": state.data.get("train", {}), "labels": len(labels),
+        # "labels": every target pool label given, audit ones included (the labelling spent);
+        # "training_labels": those the model may learn from.
+        **assessed, "train": state.data.get("train", {}),
+        "labels": len(project.current_labels(domain="target", split="pool")), "training_labels": len(labels),
         "pseudo_used": state.data.get("train", {}).get("n_pseudo", 0),
         "pseudo_proposed": state.data.get("pseudo"), "pseudo_config": state.data.get("pseudo_config"),
         "oracle": bool(state.data.get("oracle", False)), "train_config": config.to_dict(),
@@ -599,6 +811,22 @@ def finish_round_job(
     notify(on_commit, "finished")
     yield Progress(1, 1, f"round {round_id} finished", _headline(metrics))
     return RoundSummary(round_id, checkpoint_id, metrics)
+
+
+def _with_audit(project: Project, assessed: dict, checkpoint_id: int,
+                device: str | None) -> Generator[Progress, None, dict]:
+    """A round's assessment with the new model's audit estimate (when audit images are labelled)
+    and the stopping rule, which combines it with the stop set's agreement."""
+    out = dict(assessed)
+    estimate = None
+    if len(audit_labels(project)[0]):
+        result = yield from relabel(round_audit_job(project, checkpoint_id, device=device), "audit")
+        out["audit"] = result.to_json()
+        estimate = result.estimate
+    stop = dict(out.get("stop") or {})
+    decision = stop_decision(project, bool(stop.get("stop")), estimate)
+    out["stop"] = {**stop, "rule": {"stop": decision.stop, "audit_ok": decision.audit_ok, "reason": decision.reason}}
+    return out
 
 
 def _previous_model(project: Project, round_id: int, checkpoint_id: int) -> int | None:

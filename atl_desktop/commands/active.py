@@ -144,7 +144,10 @@ def format_query_rows(rows: list[dict]) -> str:
     lines = ["  id\tpath\tscore\tsuggestion\treason"]
     for row in rows:
         best = row["suggestion"]
-        suggestion = f"{best['class']} ({best['p']:.0%})" if best else "none (no model)"
+        if best:
+            suggestion = f"{best['class']} ({best['p']:.0%})"
+        else:  # an audit image's is hidden, so that its label does not lean on the model
+            suggestion = "hidden (audit)" if row["reason"].startswith("audit") else "none (no model)"
         lines.append(f"  {row['id']}\t{row['path']}\t{row['score']:.4g}\t{suggestion}\t{row['reason']}")
     return "\n".join(lines)
 

@@ -57,6 +57,8 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from atl_desktop.active.audit import recorded_audit
+
     with Project.open(args.project, readonly=True) as project:
         counts = project.counts()
         files = {"missing": [], "changed": []} if args.no_check else project.check_files()
@@ -72,6 +74,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             },
             "missing_files": files["missing"],
             "changed_files": files["changed"],
+            "audit_estimate": recorded_audit(project),  # as the newest round recorded it: no model loaded
         }
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -99,12 +102,29 @@ def format_info(s: dict) -> str:
     if s["latest_checkpoint"]:
         ck = s["latest_checkpoint"]
         lines.append(f"  current checkpoint: #{ck['id']} ({ck['backbone']})")
+    lines += format_audit(s["audit"], s.get("audit_estimate"))
     for kind in ("missing", "changed"):
         ids = s[f"{kind}_files"]
         if ids:
             shown = ", ".join(map(str, ids[:20])) + (" ..." if len(ids) > 20 else "")
             lines.append(f"  WARNING: {len(ids)} image file(s) {kind}: ids {shown}")
     return "\n".join(lines)
+
+
+def format_audit(counts: dict, recorded: dict | None) -> list[str]:
+    lines = [f"  audit images: {counts['held_out']} held out of training ({counts['labelled']} labelled), "
+             f"{counts['drawn'] - counts['held_out']} released"]
+    if recorded is None:
+        return lines
+    estimate = recorded["estimate"]
+    if estimate is not None:
+        a, b = estimate["accuracy"], estimate["balanced_accuracy"]
+        lines.append(f"    round {recorded['round']}'s model on {estimate['n']} audit labels: accuracy "
+                     f"{a['estimate']:.1%} (95 % CI {a['lower']:.1%}–{a['upper']:.1%}), balanced accuracy "
+                     f"{b['estimate']:.1%} ({b['lower']:.1%}–{b['upper']:.1%})")
+    if recorded["rule"]:
+        lines.append(f"    {recorded['rule']['reason']}")
+    return lines
 
 
 def _image_id(project: Project, ref: str) -> int:

@@ -144,17 +144,20 @@ def project_dataset(
     labelled: bool | None = True,
     transform: Transform | None = None,
     use_truth: bool = False,
+    for_training: bool = False,
 ) -> ImageDataset:
     """The project's images of one domain and split as a dataset.
 
     labelled=True: only images with a label; False: only unlabelled ones (label
     -1); None: all (-1 where unlabelled). Labels are class positions, indices into
     `project.class_names()`. `use_truth` takes labels from the hidden ground truth
-    (simulations) instead of the label history. The dataset's `image_ids` lists
-    the project ids in item order (ascending).
+    (simulations) instead of the label history. `for_training` leaves out the labels of
+    audit images still held out (they never train a model). The dataset's `image_ids`
+    lists the project ids in item order (ascending).
     """
     position = project.class_index()
-    source = project.truth(domain, split) if use_truth else project.current_labels(domain, split)
+    source = (project.truth(domain, split) if use_truth
+              else project.current_labels(domain, split, for_training=for_training))
     known = {image_id: position[c] for image_id, c in source.items() if c in position}
     records = [
         r for r in project.images(domain, split)

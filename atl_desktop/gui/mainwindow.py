@@ -309,6 +309,7 @@ class MainWindow(QMainWindow):
         self.encoder_action = self._action(jobs, "Choose &encoder…", lambda: ask_encoder(self))
         self.encoder_action.setToolTip("The encoder queries embed images with: an untrained backbone, "
                                        "ImageNet weights, a foundation model file, or a checkpoint")
+        self._action(jobs, "&Release the audit images…", self.release_audit)
         self._action(jobs, "&Cancel the running job", self.status.cancel_current,
                      QKeySequence("Ctrl+."))
 
@@ -327,6 +328,22 @@ class MainWindow(QMainWindow):
         toolbar.addAction(self.annotator_action)
         toolbar.addAction(self.blind_action)
         self.addToolBar(toolbar)
+
+    def release_audit(self) -> bool:
+        """Model ▸ Release the audit images: they train the model from then on (undoable)."""
+        from atl_desktop.gui.undo import ReleaseAudit
+
+        held = self.ws.project.counts()["audit"]
+        if not held["held_out"]:
+            messages.show_info(self, "Release the audit images", "No audit images are held out.")
+            return False
+        if not messages.ask(self, "Release the audit images",
+                            f"{held['held_out']} audit images ({held['labelled']} labelled) are kept out of "
+                            "training so that they can measure the model. Released, they train it from the "
+                            "next training on, and the audit estimate starts again from new audit images.",
+                            "Release"):
+            return False
+        return self.ws.do(ReleaseAudit(self.ws.project, report=self.ws.report))
 
     def _action(self, menu, text: str, slot, shortcut=None) -> QAction:
         action = QAction(text, self)

@@ -1,7 +1,9 @@
 """Model quality: the learning curve (test accuracy against labelled images per round,
 beside the random-sampling baseline when the project records one), the stopping
 signal in words, and for the current checkpoint a reliability diagram with the
-expected calibration error, per-class recall and the confusion matrix.
+expected calibration error, per-class recall and the confusion matrix; the audit
+estimate (accuracy on the audit images, with 95 % intervals) and the stopping rule,
+refreshed as audit labels arrive (from the cached scores, off the GUI thread).
 
 The numbers come from what the rounds recorded (`rounds.assess_job` runs at the
 end of each round). A checkpoint no round assessed (after a rollback, say) is
@@ -28,6 +30,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from atl_desktop.active.audit import RULE_TEXT, WHY_AUDIT, AuditEstimate, recorded_audit, stop_rule
+from atl_desktop.gui.background import Background
 from atl_desktop.gui.jobrunner import JobRunner
 from atl_desktop.gui.workspace import RefreshWhenShown, Workspace
 from atl_desktop.store import ProjectError, RoundRecord
@@ -96,6 +100,9 @@ class QualityView(QWidget):
         self.ws = workspace
         self.runner = runner
         self.result = None  # the test metrics shown for the current checkpoint
+        self.audit = None  # the audit estimate shown (active.audit.AuditEstimate), or None
+        self._stabilised = False  # the newest round's stop-set verdict, for the stopping rule
+        self._audit_calls = Background(self)
         self._evaluated: dict[int, dict | None] = {}  # checkpoint id -> test metrics evaluated here
         self._build()
         workspace.changed.connect(RefreshWhenShown(self, self.refresh).request)
@@ -156,9 +163,23 @@ class QualityView(QWidget):
         tables.addLayout(confusion, 3)
         cur_layout.addLayout(tables, 1)
 
+        self.audit_note = _note("No audit labels yet.")
+        self.audit_table = _table(("Class", "Recall", "Audit labels"))
+        self.audit_table.setMaximumHeight(160)
+        self.rule_label = _note()
+        self.rule_label.setStyleSheet("font-weight: bold;")
+        self.audit_box = QGroupBox("Audit: accuracy on images drawn at random")
+        self.audit_box.setToolTip(WHY_AUDIT)
+        audit_layout = QVBoxLayout(self.audit_box)
+        audit_layout.addWidget(_note(WHY_AUDIT))
+        audit_layout.addWidget(self.audit_note)
+        audit_layout.addWidget(self.audit_table, 1)
+        audit_layout.addWidget(self.rule_label)
+
         top = QSplitter()
         top.addWidget(curve)
         top.addWidget(self.calibration_box)
+        top.addWidget(self.audit_box)
         top.setStretchFactor(0, 3)
         top.setStretchFactor(1, 2)
         split = QSplitter(Qt.Orientation.Vertical)
@@ -184,6 +205,65 @@ class QualityView(QWidget):
         self._show_rounds(summaries)
         self._show_curve(learning_points(summaries, start), baseline)
         self._show_current(current, summaries)
+        self._stabilised = bool(summaries and summaries[-1]["stop"])
+        self._refresh_audit()
+
+    # ---- the audit sample ------------------------------------------------------------------
+
+    def _refresh_audit(self) -> None:
+        """Read the audit labels here; measure them against the cached scores off the GUI thread."""
+        from atl_desktop.session import audit_inputs, cached_audit, no_audit_labels_message
+
+        try:
+            inputs = audit_inputs(self.ws.project)
+            if inputs is None:
+                self._show_audit(ProjectError(no_audit_labels_message(self.ws.project)))
+                return
+        except ProjectError as error:
+            self._show_audit(error)
+            return
+        self._audit_calls.call(lambda: cached_audit(inputs), self._show_audit)
+
+    def _show_audit(self, result) -> None:
+        """`result`: an AuditEstimate, or the exception that says why there is none (then the
+        newest round's recorded estimate, if any, is shown and said to be so)."""
+        self.audit = None if isinstance(result, BaseException) else result
+        note = "" if self.audit is None else self.audit.summary() + "."
+        if self.audit is None:
+            note = str(result) if isinstance(result, ProjectError) else f"The audit estimate failed: {result}"
+            recorded = self._recorded_audit() if "not scored" in note else None
+            if recorded is not None:
+                self.audit = AuditEstimate.from_json(recorded["estimate"])
+                note = f"{self.audit.summary()} (as recorded at the end of round {recorded['round']})."
+        self.audit_note.setText(note)
+        self._show_audit_recall(self.audit.per_class if self.audit is not None else ())
+        self._show_rule()
+
+    def _recorded_audit(self) -> dict | None:
+        try:
+            recorded = recorded_audit(self.ws.project)
+        except ProjectError:
+            return None
+        return recorded if recorded and recorded.get("estimate") else None
+
+    def _show_audit_recall(self, per_class) -> None:
+        table = self.audit_table
+        table.setRowCount(len(per_class))
+        for row, c in enumerate(per_class):
+            for column, value in enumerate((c.name, _percent(c.recall), c.count)):
+                table.setItem(row, column, QTableWidgetItem(_fmt(value)))
+
+    def _show_rule(self) -> None:
+        from atl_desktop.store.keys import DEFAULT_STOP_WIDTH, STOP_RULE_SETTING
+
+        try:
+            rule = self.ws.project.get_setting(STOP_RULE_SETTING) or {}
+        except ProjectError:
+            return
+        width = float(rule.get("width", DEFAULT_STOP_WIDTH))
+        decision = stop_rule(self._stabilised, self.audit, width=width, target=rule.get("target"))
+        self.rule_label.setText(decision.reason)
+        self.rule_label.setToolTip(RULE_TEXT.format(width=width))
 
     def _show_rounds(self, summaries) -> None:
         table = self.rounds_table
@@ -325,7 +405,7 @@ class QualityView(QWidget):
         self.eval_note.setText(text)
 
     def shutdown(self) -> None:
-        pass
+        self._audit_calls.wait()
 
 
 def _percent(value) -> str | None:

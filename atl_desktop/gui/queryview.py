@@ -317,7 +317,7 @@ class QueryView(QWidget):
     def _live_inputs(self):
         from dataclasses import replace
 
-        from atl_desktop.session import live_head
+        from atl_desktop.session import live_head, training_positions
 
         project = self.ws.project
         if self.round_id is None:
@@ -329,10 +329,10 @@ class QueryView(QWidget):
         cached = self._live_pool[1]
         if cached is None:
             return None
-        position = project.class_index()  # only the labels are read again
-        labels = {i: position[c] for i, c in project.current_labels(domain="target", split="pool").items()
-                  if c in position}
-        return replace(cached, labels=labels, num_classes=len(position))
+        # Only the labels are read again (a model never learns from held-out audit images).
+        labels = training_positions(project)
+        return replace(cached, labels=labels, num_classes=len(project.class_index()),
+                       hidden=frozenset(project.audit_ids()))
 
     def _show_suggestions(self, result) -> None:
         self._live_busy = False

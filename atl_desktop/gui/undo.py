@@ -293,3 +293,24 @@ class SetActiveCheckpoint(StoreCommand):
     def revert(self) -> None:
         # None (no choice before) makes the newest checkpoint the current one again.
         self.project.set_setting(ACTIVE_CHECKPOINT, self._before)
+
+
+# ---- the audit sample ------------------------------------------------------------
+
+
+class ReleaseAudit(StoreCommand):
+    """Let the held-out audit images train the model; undo holds the same images out again."""
+
+    def __init__(self, project, report=None):
+        super().__init__(project, "Release the audit images", report)
+        self.released: list[int] = []
+
+    def apply(self) -> None:
+        # The first time: every held-out image; a redo: the same ones as before.
+        released = self.project.release_audit(self.released or None)
+        if not released:
+            raise ProjectError("No audit images are held out; nothing to release.")
+        self.released = released
+
+    def revert(self) -> None:
+        self.project.unrelease_audit(self.released)

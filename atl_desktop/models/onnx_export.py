@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import time
 import warnings
@@ -66,15 +65,14 @@ def card_paths(out: Path) -> tuple[Path, Path]:
     return out.with_name(f"{out.stem}.card.json"), out.with_name(f"{out.stem}.card.md")
 
 
-def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """The Wilson score interval for a proportion correct/n (95 % by default); (0, 1) for n = 0."""
+def wilson_interval(correct: int, n: int) -> tuple[float, float]:
+    """The Wilson score 95 % interval for correct/n; (0, 1) for n = 0."""
+    from atl_desktop.intervals import wilson_interval as wilson
+
     if n <= 0:
         return 0.0, 1.0
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    # The bounds are exactly 0 and 1 at the ends; the formula misses them by a rounding error.
-    return (0.0 if correct == 0 else max(0.0, centre - half)), (1.0 if correct == n else min(1.0, centre + half))
+    interval = wilson(correct, n)
+    return interval.lower, interval.upper
 
 
 def export_onnx(project: Project, out: str | os.PathLike, *, checkpoint_id: int | None = None,
@@ -207,7 +205,8 @@ def model_card(project: Project, record, spec, *, onnx_version: str = "", torch_
 
 def training_labels(project: Project) -> dict[str, Any]:
     """Current labels of the images training draws on (the pool of both domains; validation and
-    test images are left out), by class and by who gave them (the newest label event)."""
+    test images and held-out audit images are left out), by class and by who gave them (the newest
+    label event)."""
     names = {c.id: c.name for c in project.classes()}
     pool = set(project.image_ids(split="pool"))
     newest = {}
@@ -215,7 +214,7 @@ def training_labels(project: Project) -> dict[str, Any]:
         newest[event.image_id] = event
     by_class: Counter[str] = Counter()
     by_annotator: Counter[str] = Counter()
-    for image_id, class_id in project.current_labels().items():
+    for image_id, class_id in project.current_labels(for_training=True).items():
         if image_id not in pool or class_id not in names:
             continue
         by_class[names[class_id]] += 1

@@ -38,3 +38,12 @@ def describe_encoder(saved: Mapping | None) -> str:
     if name.startswith(UNTRAINED):
         return f"an untrained {name[len(UNTRAINED):] or COLD_START_BACKBONE} (no weights)"
     return f"{name} ({saved.get('weights') or 'random weights'})"
+
+
+# The audit sample (active.audit): this share of the images a query puts before the expert is
+# drawn uniformly at random from the unlabelled target pool, never by the strategy.
+AUDIT_SHARE_SETTING = "audit_share"
+DEFAULT_AUDIT_SHARE = 0.1
+# The stopping rule (active.audit.stop_rule): {"width": W, "target": T or null}.
+STOP_RULE_SETTING = "stop_rule"
+DEFAULT_STOP_WIDTH = 0.10

@@ -178,6 +178,15 @@ class PseudoLabel:
 
 
 @dataclass(frozen=True)
+class AuditRecord:
+    image_id: int
+    round_id: int | None
+    seed: int | None
+    drawn: float
+    released: float | None  # None: held out of training
+
+
+@dataclass(frozen=True)
 class GeneratorRecord:
     id: int
     file: str
@@ -776,10 +785,15 @@ class Project(SlideStore):
         " ON e.id = newest.id JOIN images i ON i.id = e.image_id"
     )
 
-    def current_labels(self, domain: str | None = None, split: str | None = None) -> dict[int, int]:
-        """image id -> class id for every labelled image (its newest label event)."""
+    def current_labels(self, domain: str | None = None, split: str | None = None, *,
+                       for_training: bool = False) -> dict[int, int]:
+        """image id -> class id for every labelled image (its newest label event).
+
+        for_training: without the audit images still held out (they never train a model)."""
         where, params = self._image_filter(domain, split)
         where = (where + " AND" if where else "WHERE") + " e.class_id IS NOT NULL"
+        if for_training:
+            where += " AND e.image_id NOT IN (SELECT image_id FROM audit_images WHERE released IS NULL)"
         return {r[0]: r[1] for r in self._query(f"{self._CURRENT} {where}", params)}
 
     def label_of(self, image_id: int) -> int | None:
@@ -829,6 +843,47 @@ class Project(SlideStore):
         where, params = self._image_filter(domain, split)
         rows = self._query(f"SELECT t.image_id, t.class_id FROM truth t JOIN images i ON i.id = t.image_id {where}", params)
         return {r[0]: r[1] for r in rows}
+
+    # ---- the audit sample ----------------------------------------------------
+
+    def mark_audit(self, image_ids: Iterable[int], *, round: int | None = None,
+                   seed: int | None = None) -> None:
+        """Mark images as drawn for the audit sample (held out of training until released)."""
+        now = time.time()
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO audit_images (image_id, round_id, seed, drawn) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (image_id) DO NOTHING",
+                [(int(i), round, seed, now) for i in image_ids])
+            # A pending pseudo-label on an audit image would make the model's guess its label.
+            db.execute("UPDATE pseudo_labels SET status = 'expired', decided = ? WHERE status = 'pending'"
+                       " AND image_id IN (SELECT image_id FROM audit_images)", (now,))
+
+    def audit_images(self, *, held_out: bool | None = None) -> list[AuditRecord]:
+        """Audit images in the order drawn; held_out True/False: only unreleased/released ones."""
+        where = {None: "", True: " WHERE released IS NULL", False: " WHERE released IS NOT NULL"}[held_out]
+        rows = self._query(f"SELECT * FROM audit_images{where} ORDER BY drawn, image_id")
+        return [AuditRecord(**dict(r)) for r in rows]
+
+    def audit_ids(self, *, held_out: bool | None = None) -> set[int]:
+        return {r.image_id for r in self.audit_images(held_out=held_out)}
+
+    def release_audit(self, image_ids: Iterable[int] | None = None) -> list[int]:
+        """Let held-out audit images (default: all) train models from now on; returns their ids."""
+        wanted = self.audit_ids(held_out=True)
+        if image_ids is not None:
+            wanted &= {int(i) for i in image_ids}
+        ids = sorted(wanted)
+        now = time.time()
+        with self.transaction() as db:
+            db.executemany("UPDATE audit_images SET released = ? WHERE image_id = ?", [(now, i) for i in ids])
+        return ids
+
+    def unrelease_audit(self, image_ids: Iterable[int]) -> None:
+        """Hold released audit images out again (undo of a release)."""
+        with self.transaction() as db:
+            db.executemany("UPDATE audit_images SET released = NULL WHERE image_id = ?",
+                           [(int(i),) for i in image_ids])
 
     # ---- pseudo-labels (CEAL) ------------------------------------------------
 
@@ -1096,7 +1151,18 @@ class Project(SlideStore):
             "rounds": self.db.execute("SELECT COUNT(*) FROM rounds").fetchone()[0],
             "checkpoints": self.db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0],
             "synthetic": self.db.execute("SELECT COUNT(*) FROM images WHERE synthetic = 1").fetchone()[0],
+            "audit": self._audit_counts(),
         }
+
+    def _audit_counts(self) -> dict[str, int]:
+        """Audit images drawn, held out, and those held out that carry a label (one indexed
+        look-up per audit image, not a scan of every label: counts() serves `atl info`)."""
+        drawn, held = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(released IS NULL), 0) FROM audit_images").fetchone()
+        labelled = self.db.execute(
+            "SELECT COUNT(*) FROM audit_images a WHERE a.released IS NULL AND (SELECT class_id FROM"
+            " label_events WHERE image_id = a.image_id ORDER BY id DESC LIMIT 1) IS NOT NULL").fetchone()[0]
+        return {"drawn": drawn, "held_out": held, "labelled": labelled}
 
     def integrity_ok(self) -> bool:
         return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -209,8 +209,26 @@ def _v3_to_v4(db: sqlite3.Connection) -> None:
     )
 
 
+def _v4_to_v5(db: sqlite3.Connection) -> None:
+    # The audit sample: target pool images drawn uniformly at random (never by a strategy)
+    # when a query was made, to estimate the model's accuracy. They never train a model
+    # while `released` is NULL; releasing one records when.
+    _run_script(
+        db,
+        """
+        CREATE TABLE audit_images (
+            image_id INTEGER PRIMARY KEY REFERENCES images (id),
+            round_id INTEGER REFERENCES rounds (id),
+            seed     INTEGER,
+            drawn    REAL NOT NULL,
+            released REAL
+        );
+        """
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    _v0_to_v1, _v1_to_v2, _v2_to_v3, _v3_to_v4,
+    _v0_to_v1, _v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -786,8 +786,10 @@ def _phases(project, method, fresh: bool, fit, plain) -> list[tuple[str, str, di
     from atl_desktop.data.datasets import project_dataset
 
     def data(domain: str, split: str, transform, labelled: bool | None = True):
+        # Held-out audit images train nothing: their labels are left out (labelled sets),
+        # and with labelled=None they stay in as unlabelled images, as any pool image would.
         ds = project_dataset(project, domain=domain, split=split, labelled=labelled,
-                             transform=transform)
+                             transform=transform, for_training=True)
         return ds if len(ds) else None
 
     source = data("source", "pool", fit) if method.uses_source_labels else None

@@ -68,7 +68,14 @@ def test_first_round_records_everything(template):
         assert all(truth[i] == c for i, c in labels.items())  # the oracle used the ground truth
         assert {e.annotator for e in p.label_history()} == {"oracle"}
         m = rnd.metrics
-        assert m["labels"] == 20 and m["train"]["n_train"] == 20 and m["train_config"]["epochs"] == 10
+        # 2 of the 20 (1 in 10) are audit images: labelled, measured, never trained on
+        audit = p.audit_ids(held_out=True)
+        assert len(audit) == 2 and audit <= set(rnd.params["chosen"])
+        assert m["labels"] == 20 and m["training_labels"] == 18 and m["train"]["n_train"] == 18
+        assert m["train_config"]["epochs"] == 10
+        assert m["audit"]["n"] == 2 and m["audit"]["head"] == "model"
+        assert m["audit"]["checkpoint_id"] == rnd.checkpoint_id
+        assert m["stop"]["rule"]["stop"] is False and "Keep labelling" in m["stop"]["rule"]["reason"]
         test = m["test"]
         assert test["n"] == 100 and 0.0 <= test["accuracy"] <= 1.0
         bins = test["calibration"]["bins"]
@@ -92,7 +99,9 @@ def test_second_round_with_pseudo_labels_compares_with_the_first(template, tmp_p
         assert m["labels"] == 30
         proposed = [x for x in p.pseudo_labels() if x.round_id == second.id]
         assert m["pseudo_proposed"] == len(proposed) > 0 and m["pseudo_used"] == len(proposed)
-        assert m["train"]["n_train"] == 30 + len(proposed)
+        assert m["train"]["n_train"] == 30 - 3 + len(proposed)  # 3 audit images train nothing
+        assert not {x.image_id for x in proposed} & p.audit_ids()  # nor are they pseudo-labelled
+        assert m["audit"]["n"] == 3
         assert -1.0 <= m["stop"]["kappa"] <= 1.0 and m["stop"]["n"] == 180
         assert not set(second.params["chosen"]) & set(first.params["chosen"])
 
@@ -241,7 +250,7 @@ def test_accepted_and_rejected_pseudo_labels_are_kept_apart(template, tmp_path):
         assert all(labels[x.image_id] == x.class_id for x in accepted)
         assert not {x.image_id for x in rejected} & (set(labels) | set(pseudo))
         assert labels[relabelled.image_id] == other and relabelled.image_id not in pseudo
-        assert len(labels) == 20 + 5 + 2 + 1
+        assert len(labels) == 20 + 5 + 2 + 1 - 2  # the first round's 2 audit images train nothing
         summary = run_job(finish_round_job(p))
         m = p.checkpoint(summary.checkpoint_id).metrics
         assert m["n_pseudo"] == len(still_pending) and m["n_train"] == len(labels) + len(still_pending)

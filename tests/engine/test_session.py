@@ -12,6 +12,7 @@ from atl_desktop.session import (
     unlabelled_pool,
 )
 from atl_desktop.store import Project, ProjectError
+from atl_desktop.store.keys import AUDIT_SHARE_SETTING
 from tests.conftest import TESTDATA
 
 
@@ -91,6 +92,7 @@ def fresh(tmp_path):
 def test_cold_start_without_checkpoint_picks_typical_images(fresh):
     # entropy needs predictions; with nothing labelled and no checkpoint the query uses
     # an untrained encoder's embeddings and TypiClust instead of refusing.
+    fresh.set_setting(AUDIT_SHARE_SETTING, 0.0)  # the second query would draw an audit image
     result = run_job(query_job(fresh, strategy="entropy", batch=6))
     assert len(result.items) == 6 and len({it.image_id for it in result.items}) == 6
     (rnd,) = fresh.rounds()

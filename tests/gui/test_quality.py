@@ -99,3 +99,79 @@ def test_evaluating_without_labelled_test_images_says_what_to_do(qtbot, open_win
     with qtbot.waitSignal(window.runner.finished, timeout=60000):
         assert window.quality.start_evaluation()
     assert "No labelled test images" in window.quality.eval_note.text()
+
+
+def test_audit_estimate_and_stopping_rule_follow_the_audit_labels(qtbot, open_window, project_path):
+    from atl_desktop.active.audit import WHY_AUDIT
+    from atl_desktop.jobs import run_job
+    from atl_desktop.models import build_model
+    from atl_desktop.models.checkpoints import save_checkpoint
+    from atl_desktop.session import score_job
+
+    with Project.open(project_path) as project:
+        save_checkpoint(project, build_model("smallcnn", 3, seed=0), classes=project.class_names())
+        run_job(score_job(project))  # the cache the window reads
+        ids = project.image_ids()
+        project.mark_audit(ids[:4], seed=0)
+        tumour = project.classes()[0].id
+        for image_id in ids[:3]:
+            project.set_label(image_id, tumour)
+    window = open_window(project_path)
+    view = window.quality
+    window.tabs.setCurrentWidget(view)
+    qtbot.waitUntil(lambda: view.audit is not None and view.audit.n == 3, timeout=20000)
+    assert view.audit_note.text().startswith("3 audit labels: accuracy")
+    assert view.audit_table.item(0, 2).text() == "3"  # three tumour audit labels
+    assert "Keep labelling" in view.rule_label.text()
+    assert "no audit label yet for stroma, normal" in view.rule_label.text()
+    assert WHY_AUDIT in view.audit_box.toolTip()
+    window.ws.project.set_label(ids[3], window.ws.project.classes()[1].id)
+    window.ws.notify()
+    qtbot.waitUntil(lambda: view.audit.n == 4, timeout=20000)
+    assert view.audit_table.item(1, 2).text() == "1"
+    window.ws.project.release_audit()
+    window.ws.notify()
+    qtbot.waitUntil(lambda: view.audit is None, timeout=20000)
+    assert "no labelled audit images yet" in view.audit_note.text()
+
+
+def test_releasing_the_audit_images_is_asked_and_undoable(open_window, project_path, monkeypatch, dialogs):
+    from atl_desktop.gui import messages
+
+    asked = []
+    monkeypatch.setattr(messages, "ask", lambda parent, title, text, yes, no="Cancel": asked.append(text) or True)
+    window = open_window(project_path)
+    assert not window.release_audit()  # nothing held out: said so, nothing done
+    assert dialogs[-1]["text"] == "No audit images are held out."
+    project = window.ws.project
+    ids = project.image_ids()
+    project.mark_audit(ids[:2])
+    assert window.release_audit()
+    assert "2 audit images (0 labelled)" in asked[-1]
+    assert project.audit_ids(held_out=True) == set()
+    window.ws.stack.undo()
+    assert project.audit_ids(held_out=True) == set(ids[:2])
+    window.ws.stack.redo()
+    assert project.audit_ids(held_out=False) == set(ids[:2])
+
+
+def test_the_recorded_audit_is_shown_until_the_new_model_has_scored_the_audit_images(
+        qtbot, open_window, project_path):
+    from atl_desktop.active.audit import audit_estimate
+    from atl_desktop.models import build_model
+    from atl_desktop.models.checkpoints import save_checkpoint
+
+    with Project.open(project_path) as project:
+        checkpoint = save_checkpoint(project, build_model("smallcnn", 3, seed=0), classes=project.class_names())
+        ids = project.image_ids()
+        project.mark_audit(ids[:1])
+        project.set_label(ids[0], project.classes()[0].id)
+        recorded = audit_estimate([0, 0, 1], [0, 1, 1], project.class_names())
+        round_id = project.start_round("entropy")
+        project.finish_round(round_id, {"audit": recorded.to_json(), "stop": {"stop": True}},
+                             checkpoint_id=checkpoint)
+    window = open_window(project_path)
+    view = window.quality
+    window.tabs.setCurrentWidget(view)
+    qtbot.waitUntil(lambda: "as recorded at the end of round 1" in view.audit_note.text(), timeout=20000)
+    assert view.audit == recorded and view.audit_table.item(0, 2).text() == "2"
