@@ -10,10 +10,11 @@ from pathlib import Path
 from atl_desktop.store import Project, ProjectError
 
 DEMOS = {
+    "bloodcells": "Blood cell photographs at real resolution, 8 classes (Acevedo et al. 2020, CC BY 4.0)",
     "histology": "Colorectal histology tiles, 9 classes, simulated stain shift between two labs",
     "digits": "Handwritten digits, MNIST (source) to USPS (target)",
 }
-DEFAULT_DEMO = "histology"
+DEFAULT_DEMO = "bloodcells"
 
 
 def resources_dir() -> Path:

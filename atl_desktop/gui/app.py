@@ -27,7 +27,7 @@ def log_file() -> Path:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="atl-desktop", description="Open a project in ATL Desktop.")
     parser.add_argument("project", nargs="?", help="the project file (NAME.atl)")
-    parser.add_argument("--demo", metavar="NAME", help="open a bundled demo (histology or digits)")
+    parser.add_argument("--demo", metavar="NAME", help="open a bundled demo (bloodcells, histology or digits)")
     parser.add_argument("--reset-demo", action="store_true",
                         help="replace your copy of the demo with a fresh one first")
     parser.add_argument("--self-test", action="store_true",

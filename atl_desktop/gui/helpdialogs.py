@@ -41,6 +41,11 @@ SHORTCUTS = (
 CREDITS = """
 <h3>Data</h3>
 <ul>
+<li><b>Blood cells</b> (the bloodcells demo) — A. Acevedo, A. Merino, S. Alférez, Á. Molina,
+L. Boldú, J. Rodellar, <i>A dataset of microscopic peripheral blood cell images for development of
+automatic recognition systems</i>, Data in Brief 30 (2020) 105474, doi:10.1016/j.dib.2020.105474;
+Mendeley Data doi:10.17632/snkd93bnjr.1. Licence CC BY 4.0
+(https://creativecommons.org/licenses/by/4.0/); the demo ships a 10 % subset, resized.</li>
 <li><b>MNIST</b> — Y. LeCun, C. Cortes, C. J. C. Burges; LeCun et al., <i>Gradient-based learning
 applied to document recognition</i>, Proc. IEEE 1998. Licence CC BY-SA 3.0.</li>
 <li><b>USPS</b> — J. J. Hull, <i>A database for handwritten text recognition research</i>,

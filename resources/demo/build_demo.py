@@ -1,8 +1,15 @@
 """Rebuild the bundled demo projects from ../shared/data, deterministically.
 
-    python resources/demo/build_demo.py [--data ../shared/data] [--out resources/demo]
+    python resources/demo/build_demo.py [--data ../shared/data] [--out resources/demo] [--only NAME]
 
-Two projects, each trained by this project's own code:
+Three projects, each trained by this project's own code:
+
+- bloodcells.atl (the default demo): peripheral blood cell photographs (pbc_dev, Acevedo et al.
+  2020, CC BY 4.0), 8 classes, at real resolution (JPEG, longer side TILE_SIDE px). Nothing
+  labelled at the start: the rounds run the embedding-first loop as a new user's project does
+  (typical images first on an encoder's embeddings, then the `auto` strategy), a simulated
+  expert answers with the hidden ground truth, and the small CNN is fine-tuned with the
+  project's recipe after each round. The files used are listed in bloodcells_files.csv.
 
 - histology.atl: colorectal tissue tiles (PathMNIST, NCT-CRC-HE-100K, CC BY 4.0),
   9 classes. A labelled "source lab" and an unlabelled "target lab" whose tiles
@@ -21,6 +28,7 @@ a queried batch waiting, and pseudo-labels to review.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import sqlite3
@@ -38,13 +46,16 @@ from atl_desktop.report import BASELINE_SETTING, SOURCE_SETTING
 from atl_desktop.rounds import record_step
 from atl_desktop.session import (
     TRAIN_SETTING,
+    ModelChoice,
     finish_round_job,
     pseudo_label_job,
     query_job,
     round_job,
+    score_job,
     train_job,
 )
 from atl_desktop.store import Project
+from atl_desktop.store.keys import DEFAULT_MIN_STEPS
 from atl_desktop.transfer.train import evaluate_project
 
 HERE = Path(__file__).resolve().parent
@@ -122,6 +133,15 @@ def build(name: str, out: Path, parts: dict, classes, train: dict, rounds_train:
     return path
 
 
+def _copy_project(project, copy: Path) -> None:
+    """A consistent copy of the database and the files the rounds need (media, checkpoints)."""
+    with sqlite3.connect(copy) as backup:
+        project.db.backup(backup)
+    for folder in ("media", "checkpoints"):
+        if (Path(project.data_dir) / folder).is_dir():
+            shutil.copytree(Path(project.data_dir) / folder, copy.with_name(copy.name + ".d") / folder)
+
+
 def _remove_project(path: Path) -> None:
     for old in (path, path.with_name(path.name + ".d")):
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
@@ -143,7 +163,8 @@ def _expert_round(project, strategy: str, batch: int) -> None:
     result = run_job(query_job(project, strategy=strategy, batch=batch, seed=SEED))
     truth = project.truth()
     class_ids = [c.id for c in project.classes()]
-    checkpoint = project.latest_checkpoint().id
+    latest = project.latest_checkpoint()  # None in a first round from nothing labelled
+    checkpoint = None if latest is None else latest.id
     with project.transaction():
         for item in result.items:
             top = item.top[0] if item.top else None
@@ -161,10 +182,7 @@ def _expert_round(project, strategy: str, batch: int) -> None:
 def _random_baseline(project, tmp: Path, batch: int) -> tuple[list[int], list[float]]:
     """Learning curve of random sampling: the same rounds on a copy, labelled by the oracle."""
     copy = tmp / "baseline.atl"
-    with sqlite3.connect(copy) as backup:
-        project.db.backup(backup)
-    shutil.copytree(Path(project.data_dir) / "media", tmp / "baseline.atl.d" / "media")
-    shutil.copytree(Path(project.data_dir) / "checkpoints", tmp / "baseline.atl.d" / "checkpoints")
+    _copy_project(project, copy)
     labels, accuracy = [], []
     with Project.open(copy) as twin:
         for _ in range(ROUNDS):
@@ -207,13 +225,16 @@ def histology(data: Path, out: Path) -> Path:
     return build("histology", out, parts, d["classes"], train, rounds_train, "entropy", 20, describe)
 
 
+DIGITS_SOURCE, DIGITS_POOL, DIGITS_TEST = 1000, 800, 300  # small: the demos share a 25 MB budget
+
+
 def digits(data: Path, out: Path) -> Path:
     m = np.load(data / "digits_mnist_test.npz", allow_pickle=False)
     u = np.load(data / "digits_usps.npz", allow_pickle=False)
     rng = np.random.default_rng(SEED)
-    src = np.sort(rng.permutation(len(m["y"]))[:2000])
-    pool = np.sort(rng.permutation(len(u["y_train"]))[:1500])
-    test = np.sort(rng.permutation(len(u["y_test"]))[:500])
+    src = np.sort(rng.permutation(len(m["y"]))[:DIGITS_SOURCE])
+    pool = np.sort(rng.permutation(len(u["y_train"]))[:DIGITS_POOL])
+    test = np.sort(rng.permutation(len(u["y_test"]))[:DIGITS_TEST])
     parts = {
         ("source", "pool", "labels"): (m["x"][src], m["y"][src]),
         ("target", "pool", "truth"): (u["x_train"][pool], u["y_train"][pool]),
@@ -221,20 +242,136 @@ def digits(data: Path, out: Path) -> Path:
     }
     train = {"backbone": "smallcnn", "epochs": 10, "batch_size": 64, "lr": 2e-3,
              "augment": "none", "patience": 0, "seed": 0}
-    describe = ("Handwritten digits: MNIST (source, 2,000 labelled) to USPS (target, 1,500 "
-                "unlabelled, 500 test), a real domain shift. MNIST CC BY-SA 3.0; USPS (Hull 1994).")
+    describe = (f"Handwritten digits: MNIST (source, {DIGITS_SOURCE:,} labelled) to USPS (target, "
+                f"{DIGITS_POOL:,} unlabelled, {DIGITS_TEST} test), a real domain shift. MNIST CC BY-SA 3.0; "
+                "USPS (Hull 1994).")
     rounds_train = {"epochs": 5, "lr": 5e-4}
     return build("digits", out, parts, m["classes"], train, rounds_train, "margin", 10, describe)
+
+
+# ---- bloodcells: real-resolution photographs through the embedding-first loop -------------
+
+BLOOD_SHARE = 0.10  # of each pbc_dev class: about 600 photographs
+BLOOD_TEST = 0.25  # of those, per class, held out as the labelled test split
+TILE_SIDE = 176  # longer side of the shipped JPEGs: the query view's tiles (176 px) show them 1:1
+JPEG_QUALITY = 85
+BLOOD_BATCH = 20
+BLOOD_MANIFEST = "bloodcells_files.csv"
+BLOOD_TRAIN = {"backbone": "smallcnn", "input_size": 64, "epochs": 10, "batch_size": 32, "lr": 2e-3,
+               "augment": "histology",  # flips, 90-degree turns, mild colour jitter: a cell has no "up"
+               "patience": 0, "seed": 0, "min_steps": DEFAULT_MIN_STEPS}
+BLOOD_DESCRIBE = (
+    "Peripheral blood cells, 8 classes, photographed by a CellaVision DM96 (May-Grünwald-Giemsa). "
+    "From A. Acevedo et al., Data in Brief 30 (2020) 105474, doi:10.17632/snkd93bnjr.1, CC BY 4.0. "
+    "{pool} unlabelled images and {test} test images; {rounds} rounds of {batch} labels already given "
+    "by a simulated expert. To label your own images: File ▸ New project.")
+
+
+def pbc_subset(data: Path, rng: np.random.Generator) -> list[tuple[str, str]]:
+    """(path under pbc_dev, class) of BLOOD_SHARE of each class, drawn with `rng`, sorted."""
+    with open(data / "pbc_dev" / "index.csv", newline="") as f:
+        rows = sorted((r["path"], r["label"]) for r in csv.DictReader(f))
+    chosen = []
+    for cls in sorted({label for _, label in rows}):
+        paths = [p for p, label in rows if label == cls]
+        keep = rng.choice(len(paths), round(BLOOD_SHARE * len(paths)), replace=False)
+        chosen += [(paths[i], cls) for i in sorted(keep)]
+    return chosen
+
+
+def reencode(source: Path, target: Path) -> None:
+    """A JPEG whose longer side is TILE_SIDE (Lanczos), at JPEG_QUALITY."""
+    with Image.open(source) as img:
+        img = img.convert("RGB")
+        img.thumbnail((TILE_SIDE, TILE_SIDE), Image.Resampling.LANCZOS)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        img.save(target, "JPEG", quality=JPEG_QUALITY, optimize=True)
+
+
+def blood_files(data: Path, folder: Path) -> list[tuple[str, str, str]]:
+    """Choose the subset, split it per class and write it as folder/<split>/<class>/<name>.jpg;
+    returns (file name, class, split) rows for the manifest."""
+    rng = np.random.default_rng(SEED)
+    chosen = pbc_subset(data, rng)
+    y = np.array([cls for _, cls in chosen])
+    pool, test = stratified(y, [1 - BLOOD_TEST, BLOOD_TEST], rng)
+    rows = []
+    for split, idx in (("pool", pool), ("test", test)):
+        for i in idx:
+            path, cls = chosen[i]
+            reencode(data / "pbc_dev" / path, folder / split / cls / Path(path).name)
+            rows.append((Path(path).name, cls, split))
+    return sorted(rows, key=lambda r: (r[2], r[1], r[0]))
+
+
+def write_manifest(out: Path, rows: list[tuple[str, str, str]]) -> None:
+    with open(out / BLOOD_MANIFEST, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["file", "class", "split"])
+        writer.writerows(rows)
+
+
+def import_blood(project, folder: Path) -> None:
+    """Both splits with their classes as hidden ground truth (the expert's answers), copied in."""
+    for split in ("pool", "test"):
+        run_job(import_source(project, folder / split, ImportOptions(
+            format="imagefolder", domain="target", split=split, labels="truth", copy=True)))
+
+
+def blood_accuracy(project) -> dict:
+    """Balanced accuracy of the latest model on the test split and on the unlabelled pool."""
+    checkpoint = project.latest_checkpoint().id
+    test = run_job(evaluate_project(project, checkpoint_id=checkpoint))
+    scored = run_job(score_job(project, model=ModelChoice(checkpoint_id=checkpoint)))
+    unlabelled = [i for i in project.image_ids("target", "pool") if i not in project.current_labels()]
+    position, truth = project.class_index(), project.truth()
+    predicted = np.argmax(scored.target.probs[scored.target.rows(unlabelled)], axis=1)
+    actual = np.array([position[truth[i]] for i in unlabelled])
+    recalls = [float(np.mean(predicted[actual == c] == c)) for c in np.unique(actual)]
+    return {"checkpoint": checkpoint, "test_balanced_accuracy": test.balanced_accuracy,
+            "test_images": test.n, "unlabelled_balanced_accuracy": float(np.mean(recalls)),
+            "unlabelled_images": len(unlabelled), "labels": len(project.current_labels())}
+
+
+def bloodcells(data: Path, out: Path) -> Path:
+    """Import, run ROUNDS expert rounds from nothing labelled, record random sampling's curve
+    from the same start on a copy, leave a batch and pseudo-labels waiting, measure."""
+    name, path = "bloodcells", out / "bloodcells.atl"
+    _remove_project(path)
+    with tempfile.TemporaryDirectory() as tmp, Project.create(path) as project:
+        rows = blood_files(data, Path(tmp) / "images")
+        write_manifest(out, rows)
+        for cls in sorted({r[1] for r in rows}):
+            project.add_class(cls)
+        project.set_setting(TRAIN_SETTING, BLOOD_TRAIN)
+        import_blood(project, Path(tmp) / "images")
+        counts = project.counts()["images"]
+        project.set_setting("description", BLOOD_DESCRIBE.format(
+            pool=counts["target/pool"], test=counts["target/test"], rounds=ROUNDS, batch=BLOOD_BATCH))
+        print(f"{name}: imported {counts}", file=sys.stderr)
+        baseline = _random_baseline(project, Path(tmp), BLOOD_BATCH)
+        project.set_setting(BASELINE_SETTING, {
+            "strategy": "random", "seed": SEED, "labels": baseline[0], "accuracy": baseline[1],
+            "how": "the same rounds (batch, training settings) from nothing labelled, with a "
+                   "random batch each round, on a copy of this project"})
+        for _ in range(ROUNDS):
+            _expert_round(project, "auto", BLOOD_BATCH)
+        measured = blood_accuracy(project)
+        project.set_setting("demo_measured", measured)
+        print(f"{name}: {json.dumps(measured)}", file=sys.stderr)
+        _leave_work_waiting(project, "auto", BLOOD_BATCH)
+    _clean(out, name)
+    return path
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=HERE.parents[2] / "shared" / "data")
     parser.add_argument("--out", type=Path, default=HERE)
-    parser.add_argument("--only", choices=["histology", "digits"])
+    parser.add_argument("--only", choices=["bloodcells", "histology", "digits"])
     args = parser.parse_args()
     built = {}
-    for name, fn in (("histology", histology), ("digits", digits)):
+    for name, fn in (("bloodcells", bloodcells), ("histology", histology), ("digits", digits)):
         if args.only in (None, name):
             built[name] = str(fn(args.data, args.out).relative_to(args.out))
     print(json.dumps(built))

@@ -23,7 +23,7 @@ def test_demo_is_copied_once_and_the_bundle_is_never_changed(data_dir):
     bundle = bundled_demo()
     before = _digest(bundle)
     copy = install_demo()
-    assert copy == data_dir / "demo" / "histology.atl" and copy.is_file()
+    assert copy == data_dir / "demo" / "bloodcells.atl" and copy.is_file()
     with Project.open(copy) as project:
         counts = project.counts()
         assert counts["images"]["target/pool"] > 0 and counts["images"]["target/test"] > 0
@@ -40,7 +40,7 @@ def test_demo_is_copied_once_and_the_bundle_is_never_changed(data_dir):
     assert _digest(bundle) == before
 
 
-@pytest.mark.parametrize("name", ["histology", "digits"])
+@pytest.mark.parametrize("name", ["bloodcells", "histology", "digits"])
 def test_each_demo_has_a_learning_curve_a_baseline_and_work_waiting(name, data_dir):
     from atl_desktop.report import BASELINE_SETTING, SOURCE_SETTING, learning_curve
     from atl_desktop.rounds import open_round
@@ -51,8 +51,12 @@ def test_each_demo_has_a_learning_curve_a_baseline_and_work_waiting(name, data_d
         assert len(curve) >= 3 and all(p["accuracy"] is not None and p["ece"] is not None for p in curve)
         assert [p["labels"] for p in curve] == sorted(p["labels"] for p in curve)
         baseline = project.get_setting(BASELINE_SETTING)
-        assert baseline["strategy"] == "random" and len(baseline["labels"]) == len(curve) + 1
-        assert project.get_setting(SOURCE_SETTING)["accuracy"] == baseline["accuracy"][0]
+        source = project.get_setting(SOURCE_SETTING)
+        if source is None:  # no source model: both curves start from nothing labelled
+            assert not project.image_ids("source") and baseline["labels"] == [p["labels"] for p in curve]
+        else:
+            assert len(baseline["labels"]) == len(curve) + 1 and source["accuracy"] == baseline["accuracy"][0]
+        assert baseline["strategy"] == "random"
         pending = open_round(project)
         assert pending is not None and len(project.get_setting("last_query")) > 0
         assert project.pseudo_labels("pending") and project.image_ids("target", "test")
@@ -69,7 +73,7 @@ def test_reset_is_refused_while_the_demo_is_open(data_dir):
 
 def test_atl_demo_prints_the_copy(capsys, data_dir):
     assert atl(["demo"]) == 0
-    assert capsys.readouterr().out.strip() == str(data_dir / "demo" / "histology.atl")
+    assert capsys.readouterr().out.strip() == str(data_dir / "demo" / "bloodcells.atl")
 
 
 def test_self_test_passes_on_a_working_install(capsys):

@@ -19,8 +19,9 @@ def _texts(menu):
 
 def test_file_menu_opens_and_resets_each_demo(qtbot, open_window, project_path):
     window = open_window(project_path)
-    assert _texts(window.demo_menu) == ["Open the histology demo", "Open the digits demo",
-                                        "Reset the histology demo…", "Reset the digits demo…"]
+    assert _texts(window.demo_menu) == [
+        "Open the bloodcells demo", "Open the histology demo", "Open the digits demo",
+        "Reset the bloodcells demo…", "Reset the histology demo…", "Reset the digits demo…"]
     digits = open_demo(window, "digits")
     try:
         assert digits.ws.project.path == install_demo("digits") and not window.isVisible()

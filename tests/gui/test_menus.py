@@ -35,6 +35,10 @@ def test_about_names_versions_and_data_credits(qtbot):
     assert "PySide6" in text and "torch" in versions()
     for credit in ("MNIST", "CC BY-SA 3.0", "USPS", "PathMNIST", "NCT-CRC-HE-100K", "CC BY 4.0"):
         assert credit in text
+    # The default demo's photographs (CC BY 4.0 asks for the authors, the source and the licence).
+    for credit in ("Acevedo", "Data in Brief 30 (2020) 105474", "10.17632/snkd93bnjr.1",
+                   "creativecommons.org/licenses/by/4.0"):
+        assert credit in text
 
 
 def test_recent_projects_and_layout_are_remembered(qtbot, open_window, project_path, settings, tmp_path):

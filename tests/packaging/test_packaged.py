@@ -33,7 +33,8 @@ def test_packaged_program_passes_its_self_test(tmp_path):
     for check in ("device", "open demo", "score", "train one step", "torchvision backbone"):
         assert any(line.startswith(f"ok    {check}") for line in lines), run.stdout
     bundled = BUILD / "_internal" / "atl_desktop" / "resources" / "demo"
-    assert (bundled / "histology.atl").is_file() and (bundled / "digits.atl").is_file()
+    assert all((bundled / f"{name}.atl").is_file() for name in ("bloodcells", "histology", "digits"))
+    assert (bundled / "CREDITS.md").is_file()
     assert not (tmp_path / "data" / "demo").exists()  # the self-test used its own temporary copy
 
     # The command line in the same program: a demo copy, then a report of it (figures drawn
