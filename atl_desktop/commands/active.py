@@ -26,24 +26,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "query", help="choose the next images to label",
         description="Choose the next batch of unlabelled target images with a strategy, print them "
                     "and record them as a round.")
-    query.add_argument("project", type=Path)
-    query.add_argument("--strategy", required=True, choices=STRATEGY_NAMES, metavar="STRATEGY",
-                       help="see `atl strategies`")
-    query.add_argument("--batch", type=int, required=True, help="how many images to choose")
-    query.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                       help="strategy parameter, VALUE in JSON (e.g. k=10, diversity='\"mmd\"', balance=true)")
-    query.add_argument("--prototypes", action="store_true",
-                       help="few-shot: predict with class means of labelled features instead of the head")
-    query.add_argument("--head", default="auto", choices=("auto", "model", "logreg", "prototype"),
-                       help="where predictions come from: the model's own head, or a head fitted on the "
-                            "labelled images' embeddings (auto: the model's head once it was trained on "
-                            "labels, else logreg)")
-    query.add_argument("--json", action="store_true", help="print JSON")
-    _model_options(query)
+    add_query_arguments(query)
     query.set_defaults(func=cmd_query)
 
     strategies = subparsers.add_parser("strategies", help="list the selection strategies")
     strategies.set_defaults(func=cmd_strategies)
+
+
+def add_query_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a query: `atl query` and `atl round query` are one command."""
+    parser.add_argument("project", type=Path)
+    parser.add_argument("--strategy", required=True, choices=STRATEGY_NAMES, metavar="STRATEGY",
+                        help="see `atl strategies`")
+    parser.add_argument("--batch", type=int, required=True, help="how many images to choose")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="strategy parameter, VALUE in JSON (e.g. k=10, diversity='\"mmd\"', balance=true)")
+    parser.add_argument("--prototypes", action="store_true",
+                        help="few-shot: predict with class means of labelled features instead of the head")
+    parser.add_argument("--head", default="auto", choices=("auto", "model", "logreg", "prototype"),
+                        help="where predictions come from: the model's own head, or a head fitted on the "
+                             "labelled images' embeddings (auto: the model's head once it was trained on "
+                             "labels, else logreg)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    _model_options(parser)
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
@@ -108,6 +113,11 @@ def parse_params(items: list[str]) -> dict:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    return run_query(args, "atl train")
+
+
+def run_query(args: argparse.Namespace, finish: str) -> int:
+    """Open a round with the chosen images and print them; `finish` is the command that ends it."""
     from atl_desktop.session import query_job
 
     with Project.open(args.project) as project:
@@ -119,8 +129,8 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"round": result.round_id, "strategy": result.strategy, "images": rows}, indent=2))
     else:
-        print(f"Round {result.round_id}: {result.strategy} chose {len(result.items)} of "
-              f"{result.pool_size} unlabelled images. Label them with `atl label`, then `atl train`.")
+        print(f"Round {result.round_id} open: {result.strategy} chose {len(result.items)} of "
+              f"{result.pool_size} unlabelled images. Label them (`atl label`), then run `{finish}`.")
         print(format_query_rows(rows))
     return 0
 

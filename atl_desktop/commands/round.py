@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from atl_desktop.commands.lazy import STRATEGY_NAMES
+from atl_desktop.commands.active import add_query_arguments, run_query
 from atl_desktop.jobs import run_with_tqdm
 from atl_desktop.store import Project, ProjectError
 
@@ -24,15 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "One round is open at a time: a query refuses until it is trained or discarded.")
     steps = parser.add_subparsers(title="steps", metavar="STEP", required=True)
 
-    query = steps.add_parser("query", help="choose the images to label and open a round")
-    query.add_argument("project", type=Path)
-    query.add_argument("--strategy", required=True, choices=STRATEGY_NAMES, metavar="STRATEGY",
-                       help="see `atl strategies`")
-    query.add_argument("--batch", type=int, required=True)
-    query.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                       help="strategy parameter, VALUE in JSON")
-    query.add_argument("--seed", type=int, default=0)
-    _common(query)
+    query = steps.add_parser("query", help="choose the images to label and open a round (as `atl query`)")
+    add_query_arguments(query)
     query.set_defaults(func=cmd_query)
 
     train = steps.add_parser("train", help="pseudo-label (optional), fine-tune, evaluate, close the round")
@@ -64,27 +57,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from atl_desktop.active.strategies import STRATEGIES
-    from atl_desktop.commands.active import format_query_rows, parse_params, query_rows
-    from atl_desktop.session import query_job
-
-    scoring = None
-    if STRATEGIES[args.strategy].needs:  # the scoring settings load torch: only for a model
-        from atl_desktop.active.scoring import ScoringConfig
-
-        scoring = ScoringConfig(seed=args.seed, device=args.device)
-    with Project.open(args.project) as project:
-        job = query_job(project, strategy=args.strategy, batch=args.batch, params=parse_params(args.param),
-                        seed=args.seed, scoring=scoring)
-        result = run_with_tqdm(job, desc="query", quiet=args.quiet)
-        rows = query_rows(project, result)
-    if args.json:
-        print(json.dumps({"round": result.round_id, "images": rows}, indent=2))
-    else:
-        print(f"Round {result.round_id} open: label these {len(result.items)} images, then run "
-              f"`atl round train`.")
-        print(format_query_rows(rows))
-    return 0
+    return run_query(args, "atl round train")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
