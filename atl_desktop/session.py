@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from atl_desktop.active.calibration import apply_temperature
 from atl_desktop.active.heads import HEADS, head_probs
 from atl_desktop.active.pseudo import PseudoLabelConfig, pseudo_labels_for_round
 from atl_desktop.active.scores import PROB_SCORES
@@ -38,6 +39,7 @@ from atl_desktop.rounds import (
     assess_job,
     check_can_finish,
     check_can_query,
+    checkpoint_temperature,
     completed_rounds,
     fine_tune_job,
     label_from_truth,
@@ -280,11 +282,15 @@ def query_job(
     if "probs" in needs and data.probs is None:
         chosen_by, params = COLD_START_STRATEGY, {}
     picks = select(chosen_by, data, batch, np.random.default_rng(seed), **params)
-    items = describe_picks(chosen_by, data, picks, unlabelled, params)
+    calibration = suggestion_temperature(project, scored, labelled, head)
+    temperature = calibration["temperature"] if calibration else 1.0
+    items = describe_picks(chosen_by, data, picks, unlabelled, params, temperature=temperature)
     record = {
         "batch": batch, "chosen": [it.image_id for it in items], "params": params, "seed": seed,
         "head": head, "pool_size": int(len(unlabelled)), "shown": shown_suggestions(items),
     }
+    if calibration:
+        record["temperature"] = calibration
     if chosen_by != strategy:
         record["cold_start"] = chosen_by
     if scored is not None and head in HEADS:
@@ -292,6 +298,29 @@ def query_job(
     round_id = project.start_round(strategy, record,
                                    checkpoint_id=None if scored is None else scored.checkpoint_id)
     return QueryResult(round_id, strategy, items, int(len(unlabelled)), params)
+
+
+def suggestion_temperature(project: Project, scored: ScoredPool | None, labelled: Mapping[int, int],
+                           head: str) -> dict | None:
+    """The temperature applied to the suggestions' confidence (not to the strategy's scores,
+    which rank as their papers define them). A head on embeddings: fitted on its
+    out-of-fold predictions of the labels so far (active.head_calibration). The model's
+    own head: the temperature its assessment fitted on held-out labels (rounds.assess_job).
+    None when there is none to apply."""
+    if scored is None:
+        return None
+    if head not in HEADS:
+        t = checkpoint_temperature(project, scored.checkpoint_id)
+        return None if t == 1.0 else {"temperature": t, "fitted_on": "the checkpoint's assessment"}
+    from atl_desktop.active.head_calibration import head_temperature
+
+    position = project.class_index()
+    ids = np.asarray(sorted(i for i, c in labelled.items() if c in position), dtype=np.int64)
+    if not len(ids):
+        return None
+    labels = np.asarray([position[labelled[i]] for i in ids], dtype=np.int64)
+    features = np.asarray(scored.target.features[scored.target.rows(ids)])
+    return head_temperature(features, labels, len(position), head=head)
 
 
 # ---- suggestions refitted after every label (the embedding-first loop) ------------------
@@ -306,6 +335,7 @@ class LiveHead:
     pool_ids: np.ndarray  # every real target pool image, ascending
     labels: dict[int, int]  # image id -> class position, the current labels
     num_classes: int
+    temperature: float = 1.0  # fitted out of fold when the round was queried (suggestion_temperature)
 
 
 def live_head(project: Project, round_id: int | None) -> LiveHead | None:
@@ -318,7 +348,8 @@ def live_head(project: Project, round_id: int | None) -> LiveHead | None:
               if c in position}
     cache = scores_dir(project.data_dir, record.params["embeddings"], ScoringConfig())
     pool = np.asarray(sorted(project.image_ids(domain="target", split="pool", synthetic=False)), dtype=np.int64)
-    return LiveHead(str(cache), record.params["head"], pool, labels, len(position))
+    temperature = float((record.params.get("temperature") or {}).get("temperature", 1.0))
+    return LiveHead(str(cache), record.params["head"], pool, labels, len(position), temperature)
 
 
 def live_suggestions(live: LiveHead, image_ids) -> dict[int, list[tuple[int, float]]]:
@@ -343,7 +374,7 @@ def live_suggestions(live: LiveHead, image_ids) -> dict[int, list[tuple[int, flo
     wanted = np.asarray([i for i in image_ids if i in in_pool], dtype=np.int64)
     if not len(wanted):
         return {}
-    probs = head.predict_proba(scaler(table.features[table.rows(wanted)]))
+    probs = apply_temperature(head.predict_proba(scaler(table.features[table.rows(wanted)])), live.temperature)
     out = {}
     for image_id, p in zip(wanted, probs, strict=True):
         order = np.argsort(-p, kind="stable")[:TOP_PREDICTIONS]
@@ -432,13 +463,14 @@ def _top_share(scores: np.ndarray, value: float) -> str:
 
 
 def describe_picks(strategy: str, data: SelectionInput, picks: np.ndarray,
-                   unlabelled: np.ndarray, params: Mapping) -> list[QueryItem]:
+                   unlabelled: np.ndarray, params: Mapping, *, temperature: float = 1.0) -> list[QueryItem]:
+    """Each pick with its score, reason and top predictions (temperature-scaled)."""
     values, words = _reason_scores(strategy, data, picks, params)
     items = []
     for k, row in enumerate(picks):
         top: list[tuple[int, float]] = []
         if data.probs is not None and data.probs.shape[1] > 1:
-            p = np.asarray(data.probs[row], dtype=np.float64)
+            p = apply_temperature(np.asarray(data.probs[row], dtype=np.float64)[None, :], temperature)[0]
             order = np.argsort(-p, kind="stable")[:TOP_PREDICTIONS]
             top = [(int(c), float(p[c])) for c in order]
         items.append(QueryItem(int(unlabelled[row]), float(values[k]), words[k], top))
@@ -510,6 +542,9 @@ def pseudo_label_job(
 ) -> Generator[Progress, None, int]:
     """Propose CEAL pseudo-labels for confident unlabelled images; returns how many.
 
+    The threshold applies to the checkpoint's temperature-scaled probabilities (the T its
+    assessment fitted on held-out labels; 1 when none was fitted).
+
     They belong to `round_id` (default: the open round, if any), whose step is
     committed with them. The entropy threshold decays with the number of rounds
     finished so far. Pairs the expert rejected before are never proposed again.
@@ -532,7 +567,8 @@ def pseudo_label_job(
             )
         round_index = len(completed_rounds(project))
         chosen = pseudo_labels_for_round(probs, unlabelled, round_index, config,
-                                         class_ids=class_ids, exclude=project.rejected_pseudo())
+                                         class_ids=class_ids, exclude=project.rejected_pseudo(),
+                                         temperature=checkpoint_temperature(project, scored.checkpoint_id))
     with project.transaction():
         project.add_pseudo_labels([p.as_tuple() for p in chosen], round=round_id)
         if round_id is not None and not round_state(project, round_id).reached("pseudo-labelled"):

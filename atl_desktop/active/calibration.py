@@ -26,6 +26,7 @@ import numpy as np
 
 DEFAULT_BINS = 15
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-2, 1e2  # the search interval for T
+MIN_FIT_LABELS = 20  # fewer held-out labels leave T to chance; below it no temperature is fitted
 STOP_WINDOW = 3
 STOP_KAPPA = 0.99
 
