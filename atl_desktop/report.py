@@ -265,7 +265,12 @@ def current_assessment_job(project: Project, facts: Mapping[str, Any], *,
                            device: str = "auto") -> Generator[Progress, None, dict[str, Any] | None]:
     """The current checkpoint's test metrics: as recorded by its round, else evaluated now
     (when the test split has labels or ground truth); None when there is nothing to show."""
-    from atl_desktop.rounds import calibration_split, evaluation_metrics, predict_probs, temperature_job
+    from atl_desktop.rounds import (
+        calibration_split,
+        evaluation_metrics,
+        predict_probs,
+        temperature_job,
+    )
 
     current = facts["current_checkpoint"]
     assessed = facts["assessed"]

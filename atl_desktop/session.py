@@ -51,7 +51,7 @@ from atl_desktop.rounds import (
     training_labels,
 )
 from atl_desktop.store import Project, ProjectError
-from atl_desktop.store.keys import TRAIN_SETTING
+from atl_desktop.store.keys import LABEL_CHECK_SETTING, LABELS_KEPT_SETTING, TRAIN_SETTING
 
 SKIPPED_SETTING = "skipped_images"  # images the expert marked unsure (the window's x key)
 ENCODER_SETTING = "encoder"  # models.encoders.EncoderChoice as JSON: the cold start's encoder
@@ -423,12 +423,20 @@ class LabelSuspect:
     given: int  # class id of the label
     likely: int  # class id confident learning puts it in
     margin: float  # p(likely) - p(given), out of fold
+    probability: float = float("nan")  # p(likely), out of fold
+    given_probability: float = float("nan")  # p(given), out of fold
+
+    def to_json(self) -> dict:
+        return {"image_id": self.image_id, "given": self.given, "likely": self.likely, "margin": self.margin,
+                "probability": self.probability, "given_probability": self.given_probability}
 
 
 def check_labels_job(project: Project, *, folds: int = 5, model: ModelChoice | None = None,
                      scoring: ScoringConfig | None = None) -> Generator[Progress, None, list[LabelSuspect]]:
     """Confident learning (active.label_errors) over the target pool's labels, on the cached
-    embeddings of the model a query would use; most suspicious first."""
+    embeddings of the model a query would use; most suspicious first. Labels the expert kept
+    as they are (LABELS_KEPT_SETTING) are not flagged again; the result is kept in
+    LABEL_CHECK_SETTING for the window."""
     from atl_desktop.active.label_errors import find_label_errors, out_of_fold_probs
 
     labelled = project.current_labels(domain="target", split="pool")
@@ -442,8 +450,13 @@ def check_labels_job(project: Project, *, folds: int = 5, model: ModelChoice | N
     yield Progress(0, None, f"cross-validating a head over {len(ids)} labels")
     features = np.asarray(scored.target.features[scored.target.rows(ids)])
     probs = out_of_fold_probs(features, labels, len(classes), folds=folds)
-    return [LabelSuspect(int(ids[s.row]), classes[s.given].id, classes[s.likely].id, s.margin)
-            for s in find_label_errors(probs, labels)]
+    kept = project.get_setting(LABELS_KEPT_SETTING, {}) or {}
+    suspects = [LabelSuspect(int(ids[s.row]), classes[s.given].id, classes[s.likely].id, s.margin,
+                             float(probs[s.row, s.likely]), float(probs[s.row, s.given]))
+                for s in find_label_errors(probs, labels)]
+    suspects = [s for s in suspects if kept.get(str(s.image_id)) != s.given]
+    project.set_setting(LABEL_CHECK_SETTING, [s.to_json() for s in suspects])
+    return suspects
 
 
 # ---- why each image was chosen, in words ---------------------------------------------

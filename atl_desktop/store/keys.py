@@ -13,3 +13,9 @@ def init_training_defaults(project) -> None:
     """Give a new project NEW_PROJECT_TRAINING (projects made before keep epochs-only training)."""
     saved = dict(project.get_setting(TRAIN_SETTING, {}))
     project.set_setting(TRAIN_SETTING, {**NEW_PROJECT_TRAINING, **saved})
+
+# Possible label errors (session.check_labels_job): the last check's suspects, most suspicious
+# first, as [{image_id, given, likely, margin, probability, given_probability}], and the labels
+# the expert kept as they are, {str(image id): class id}, never flagged again while unchanged.
+LABEL_CHECK_SETTING = "label_check"
+LABELS_KEPT_SETTING = "labels_kept"

@@ -4,18 +4,18 @@ import numpy as np
 import pytest
 
 from atl_desktop.active.calibration import (
+    apply_temperature,
     bin_index,
     calibration_summary,
     cohen_kappa,
-    expected_calibration_error,
-    reliability_bins,
-    apply_temperature,
     ece_change_words,
+    expected_calibration_error,
     fit_temperature,
     mean_nll,
+    reliability_bins,
+    scaled_calibration,
     softmax_t,
     stabilised,
-    scaled_calibration,
     temperature_fit,
 )
 

@@ -1,5 +1,7 @@
 """`atl pretrain`, `atl encoder` and `atl query --head` from the command line."""
 
+import pytest
+
 from atl_desktop.cli import main
 from atl_desktop.store import Project
 from tests.conftest import TESTDATA
@@ -75,6 +77,7 @@ def test_similar_prints_unlabelled_neighbours(tmp_path, capsys):
     assert main(["similar", str(path), "99999", "--quiet"]) == 1
 
 
+@pytest.mark.timeout(600)  # two checks: five head fits each, slow on a loaded machine
 def test_check_labels_finds_flipped_labels(tmp_path, capsys):
     import json
 
@@ -93,3 +96,14 @@ def test_check_labels_finds_flipped_labels(tmp_path, capsys):
     # Untrained features are weak; still, flipped labels are over-represented among the suspects.
     share = sum(r["id"] in flipped for r in rows) / len(rows)
     assert share > len(flipped) / len(truth)
+    # The window reads the last check from the project; a label kept as it is is not flagged again.
+    from atl_desktop.store.keys import LABEL_CHECK_SETTING, LABELS_KEPT_SETTING
+
+    with Project.open(path) as p:
+        saved = p.get_setting(LABEL_CHECK_SETTING)
+        assert [s["image_id"] for s in saved][: len(rows)] == [r["id"] for r in rows]  # rows: the top ones
+        assert all(abs(s["probability"] - s["given_probability"] - s["margin"]) < 1e-9 for s in saved)
+        p.set_setting(LABELS_KEPT_SETTING, {str(saved[0]["image_id"]): saved[0]["given"]})
+    assert main(["check-labels", str(path), "--json", "--quiet"]) == 0
+    again = [r["id"] for r in json.loads(capsys.readouterr().out)]
+    assert saved[0]["image_id"] not in again and again[: len(rows) - 1] == [r["id"] for r in rows[1:]]

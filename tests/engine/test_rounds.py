@@ -281,7 +281,11 @@ def test_round_commands(template, tmp_path, capsys):
 
 
 def test_assessment_fits_a_temperature_on_validation_labels(template, tmp_path):
-    from atl_desktop.active.calibration import apply_temperature, calibration_summary, fit_temperature
+    from atl_desktop.active.calibration import (
+        apply_temperature,
+        calibration_summary,
+        fit_temperature,
+    )
     from atl_desktop.data.importers import ImportOptions, import_source
     from atl_desktop.models.checkpoints import load_checkpoint
     from atl_desktop.models.transforms import input_transform
