@@ -70,8 +70,7 @@ def suspect_tiles(project: Project, suspects: list[dict]) -> list[QueryTile]:
             continue  # a class deleted since the check
         top = (Prediction(s["likely"], names[s["likely"]], float(s.get("probability", float("nan")))),
                Prediction(s["given"], names[s["given"]], float(s.get("given_probability", float("nan")))))
-        reason = (f"#{rank}: labelled {names[s['given']]}, looks like {names[s['likely']]} "
-                  f"(margin {s['margin']:.2f})")
+        reason = f"#{rank} most suspicious: margin {s['margin']:.2f} over the label"
         tiles.append(QueryTile(int(s["image_id"]), float(s["margin"]), reason, top))
     return tiles
 
@@ -147,8 +146,9 @@ class LabelErrorsView(QueryView):
             return "Suggestion hidden (blind mode)", f"labelled {given.name}", tile.reason
         if kept_labels(self.ws.project).get(str(tile.image_id)) == given.class_id:
             return f"Kept as {given.name}", f"suggested {suggested.probability:.0%} {suggested.name}", tile.reason
-        return (f"Suggested: {suggested.probability:.0%} {suggested.name}",
-                f"labelled {given.name} ({given.probability:.0%})", tile.reason)
+        # as the query view shows a suggestion: "75% stroma" (a tile cuts names, never the number)
+        return (f"{suggested.probability:.0%} {suggested.name}",
+                f"{given.probability:.0%} {given.name} (the label)", tile.reason)
 
     def label_kwargs(self, tile: QueryTile) -> dict[str, Any]:
         return {**super().label_kwargs(tile), "strategy": STRATEGY}

@@ -39,7 +39,7 @@ def test_check_labels_lists_suspects_and_keys_relabel_or_keep(qtbot, open_window
     assert calls == [{}] and window.tabs.currentWidget() is view
     assert [t.image_id for t in view.model.tiles()] == [ids[3], ids[6], ids[9]]  # most suspicious first
     assert view._describe(view.model.index(0, 0)) == (
-        "Suggested: 75% stroma", "labelled tumour (15%)", "#1: labelled tumour, looks like stroma (margin 0.60)")
+        "75% stroma", "15% tumour (the label)", "#1 most suspicious: margin 0.60 over the label")
     assert view.grid.current_row() == 0
 
     qtbot.keyClick(view.grid, Qt.Key.Key_Space)  # take the suggested class
