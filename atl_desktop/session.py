@@ -454,9 +454,15 @@ def check_labels_job(project: Project, *, folds: int = 5, model: ModelChoice | N
     suspects = [LabelSuspect(int(ids[s.row]), classes[s.given].id, classes[s.likely].id, s.margin,
                              float(probs[s.row, s.likely]), float(probs[s.row, s.given]))
                 for s in find_label_errors(probs, labels)]
-    suspects = [s for s in suspects if kept.get(str(s.image_id)) != s.given]
+    suspects = not_kept(suspects, kept)
     project.set_setting(LABEL_CHECK_SETTING, [s.to_json() for s in suspects])
     return suspects
+
+
+def not_kept(suspects: list[LabelSuspect], kept: Mapping[str, int]) -> list[LabelSuspect]:
+    """The suspects whose label the expert has not kept as it is ({str(image id): class id});
+    a label changed since it was kept is flagged again."""
+    return [s for s in suspects if kept.get(str(s.image_id)) != s.given]
 
 
 # ---- why each image was chosen, in words ---------------------------------------------
