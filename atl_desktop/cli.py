@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -64,7 +65,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     code = run_command(argv)
-    context = sys.modules.get("atl_desktop.scale.context")  # loaded only by distributed commands
+    context = sys.modules.get("atl_desktop.dist")  # loaded only by distributed commands
     if context is not None and context.joined_a_group():
         context.leave_process(code)  # a rank of an outside torchrun/SLURM launch: see leave_process
     return code
@@ -84,6 +85,11 @@ def run_command(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("atl: interrupted.", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`atl info P.atl | head`): what it wanted was printed. Point
+        # stdout at nothing so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a command ended by SIGPIPE
     except Exception as error:  # only user mistakes (and full or read-only disks) are caught
         if not isinstance(error, user_errors()):
             where = getattr(error, "filename", None) or getattr(args, "project", None) or "the project"

@@ -302,12 +302,3 @@ def _predict(project: Project, model, image_ids: np.ndarray, device: torch.devic
     dataset = ImageDataset([project.image_path(project.image(int(i))) for i in image_ids], None,
                            input_transform(model.spec))
     return (yield from predict_probs(model, dataset, device=str(device), message="predicting the chosen images"))
-
-
-def preview_png(project: Project, generator_id: int | None = None) -> bytes | None:
-    """The newest sample preview of a GAN, as PNG bytes (None when it has none)."""
-    record = project.latest_generator() if generator_id is None else project.generator(generator_id)
-    previews = (record.metrics or {}).get("previews", []) if record is not None else []
-    path = project.data_dir / previews[-1] if previews else None
-    return path.read_bytes() if path is not None and path.is_file() else None
-

@@ -336,6 +336,9 @@ class LiveHead:
     labels: dict[int, int]  # image id -> class position, the current labels
     num_classes: int
     temperature: float = 1.0  # fitted out of fold when the round was queried (suggestion_temperature)
+    # Carried from one refit to the next (dataclasses.replace shares it): the pool's
+    # standardisation, computed once, and the last logistic fit, the next one's warm start.
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 def live_head(project: Project, round_id: int | None) -> LiveHead | None:
@@ -357,7 +360,7 @@ def live_suggestions(live: LiveHead, image_ids) -> dict[int, list[tuple[int, flo
     probability) best first, TOP_PREDICTIONS of them. Numpy and files only, so any thread
     may call it (tens of milliseconds for thousands of pool images and hundreds of labels;
     benchmarks/al_pbc.py times the fit). {} when nothing is labelled or the embeddings are gone."""
-    from atl_desktop.active.heads import fit_scaler, make_head
+    from atl_desktop.active.heads import LogisticHead, fit_scaler, make_head
     from atl_desktop.active.scoring import MissingScores, load_scores
 
     in_pool = set(live.pool_ids.tolist())
@@ -368,9 +371,19 @@ def live_suggestions(live: LiveHead, image_ids) -> dict[int, list[tuple[int, flo
         table = load_scores(live.cache, live.pool_ids)
     except (MissingScores, OSError):
         return {}
-    scaler = fit_scaler(table.features)
+    scaler = live.memo.get("scaler")
+    if scaler is None or live.memo.get("scaler_rows") != len(table.features):
+        live.memo.update(scaler=fit_scaler(table.features), scaler_rows=len(table.features))
+        scaler = live.memo["scaler"]
     y = np.asarray([live.labels[i] for i in labelled], dtype=np.int64)
-    head = make_head(live.head, live.num_classes).fit(scaler(table.features[table.rows(labelled)]), y)
+    head = make_head(live.head, live.num_classes)
+    x = scaler(table.features[table.rows(labelled)])
+    if isinstance(head, LogisticHead):
+        previous = live.memo.get("head")
+        head.fit(x, y, start=previous if previous is not None and previous.num_classes == live.num_classes else None)
+        live.memo["head"] = head
+    else:
+        head.fit(x, y)
     wanted = np.asarray([i for i in image_ids if i in in_pool], dtype=np.int64)
     if not len(wanted):
         return {}

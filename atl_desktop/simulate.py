@@ -46,7 +46,8 @@ from atl_desktop.transfer.methods import METHODS
 
 BASELINE = "random"
 METRICS = ("accuracy", "balanced_accuracy")
-NEW_CONFIG_DEFAULTS = {"encoder": "selfsup", "encoder_weights": None, "selfsup": {}, "metric": "accuracy"}
+NEW_CONFIG_DEFAULTS = {"encoder": "selfsup", "encoder_weights": None, "selfsup": {}, "metric": "accuracy",
+                       "input_size": None, "min_steps": None, "schedule": "constant", "augment": "none"}
 ENCODER_FIELDS = ("encoder", "encoder_weights", "selfsup")
 RUN_VERSION = 2  # part of a saved run's key: raise it when a change alters the curves
 # Runs on data with a validation split chose each round's epoch on it until that stopped:
@@ -124,12 +125,24 @@ class SimulationConfig:
     encoder_weights: str | None = None
     selfsup: Mapping[str, Any] = field(default_factory=dict)
     metric: str = "accuracy"  # the curves' metric: "accuracy" or "balanced_accuracy"
+    # The fine-tune's recipe, as a project's TrainConfig has it (store.keys.NEW_PROJECT_TRAINING
+    # gives new projects at least min_steps a round, the one-cycle schedule and "histology"
+    # augmentation). Here the augmentation is its geometric part only, flips and 90-degree
+    # rotations, applied to the tensors (the images are transformed once, see TensorData).
+    input_size: int | None = None  # the backbone's usual size when None
+    min_steps: int | None = None
+    schedule: str = "constant"
+    augment: str = "none"  # "none", or flips and rotations for any other augmentation name
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         object.__setattr__(self, "selfsup", dict(self.selfsup))
         if self.metric not in METRICS:
             raise ProjectError(f"metric must be one of {', '.join(METRICS)}")
+        from atl_desktop.transfer.train import SCHEDULES
+
+        if self.schedule not in SCHEDULES:
+            raise ProjectError(f"schedule must be one of {', '.join(SCHEDULES)}")
         if self.batch < 1 or self.initial < 0 or self.budget < max(1, self.initial):
             raise ProjectError("Need batch >= 1, initial >= 0 and a budget of at least the initial labels.")
 
@@ -140,7 +153,8 @@ class SimulationConfig:
         """What a saved run depends on: fields added later are left out at their defaults,
         so runs saved before they existed are still found, and the encoder's fields count
         only for the embedding-first arms (`embedding`)."""
-        data = {k: v for k, v in self.to_json().items() if k not in ("seeds", "device")}
+        # The metric only chooses which recorded curve is drawn: every run records both.
+        data = {k: v for k, v in self.to_json().items() if k not in ("seeds", "device", "metric")}
         for name, default in NEW_CONFIG_DEFAULTS.items():
             if data.get(name) == default or (not embedding and name in ENCODER_FIELDS):
                 data.pop(name, None)
@@ -264,10 +278,13 @@ def load_simulation_data(target: str | Path, source: str | Path | None = None, *
 class TensorData(Dataset):
     """Images transformed once into one tensor; items (image, label) as in ArrayDataset."""
 
-    def __init__(self, x: torch.Tensor, labels: Sequence[int]):
+    def __init__(self, x: torch.Tensor, labels: Sequence[int], dihedral: bool = False):
         self.x = x
         self.labels = [int(v) for v in labels]
         self.image_ids = list(range(len(self.labels)))
+        # Training copies: a random flip and 90-degree rotation per item, drawn from torch's
+        # generator (the training loop's private stream), so runs repeat exactly.
+        self.dihedral = dihedral
 
     @classmethod
     def from_arrays(cls, x: np.ndarray, y: np.ndarray | None, spec) -> TensorData:
@@ -283,13 +300,29 @@ class TensorData(Dataset):
         picked = TensorData(self.x[torch.as_tensor(rows)],
                             [self.labels[r] for r in rows] if labels is None else labels)
         picked.image_ids = [self.image_ids[r] for r in rows]
+        picked.dihedral = self.dihedral
         return picked
+
+    def augmented(self, on: bool = True) -> TensorData:
+        """The same images, served with random flips and rotations when `on`."""
+        copy_ = TensorData(self.x, self.labels, dihedral=on)
+        copy_.image_ids = list(self.image_ids)
+        return copy_
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int):
+        if self.dihedral:
+            return random_dihedral(self.x[i]), self.labels[i]
         return self.x[i], self.labels[i]
+
+
+def random_dihedral(image: torch.Tensor) -> torch.Tensor:
+    """One of the 8 flips and rotations of a (C, H, W) square image, uniformly at random."""
+    turns, flip = (int(v) for v in torch.randint(0, 4, (2,)))
+    image = torch.rot90(image, turns, dims=(1, 2))
+    return image.flip(2) if flip % 2 else image
 
 
 @dataclass
@@ -307,6 +340,8 @@ def _prepare(data: SimData, config: SimulationConfig) -> _Prepared:
     from atl_desktop.models.registry import backbone_info
 
     spec = backbone_info(config.backbone).spec
+    if config.input_size is not None:
+        spec = dataclasses.replace(spec, size=config.input_size)
     x_pool, y_pool = data.x_pool, data.y_pool
     if config.pool_size is not None and config.pool_size < len(y_pool):
         keep = np.sort(np.random.default_rng(0).choice(len(y_pool), config.pool_size, replace=False))
@@ -328,7 +363,8 @@ def _train_config(config: SimulationConfig, method: str, seed: int, epochs: int,
     from atl_desktop.transfer.train import TrainConfig
 
     return TrainConfig(backbone=config.backbone, method=method, epochs=epochs, batch_size=config.batch_size,
-                       lr=config.lr, patience=0, seed=seed, amp=False, device=config.device, max_steps=max_steps)
+                       lr=config.lr, patience=0, seed=seed, amp=False, device=config.device, max_steps=max_steps,
+                       min_steps=config.min_steps, schedule=config.schedule)
 
 
 def _seed(*parts: int) -> int:
@@ -341,7 +377,7 @@ def initial_model_job(data: _Prepared, config: SimulationConfig, seed: int,
     from atl_desktop.models.registry import build_model
     from atl_desktop.transfer.train import train
 
-    model = _fast_layout(build_model(config.backbone, n_classes, seed=seed))
+    model = _fast_layout(build_model(config.backbone, n_classes, seed=seed, input_size=config.input_size))
     if data.source is not None:
         cfg = _train_config(config, "finetune", _seed(seed, 7), config.source_epochs)
         yield from relabel(train(model, None, cfg, source_set=data.source), f"source pre-training (seed {seed})")
@@ -362,10 +398,11 @@ def _fine_tune(model, data: _Prepared, labelled: np.ndarray, pseudo: dict[int, i
     from atl_desktop.transfer.train import train
 
     method = METHODS[arm.method]
-    parts = [data.pool.rows(labelled)] if len(labelled) else []
+    pool = data.pool.augmented(config.augment != "none")
+    parts = [pool.rows(labelled)] if len(labelled) else []
     if pseudo:
         rows = sorted(pseudo)
-        parts.append(data.pool.rows(rows, [pseudo[r] for r in rows]))
+        parts.append(pool.rows(rows, [pseudo[r] for r in rows]))
     parts += list(synthetic)  # GAAL's labelled synthetic images
     train_set = (parts[0] if len(parts) == 1 else ConcatDataset(parts)) if parts else None
     source = target = None

@@ -41,7 +41,7 @@ from atl_desktop.active.gansampling import (
     fit_feature_space,
 )
 from atl_desktop.active.lsh import ExactIndex
-from atl_desktop.active.strategies import STRATEGIES, SelectionInput, synthesise
+from atl_desktop.active.strategies import SelectionInput, synthesise
 from atl_desktop.jobs import Progress, relabel
 from atl_desktop.store.files import atomic_write_bytes
 
@@ -81,10 +81,6 @@ class GanSimConfig:
         return GanConfig(image_size=size, channels=channels, latent_dim=self.latent_dim, width=self.width,
                          steps=self.steps, batch_size=self.batch_size, seed=self.seed, device=device,
                          preview_every=0)
-
-
-def is_generative(strategy: str) -> bool:
-    return "generative" in STRATEGIES[strategy].needs
 
 
 @dataclass

@@ -13,7 +13,13 @@ the next image is the current one and the view has repainted.
 Writes benchmarks/results/gui.json: max_gap_ms / p99_gap_ms per job (goal: max
 <= 50 ms), label_latency_ms p50 / p99 / max (goal: p99 <= 16 ms), machine.
 
-Run: python benchmarks/gui_responsiveness.py [--epochs N] [--batch N]
+With --pbc: real-resolution photographs instead, long jobs. A stratified subset of
+../shared/data/pbc_dev (JPEGs of about 360 px, 8 classes), copied into the project;
+PBC_LABELLED of them labelled, the rest the pool. Training: an untrained ResNet-18 at
+224 px for --steps optimiser steps (at least 60 s here); scoring: the entropy query over the
+whole pool at 224 px (at least 60 s). Writes benchmarks/results/gui_pbc.json.
+
+Run: python benchmarks/gui_responsiveness.py [--epochs N] [--batch N] [--pbc [--pool N --steps N]]
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ DATA = ROOT / "resources" / "testdata" / "pathmnist_270.npz"
 RESULTS = ROOT / "benchmarks" / "results" / "gui.json"
 TICK_MS = 10
 LABELLED = 180  # images labelled before training; the other 90 form the pool to score
+PBC = ROOT.parent / "shared" / "data" / "pbc_dev"
+PBC_LABELLED = 200
 
 
 def machine() -> str:
@@ -56,6 +64,43 @@ def machine() -> str:
         pass
     return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores, "
             f"torch {torch.__version__}, Qt platform {QApplication.platformName()}")
+
+
+def pbc_subset(folder: Path, count: int) -> Path:
+    """`count` pbc_dev photographs, the same share of each class, copied into class folders."""
+    import shutil
+
+    classes = sorted(p for p in PBC.iterdir() if p.is_dir())
+    rng = np.random.default_rng(0)
+    out = folder / "pbc"
+    for k, cls in enumerate(classes):
+        files = sorted(cls.glob("*.jpg"))
+        share = count // len(classes) + (k < count % len(classes))
+        (out / cls.name).mkdir(parents=True)
+        for i in rng.choice(len(files), min(share, len(files)), replace=False):
+            shutil.copyfile(files[i], out / cls.name / files[i].name)
+    return out
+
+
+def build_pbc_project(folder: Path, pool: int, steps: int):
+    from atl_desktop.data.importers import ImportOptions, import_source
+    from atl_desktop.jobs import run_job
+    from atl_desktop.session import TRAIN_SETTING
+    from atl_desktop.store import Project
+
+    path = folder / "bench.atl"
+    with Project.create(path) as project:
+        run_job(import_source(project, pbc_subset(folder, PBC_LABELLED + pool), ImportOptions(labels="truth")))
+        truth = project.truth()
+        ids = np.random.default_rng(1).permutation(sorted(truth))[:PBC_LABELLED]
+        with project.transaction():
+            for image_id in ids:
+                project.set_label(int(image_id), truth[int(image_id)], annotator="bench")
+        project.set_setting(TRAIN_SETTING, {
+            "backbone": "resnet18", "weights": None, "epochs": 1, "batch_size": 16, "min_steps": steps,
+            "max_steps": steps, "patience": 0, "device": "cpu", "seed": 0,
+        })
+    return path
 
 
 def build_project(folder: Path, epochs: int):
@@ -174,10 +219,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch", type=int, default=60, help="images queried by the scoring job")
+    parser.add_argument("--pbc", action="store_true", help="real-resolution blood-cell photographs, long jobs")
+    parser.add_argument("--pool", type=int, default=1400, help="--pbc: unlabelled pool images")
+    parser.add_argument("--steps", type=int, default=40, help="--pbc: training steps")
     parser.add_argument("--build-only", metavar="FOLDER", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.build_only:
-        build_project(Path(args.build_only), args.epochs)
+        if args.pbc:
+            build_pbc_project(Path(args.build_only), args.pool, args.steps)
+        else:
+            build_project(Path(args.build_only), args.epochs)
         return 0
     app = QApplication.instance() or QApplication([])
 
@@ -186,7 +237,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         # Built in another process, so this one starts as the application does: no engine yet.
-        subprocess.run([sys.executable, __file__, "--epochs", str(args.epochs), "--build-only", tmp],
+        build = ["--pbc", "--pool", str(args.pool), "--steps", str(args.steps)] if args.pbc else []
+        subprocess.run([sys.executable, __file__, "--epochs", str(args.epochs), *build, "--build-only", tmp],
                        check=True)
         path = Path(tmp) / "bench.atl"
         window = MainWindow(Project.open(path), annotator="bench", device="CPU",
@@ -216,10 +268,16 @@ def main() -> int:
     results["setup"] = (f"pathmnist_270 ({LABELLED} labelled), smallcnn, {args.epochs} epochs, "
                         f"batch 16; entropy query of {args.batch}; {TICK_MS} ms timer; project "
                         "on local disk (labels fsynced)")
+    if args.pbc:
+        results["setup"] = (f"pbc_dev photographs at full resolution (about 360 px), {PBC_LABELLED} labelled "
+                            f"and {args.pool} in the pool; untrained resnet18 at 224 px, {args.steps} steps "
+                            f"of batch 16; entropy query of {args.batch} over the whole pool; {TICK_MS} ms "
+                            "timer; project on local disk (labels fsynced)")
     results["machine"] = machine()
     results["load_average_1_5_15"] = [round(v, 2) for v in os.getloadavg()]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    out = RESULTS.with_name("gui_pbc.json") if args.pbc else RESULTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     return 0
 

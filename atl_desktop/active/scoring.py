@@ -23,7 +23,6 @@ are never read.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -40,6 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from atl_desktop.jobs import Progress
+from atl_desktop.models.classifier import model_fingerprint  # noqa: F401  (part of this API)
 
 ARRAYS = ("probs", "features", "augmented_probs", "mc_probs")
 MAX_PENDING_ROWS = 8192  # rows written but not yet marked done, at most (bounds that list)
@@ -273,16 +273,6 @@ def remove_stale_scores(scores_root: str | os.PathLike, keep_keys: Sequence[str]
 
 def scores_dir(data_dir: str | os.PathLike, key: str, config: ScoringConfig) -> Path:
     return Path(data_dir) / "scores" / key / config.variant()
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """sha256 over parameter and buffer names and bytes: a cache key for a model with no checkpoint."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 # ---- the forward pass ---------------------------------------------------------------

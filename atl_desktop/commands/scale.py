@@ -61,7 +61,7 @@ def add_launch_options(parser: argparse.ArgumentParser) -> None:
 
 def distributed(args: argparse.Namespace) -> bool:
     """Is this command to run distributed: asked to launch, or already launched?"""
-    from atl_desktop.scale.context import ranks_from_environment
+    from atl_desktop.dist import ranks_from_environment
 
     return args.nproc_per_node is not None or args.nnodes is not None or ranks_from_environment() is not None
 
@@ -76,7 +76,7 @@ def _launch_options(args: argparse.Namespace):
 
 def _in_place(args: argparse.Namespace, spec: dict, desc: str) -> dict:
     """This process is one rank of an external launch: run its part; rank 0 records."""
-    from atl_desktop.scale.context import ranks_from_environment, start, stop
+    from atl_desktop.dist import ranks_from_environment, start, stop
     from atl_desktop.scale.worker import run_spec, spec_device
 
     if args.nproc_per_node is not None or args.nnodes is not None:
@@ -94,7 +94,7 @@ def _in_place(args: argparse.Namespace, spec: dict, desc: str) -> dict:
 
 def run_score(args: argparse.Namespace, choice, config) -> dict:
     """`atl score` over several processes; returns rank 0's outcome ({} on other ranks)."""
-    from atl_desktop.scale.context import ranks_from_environment
+    from atl_desktop.dist import ranks_from_environment
     from atl_desktop.scale.launch import launch
     from atl_desktop.scale.worker import score_spec
 
@@ -112,7 +112,7 @@ def run_score(args: argparse.Namespace, choice, config) -> dict:
 
 def run_train(args: argparse.Namespace, make_config: Callable) -> dict:
     """`atl train` over several processes; `make_config(project)` gives the TrainConfig."""
-    from atl_desktop.scale.context import ranks_from_environment
+    from atl_desktop.dist import ranks_from_environment
     from atl_desktop.scale.launch import launch
     from atl_desktop.scale.worker import train_spec
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from atl_desktop.jobs import run_with_tqdm
@@ -44,6 +45,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of each fine-tune")
     parser.add_argument("--max-steps", type=int, help="cap on each round's optimiser steps")
     parser.add_argument("--batch-size", type=int, default=32, help="images per optimiser step")
+    parser.add_argument("--min-steps", type=int, help="at least this many optimiser steps a round")
+    parser.add_argument("--schedule", default="constant", choices=("constant", "onecycle"),
+                        help="learning-rate schedule of each fine-tune")
+    parser.add_argument("--augment", default="none", choices=("none", "dihedral"),
+                        help="dihedral: random flips and 90-degree rotations of the labelled images")
+    parser.add_argument("--input-size", type=int, help="the model's input size (default: the backbone's)")
+    parser.add_argument("--project-recipe", action="store_true",
+                        help="train each round as a new project does: --min-steps 200 --schedule onecycle "
+                             "--augment dihedral (flags given as well win)")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="strategy parameter for every arm, VALUE in JSON (see `atl query --param`)")
     parser.add_argument("--pseudo-max-per-class", type=int, help="CEAL: at most this many per class and round")
@@ -59,8 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--selfsup-backbone", default="resnet18")
     parser.add_argument("--selfsup-steps", type=int, default=300)
     parser.add_argument("--selfsup-batch", type=int, default=128)
-    parser.add_argument("--metric", default="accuracy", choices=("accuracy", "balanced_accuracy"),
-                        help="the curves' metric (balanced_accuracy where classes are imbalanced)")
+    parser.add_argument("--metric", default="auto", choices=("auto", "accuracy", "balanced_accuracy"),
+                        help="the curves' metric; auto: balanced_accuracy when the test split's classes "
+                             "are imbalanced, else accuracy")
     parser.add_argument("--out", type=Path, required=True, help="folder for simulation.json/.csv/.png")
     parser.add_argument("--quiet", action="store_true")
     parser.set_defaults(func=cmd_simulate)
@@ -97,15 +108,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         seeds=tuple(range(args.seeds)), backbone=args.backbone, epochs=args.epochs,
         source_epochs=args.source_epochs, pool_size=args.pool_size, device=args.device, lr=args.lr,
         max_steps=args.max_steps, batch_size=args.batch_size, pseudo_max_per_class=args.pseudo_max_per_class,
-        encoder=args.encoder, encoder_weights=args.encoder_weights, metric=args.metric,
+        input_size=args.input_size, **_recipe(args), encoder=args.encoder, encoder_weights=args.encoder_weights,
         selfsup={"backbone": args.selfsup_backbone, "steps": args.selfsup_steps,
                  "batch_size": args.selfsup_batch})
     data = load_simulation_data(args.target, args.source, image_size=args.image_size)
+    config = dataclasses.replace(config, metric=_metric(args.metric, data.y_test))
     gan = GanSimConfig(steps=args.gan_steps, space=args.gan_space, oracle=args.synthetic_oracle)
     summary = run_with_tqdm(simulate_job(data, arms, config, args.out, gan=gan), desc="simulate", quiet=args.quiet)
-    metric = args.metric.replace("_", " ")
+    metric = config.metric.replace("_", " ")
     paths = write_outputs(summary, args.out, title=f"{args.target.name}: test {metric} against labels")
-    print(f"Random reaches {summary['random_final_accuracy']:.4f} with {summary['random_final_labels']} labels.")
+    print(f"Random reaches {metric} {summary['random_final_accuracy']:.4f} with {summary['random_final_labels']} labels.")
     for name, arm in summary["arms"].items():
         need = arm["labels_to_match_random"]
         words = "never" if need is None else f"{need} labels"
@@ -113,3 +125,27 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"  {name:24} final {arm['final_accuracy']:.4f}, area {arm['aulc']:.4f}{extra}")
     print("Wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+def _metric(choice: str, y_test) -> str:
+    """The curves' metric: balanced accuracy for an imbalanced test split when asked for "auto"
+    (plain accuracy then mostly counts the largest class)."""
+    import numpy as np
+
+    from atl_desktop.transfer.train import is_imbalanced
+
+    if choice != "auto":
+        return choice
+    return "balanced_accuracy" if is_imbalanced(np.bincount(np.asarray(y_test, dtype=np.int64))) else "accuracy"
+
+
+def _recipe(args: argparse.Namespace) -> dict:
+    """The fine-tune's steps, schedule and augmentation: the flags, over a new project's
+    defaults when --project-recipe is given."""
+    from atl_desktop.store.keys import NEW_PROJECT_TRAINING
+
+    recipe = {"min_steps": args.min_steps, "schedule": args.schedule, "augment": args.augment}
+    if args.project_recipe:
+        base = {**NEW_PROJECT_TRAINING, "augment": "dihedral"}  # the geometric part, as simulate has it
+        recipe = {k: base[k] if recipe[k] in (None, "constant", "none") else recipe[k] for k in recipe}
+    return recipe

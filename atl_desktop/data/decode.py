@@ -44,7 +44,6 @@ import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 import numpy as np
@@ -404,11 +403,6 @@ def _composite_on_background(img: Image.Image) -> Image.Image:
     background = Image.new("RGBA", rgba.size, (BACKGROUND, BACKGROUND, BACKGROUND, 255))
     flat = Image.alpha_composite(background, rgba).convert("RGB")
     return flat.convert("L") if grey else flat
-
-
-def is_probably_image(path: Path) -> bool:
-    """Cheap filter for folder scans: a known image file extension."""
-    return path.suffix.lower() in IMAGE_SUFFIXES
 
 
 IMAGE_SUFFIXES = frozenset(

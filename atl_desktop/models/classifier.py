@@ -10,6 +10,7 @@ named intermediate layers that multi-layer losses and active learning read.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -214,10 +215,6 @@ def strip_head(model: nn.Module) -> tuple[str, int]:
     return name, width
 
 
-def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 @torch.no_grad()
 def copy_head_rows(
     model: Classifier, old_classes: Sequence[str], old_head: nn.Linear, new_classes: Sequence[str]
@@ -229,3 +226,13 @@ def copy_head_rows(
         if i is not None:
             model.head.weight[j] = old_head.weight[i]
             model.head.bias[j] = old_head.bias[i]
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 over parameter and buffer names and bytes: a cache key for a model with no checkpoint."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -104,10 +104,10 @@ def encoder_key(model) -> str:
     """Cache key of an encoder without a checkpoint file: its weights and its input transform.
 
     Foundation models hash their weights file once at load (`weights_sha256`); other
-    models hash the tensors that make the features (`active.scoring.model_fingerprint`
+    models hash the tensors that make the features (`models.classifier.model_fingerprint`
     of the body and bottleneck; the placeholder head does not change an embedding).
     """
-    from atl_desktop.active.scoring import model_fingerprint
+    from atl_desktop.models.classifier import model_fingerprint
 
     weights = getattr(model, "weights_sha256", None)
     if weights is None:

@@ -75,10 +75,3 @@ def input_transform(
                          T.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.04))
     steps += [T.ToTensor(), T.Normalize(spec.mean[: spec.channels], spec.std[: spec.channels])]
     return T.Compose(steps)
-
-
-def denormalise(x: Tensor, spec: InputSpec) -> Tensor:
-    """Undo the normalisation (for showing inputs)."""
-    mean = torch.tensor(spec.mean[: spec.channels], dtype=x.dtype).view(-1, 1, 1)
-    std = torch.tensor(spec.std[: spec.channels], dtype=x.dtype).view(-1, 1, 1)
-    return x * std + mean

@@ -35,8 +35,8 @@ from atl_desktop.active.scoring import (
     score_pool,
     unscored,
 )
+from atl_desktop.dist import DistContext
 from atl_desktop.jobs import Progress
-from atl_desktop.scale.context import DistContext
 
 SHARDS_PREFIX = ".tmp-shards-"  # ".tmp-": an ordinary scoring pass clears leftovers
 

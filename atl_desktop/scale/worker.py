@@ -30,8 +30,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from atl_desktop.dist import SINGLE, DistContext, leave_process, start, stop
 from atl_desktop.jobs import Progress, relabel, run_job
-from atl_desktop.scale.context import SINGLE, DistContext, leave_process, start, stop
 from atl_desktop.store import Project, ProjectError
 
 PROGRESS_MARK = "@atl-progress "

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 TRAIN_SETTING = "train_config"  # the project's TrainConfig fields, as JSON
 # A new project's fine-tunes take at least this many steps, however few the labels (20 labels
-# make one step an epoch): the plain recipe that learns from 40 labels needs a few hundred.
+# make one step an epoch): the plain recipe that learns from 40 labels needs a few hundred,
+# with a one-cycle learning rate and flips and 90-degree rotations (microscopy, the tool's
+# main use, has no up or down; set augment to "natural" or "none" where orientation matters).
 DEFAULT_MIN_STEPS = 200
-NEW_PROJECT_TRAINING = {"min_steps": DEFAULT_MIN_STEPS}
+NEW_PROJECT_TRAINING = {"min_steps": DEFAULT_MIN_STEPS, "schedule": "onecycle", "augment": "histology"}
 
 
 def init_training_defaults(project) -> None:

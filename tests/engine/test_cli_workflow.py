@@ -244,3 +244,14 @@ if sys.platform.startswith("linux"):
         assert configured_annotator() == "Eve"
         window_settings_file().write_text("[General]\n", encoding="utf-8")
         assert configured_annotator()  # the login name, as the window falls back to
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    """`atl strategies | head -1`: the pipe closes early; atl ends quietly with SIGPIPE's code."""
+    script = ("import sys\nfrom atl_desktop.cli import main\n"
+              "class Closed:\n    def write(self, text):\n        raise BrokenPipeError(32, 'Broken pipe')\n"
+              "    def flush(self):\n        pass\n    def fileno(self):\n        return 1\n"
+              "sys.stdout = Closed()\ncode = main(['strategies'])\nsys.stdout = sys.__stdout__\n"
+              "print('code', code)\n")
+    run = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert "Traceback" not in run.stderr and run.returncode == 0, run.stderr

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
+from atl_desktop import dist as dist_module
 from atl_desktop.active.scoring import (
     ScoringConfig,
     load_scores,
@@ -26,10 +27,7 @@ from atl_desktop.active.scoring import (
     score_pool,
     unscored,
 )
-from atl_desktop.jobs import run_job
-from atl_desktop.models.classifier import Classifier, InputSpec, Stage
-from atl_desktop.scale import context as scale_context
-from atl_desktop.scale.context import (
+from atl_desktop.dist import (
     DistContext,
     Ranks,
     leave_process,
@@ -37,6 +35,8 @@ from atl_desktop.scale.context import (
     start,
     stop,
 )
+from atl_desktop.jobs import run_job
+from atl_desktop.models.classifier import Classifier, InputSpec, Stage
 from atl_desktop.scale.launch import (
     LaunchOptions,
     failure_message,
@@ -249,7 +249,7 @@ def test_two_ranks_train_exactly_as_one_process_on_the_same_batches(tmp_path):
 
 
 def test_leave_process_flushes_its_output_and_keeps_the_exit_code():
-    script = ("import sys; from atl_desktop.scale.context import leave_process; "
+    script = ("import sys; from atl_desktop.dist import leave_process; "
               "print('done', end=''); print('note', end='', file=sys.stderr); leave_process(3)")
     ended = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert (ended.returncode, ended.stdout, ended.stderr) == (3, "done", "note")
@@ -259,7 +259,7 @@ def test_a_cli_rank_leaves_without_teardown_with_its_command_s_code(monkeypatch,
     from atl_desktop.cli import main
 
     left = []
-    monkeypatch.setattr(scale_context, "leave_process", left.append)
+    monkeypatch.setattr(dist_module, "leave_process", left.append)
     assert main(["info", str(tmp_path / "missing.atl")]) == 1 and left == []  # no group joined
-    monkeypatch.setattr(scale_context, "_joined_a_group", True)
+    monkeypatch.setattr(dist_module, "_joined_a_group", True)
     assert main(["info", str(tmp_path / "missing.atl")]) == 1 and left == [1]

@@ -80,3 +80,29 @@ def test_scaler_uses_no_label_and_head_probs_rows_match():
     p = head_probs("logreg", e, np.arange(10), labels, 2)
     assert p.shape == (50, 2)
     assert p.sum(axis=1) == pytest.approx(np.ones(50))
+
+
+def test_a_warm_start_reaches_the_same_optimum_in_fewer_evaluations():
+    """One more label: the previous fit is a warm start to the same convex optimum."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 8, 301)
+    x = 0.5 * rng.normal(size=(8, 64))[y] + rng.normal(size=(301, 64))
+    before = LogisticHead(8).fit(x[:300], y[:300])
+    cold = LogisticHead(8).fit(x, y)
+    warm = LogisticHead(8).fit(x, y, start=before)
+    np.testing.assert_allclose(warm.predict_proba(x), cold.predict_proba(x), atol=1e-4)
+    assert warm.evaluations < 0.8 * cold.evaluations
+
+
+def test_a_start_that_does_not_fit_is_ignored_and_new_classes_start_at_zero():
+    x = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    two_classes = LogisticHead(2).fit(x[:2], np.array([0, 1]))
+    wide = LogisticHead(3)
+    assert [a.tolist() for a in wide._start(two_classes, 2)] == [[[0.0] * 3] * 2, [0.0] * 3]  # other shape
+    seen_two = LogisticHead(3).fit(x[:2], np.array([0, 1]))
+    weight, bias = wide._start(seen_two, 2)
+    assert (weight[:, 2] == 0).all() and bias[2] == 0  # class 2 was never trained
+    np.testing.assert_array_equal(weight[:, :2], seen_two.weight[:, :2])
+    refit = LogisticHead(3).fit(x, np.array([0, 1, 2]), start=seen_two)
+    np.testing.assert_allclose(refit.predict_proba(x), LogisticHead(3).fit(x, np.array([0, 1, 2])).predict_proba(x),
+                               atol=1e-6)

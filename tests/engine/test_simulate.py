@@ -266,3 +266,53 @@ def test_rounds_choose_no_epoch_on_validation_labels_the_budget_does_not_count(f
     # Runs saved when a validation split still chose the epochs are not reused.
     arm = Arm("margin", "margin")
     assert _run_key(with_val, arm, config, 0) != _run_key(data, arm, config, 0)
+
+
+def test_random_dihedral_gives_each_of_the_eight_symmetries():
+    import torch
+
+    from atl_desktop.simulate import random_dihedral
+
+    image = torch.arange(9.0).view(1, 3, 3)
+    torch.manual_seed(0)
+    seen = {tuple(random_dihedral(image).flatten().tolist()) for _ in range(200)}
+    assert len(seen) == 8  # 4 rotations x (flipped or not), all distinct for this image
+    assert tuple(image.flatten().tolist()) in seen
+    assert all(sorted(s) == list(range(9)) for s in seen)  # the same pixels, moved
+
+
+def test_project_recipe_trains_each_round_its_minimum_steps_with_one_cycle(files, monkeypatch):
+    """--project-recipe: every fine-tune takes min_steps steps with the one-cycle schedule, on
+    flipped and rotated copies of the labelled images, at the input size asked for."""
+    import atl_desktop.transfer.train as train_module
+    from atl_desktop.cli import build_parser
+    from atl_desktop.commands.simulate import _recipe
+
+    args = build_parser().parse_args(["simulate", "t", "--out", "o", "--project-recipe", "--min-steps", "6"])
+    assert _recipe(args) == {"min_steps": 6, "schedule": "onecycle", "augment": "dihedral"}
+    seen = []
+    real_train = train_module.train
+
+    def spying_train(model, train_set, config, **kwargs):
+        result = yield from real_train(model, train_set, config, **kwargs)
+        seen.append((config.schedule, result.steps, train_set.datasets[0].dihedral
+                     if hasattr(train_set, "datasets") else train_set.dihedral, model.spec.size))
+        return result
+
+    monkeypatch.setattr(train_module, "train", spying_train)
+    config = SimulationConfig(budget=20, batch=10, initial=10, seeds=(0,), epochs=1, batch_size=16,
+                              input_size=20, **_recipe(args))
+    run_job(simulate_job(load_simulation_data(files[0]), [Arm("random", "random")], config))
+    assert seen == [("onecycle", 6, True, 20), ("onecycle", 6, True, 20)]
+    assert "schedule" not in SimulationConfig().run_fields()  # runs saved before keep their keys
+    with pytest.raises(ProjectError, match="schedule"):
+        SimulationConfig(schedule="steps")
+
+
+def test_the_metric_follows_the_test_split_s_balance_unless_named():
+    from atl_desktop.commands.simulate import _metric
+
+    assert _metric("auto", [0, 0, 1, 1, 2, 2]) == "accuracy"
+    assert _metric("auto", [0, 0, 0, 0, 1, 1]) == "balanced_accuracy"  # 4 against 2: above 1.5
+    assert _metric("auto", [0, 0, 0, 1, 1]) == "accuracy"  # 3 against 2: the ordinary scatter
+    assert _metric("accuracy", [0, 0, 0, 0, 1]) == "accuracy"

@@ -550,3 +550,31 @@ def test_atl_train_balanced_option(argv, expected):
 
     args = build_parser().parse_args(["train", "p.atl", *argv])
     assert _config(args, "smallcnn").balanced == expected
+
+
+def test_one_cycle_schedule_rates_worked_by_hand():
+    """10 steps peaking at lr = 0.1: warm-up from 0.1 / 25 over steps 0..2 (30 %, less one),
+    then cosine annealing to (0.1 / 25) / 1e4 at the last step; each step reports the rate it used."""
+    gen = train(build_model("smallcnn", 10, seed=0), digits(20),
+                small_config(epochs=1, min_steps=10, max_steps=10, lr=0.1, schedule="onecycle"))
+    rates = [p.metrics["lr"] for p in collect_progress(gen) if "lr" in p.metrics]
+    assert len(rates) == 10
+    assert rates[0] == pytest.approx(0.004)
+    assert rates[1] == pytest.approx(0.1 + (0.004 - 0.1) / 2 * (1 + math.cos(math.pi * 0.5)))  # 0.052
+    assert rates[2] == pytest.approx(0.1)
+    assert rates[9] == pytest.approx(0.004 / 1e4)
+    assert all(a > b for a, b in zip(rates[2:], rates[3:], strict=False))  # annealing
+    constant = [p.metrics["lr"] for p in collect_progress(train(build_model("smallcnn", 10, seed=0), digits(20),
+                small_config(epochs=1, min_steps=4, max_steps=4, lr=0.1))) if "lr" in p.metrics]
+    assert constant == [pytest.approx(0.1)] * 4
+    with pytest.raises(ValueError, match="schedule"):
+        small_config(schedule="cosine")
+
+
+def collect_progress(gen) -> list:
+    progress = []
+    while True:
+        try:
+            progress.append(next(gen))
+        except StopIteration:
+            return progress
