@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from atl_desktop.active.audit import RULE_TEXT, WHY_AUDIT, recorded_audit
+from atl_desktop.active.calibration import ece_change_words
 from atl_desktop.jobs import Progress
 from atl_desktop.store import Project, ProjectError
 from atl_desktop.store.keys import DEFAULT_STOP_WIDTH, STOP_RULE_SETTING
@@ -269,7 +270,12 @@ def current_assessment_job(project: Project, facts: Mapping[str, Any], *,
                            device: str = "auto") -> Generator[Progress, None, dict[str, Any] | None]:
     """The current checkpoint's test metrics: as recorded by its round, else evaluated now
     (when the test split has labels or ground truth); None when there is nothing to show."""
-    from atl_desktop.rounds import evaluation_metrics, predict_probs
+    from atl_desktop.rounds import (
+        calibration_split,
+        evaluation_metrics,
+        predict_probs,
+        temperature_job,
+    )
 
     current = facts["current_checkpoint"]
     assessed = facts["assessed"]
@@ -287,7 +293,10 @@ def current_assessment_job(project: Project, facts: Mapping[str, Any], *,
     if not any(label >= 0 for label in dataset.labels):
         return assessed
     probs = yield from predict_probs(model, dataset, device=device, message="evaluating the current model")
-    return {"checkpoint": current, "round": None, "test": evaluation_metrics(probs, dataset.labels, classes)}
+    split = calibration_split(project)
+    fit = (yield from temperature_job(project, model, split, device=device)) if split else None
+    return {"checkpoint": current, "round": None,
+            "test": evaluation_metrics(probs, dataset.labels, classes, fit)}
 
 
 def current_audit_job(project: Project, audit: Mapping[str, Any], *,
@@ -384,6 +393,17 @@ def _curve_figure(facts: Mapping[str, Any]):
     return figure
 
 
+def temperature_words(calibration: Mapping[str, Any]) -> str:
+    """The test split's ECE before and after temperature scaling, in one line."""
+    scaled = calibration.get("scaled")
+    if not scaled:
+        return (f"ECE {calibration['ece']:.2f}, not temperature-scaled: a temperature is fitted on "
+                "labelled validation images the model never trained on, and this project has too few.")
+    change = ece_change_words(calibration["ece"], scaled["ece"], scaled["temperature"])
+    return (f"Temperature scaling (Guo et al. 2017): {change}, T fitted on {scaled['fitted_on']}; "
+            "accuracy is unchanged.")
+
+
 def _reliability_figure(calibration: Mapping[str, Any]):
     figure = _figure(4.2, 3.8)
     axes = figure.add_subplot()
@@ -395,7 +415,14 @@ def _reliability_figure(calibration: Mapping[str, Any]):
     axes.set_ylim(0, 1)
     axes.set_xlabel("confidence (top probability)")
     axes.set_ylabel("accuracy")
-    axes.set_title(f"ECE {calibration['ece']:.3f}")
+    title = f"ECE {calibration['ece']:.3f}"
+    scaled = calibration.get("scaled")
+    if scaled:
+        after = [b for b in scaled["bins"] if b.get("count")]
+        axes.plot([b["confidence"] for b in after], [b["accuracy"] for b in after], "o-", color="#D55E00",
+                  label=f"after temperature scaling (T = {scaled['temperature']:.2g})")
+        title += f" → {scaled['ece']:.3f}"
+    axes.set_title(title)
     axes.legend(loc="upper left")
     return figure
 
@@ -521,6 +548,8 @@ def _model_section(facts: Mapping[str, Any], figures: Mapping[str, str]) -> list
         out.append(_img(figures["calibration"], "Reliability diagram"))
         out.append("<p class=note>Bars below the diagonal: the model is more confident than it is "
                    "right. ECE: the bins' gap between accuracy and confidence, weighted by their size.</p>")
+    if test.get("calibration"):
+        out.append(f"<p>{html.escape(temperature_words(test['calibration']))}</p>")
     if "confusion" in figures:
         out.append("<h3>Confusion matrix</h3>")
         out.append(_img(figures["confusion"], "Confusion matrix, rows are the true classes"))

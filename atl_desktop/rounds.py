@@ -22,7 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from atl_desktop.active.calibration import calibration_summary, cohen_kappa, stabilised
+from atl_desktop.active.calibration import (
+    MIN_FIT_LABELS,
+    TemperatureFit,
+    calibration_summary,
+    cohen_kappa,
+    ece_change_words,
+    scaled_calibration,
+    stabilised,
+    temperature_fit,
+)
 from atl_desktop.jobs import Progress
 from atl_desktop.store import Project, ProjectError
 
@@ -332,9 +341,11 @@ def predict_probs(model, dataset, *, batch_size: int = 256, device: str = "auto"
     return np.concatenate(parts) if parts else np.zeros((0, n_classes), dtype=np.float32)
 
 
-def evaluation_metrics(probs: np.ndarray, labels: Sequence[int], classes: Sequence[str] = ()) -> dict:
+def evaluation_metrics(probs: np.ndarray, labels: Sequence[int], classes: Sequence[str] = (),
+                       temperature: TemperatureFit | None = None) -> dict:
     """Accuracy, balanced accuracy, loss, confusion (transfer.train.EvalResult) and
-    calibration of predictions against true labels (labels < 0 are skipped)."""
+    calibration of predictions against true labels (labels < 0 are skipped); with a
+    temperature, the calibration after scaling too (calibration.scaled)."""
     from atl_desktop.transfer.train import EvalResult
 
     labels = np.asarray(labels, dtype=np.int64)
@@ -347,6 +358,8 @@ def evaluation_metrics(probs: np.ndarray, labels: Sequence[int], classes: Sequen
                         tuple(tuple(int(v) for v in row) for row in confusion), tuple(classes))
     out = result.to_dict()
     out["calibration"] = calibration_summary(probs, labels)
+    if temperature is not None and len(labels):
+        out["calibration"]["scaled"] = scaled_calibration(probs, labels, temperature)
     return out
 
 
@@ -408,22 +421,102 @@ def stop_predictions(project: Project, checkpoint_id: int, ids: Sequence[int], *
     return preds
 
 
+def calibration_split(project: Project) -> str | None:
+    """Where a checkpoint's temperature is fitted: held-out labels the model never trained
+    on, drawn as the user likes rather than by the query strategy. Today that is the
+    target validation split, when it holds MIN_FIT_LABELS labels or more; audit labels
+    (a random sample of the pool) belong here too once the store marks them. None: no
+    such labels, so no temperature (T = 1); the suggestions' head has its own, fitted
+    out of fold (active.head_calibration)."""
+    labelled = project.current_labels(domain="target", split="val")
+    return "val" if len(labelled) >= MIN_FIT_LABELS else None
+
+
+def temperature_job(project: Project, model, split: str, *,
+                    device: str = "auto") -> Generator[Progress, None, TemperatureFit | None]:
+    """A checkpoint's temperature, fitted on its predictions for a split's labelled images."""
+    from atl_desktop.models.transforms import input_transform
+    from atl_desktop.transfer.train import project_eval_dataset
+
+    dataset = project_eval_dataset(project, split, input_transform(model.spec))
+    labels = np.asarray(dataset.labels, dtype=np.int64)
+    if (labels >= 0).sum() < MIN_FIT_LABELS:
+        return None
+    probs = yield from predict_probs(model, dataset, device=device, message=f"calibrating on the {split} split")
+    keep = labels >= 0
+    probs, labels = np.asarray(probs, dtype=np.float64)[keep], labels[keep]
+    usable = probs[np.arange(len(labels)), labels] > 0  # float32 softmax can underflow to 0
+    where = {"val": "validation"}.get(split, split)
+    return temperature_fit(probs[usable], labels[usable], fitted_on=f"{int(usable.sum())} labelled {where} images")
+
+
+def calibration_job(project: Project, checkpoint_id: int | None, split: str = "test", *,
+                    device: str = "auto") -> Generator[Progress, None, dict]:
+    """ECE on a split's labelled images, before and after the temperature fitted on held-out
+    labels (calibration_split; never the split measured). For `atl evaluate`."""
+    from atl_desktop.models.checkpoints import load_checkpoint
+    from atl_desktop.models.transforms import input_transform
+    from atl_desktop.transfer.train import project_eval_dataset
+
+    model, record = load_checkpoint(project, checkpoint_id, classes=project.class_names())
+    held_out = calibration_split(project)
+    fit = None
+    if held_out and held_out != split:
+        fit = yield from temperature_job(project, model, held_out, device=device)
+    dataset = project_eval_dataset(project, split, input_transform(model.spec))
+    probs = yield from predict_probs(model, dataset, device=device, message=f"calibration on the {split} split")
+    labels = np.asarray(dataset.labels, dtype=np.int64)
+    keep = labels >= 0
+    out = {"checkpoint": record.id, "split": split, "ece": calibration_summary(probs[keep], labels[keep])["ece"]}
+    if fit is not None:
+        scaled = scaled_calibration(probs[keep], labels[keep], fit)
+        out.update(ece_scaled=scaled["ece"], temperature=fit.to_json())
+    return out
+
+
+def calibration_words(result: Mapping) -> str:
+    """One line: 'Calibration: ECE 0.12 → 0.04 (T = 1.8), fitted on 80 labelled validation images'."""
+    if "ece_scaled" not in result:
+        return (f"Calibration: ECE {result['ece']:.2f}; no temperature scaling (it needs {MIN_FIT_LABELS} "
+                "or more labelled validation images the model never trained on)")
+    fit = result["temperature"]
+    return (f"Calibration: {ece_change_words(result['ece'], result['ece_scaled'], fit['temperature'])}, "
+            f"T fitted on {fit['fitted_on']}")
+
+
+def checkpoint_temperature(project: Project, checkpoint_id: int | None) -> float:
+    """The temperature the newest assessment of a checkpoint fitted; 1.0 when none did."""
+    for record in reversed(project.rounds()):
+        fitted = (record.metrics or {}).get("temperature")
+        if record.checkpoint_id == checkpoint_id and fitted and checkpoint_id is not None:
+            return float(fitted["temperature"])
+    return 1.0
+
+
 def assess_job(project: Project, checkpoint_id: int, previous_id: int | None, *,
                device: str = "auto") -> Generator[Progress, None, dict]:
-    """Test-split evaluation with calibration (when the split has labels or ground truth)
-    and the stop signal against the previous model (when there is one)."""
+    """Test-split evaluation with calibration (when the split has labels or ground truth),
+    the temperature fitted on held-out labels (calibration_split) with the test split's
+    calibration after it, and the stop signal against the previous model (when there is one)."""
     from atl_desktop.models.checkpoints import load_checkpoint
     from atl_desktop.models.transforms import input_transform
     from atl_desktop.transfer.train import project_eval_dataset
 
     metrics: dict = {}
     classes = project.class_names()
-    if project.image_ids("target", "test"):
+    split = calibration_split(project)
+    fit = None
+    if project.image_ids("target", "test") or split:
         model, _ = load_checkpoint(project, checkpoint_id, classes=classes)
+        if split:
+            fit = yield from temperature_job(project, model, split, device=device)
+            if fit is not None:
+                metrics["temperature"] = fit.to_json()
+    if project.image_ids("target", "test"):
         dataset = project_eval_dataset(project, "test", input_transform(model.spec))
         if any(label >= 0 for label in dataset.labels):
             probs = yield from predict_probs(model, dataset, device=device, message="evaluating on the test split")
-            metrics["test"] = evaluation_metrics(probs, dataset.labels, classes)
+            metrics["test"] = evaluation_metrics(probs, dataset.labels, classes, fit)
     ids = stop_set_ids(project)
     if ids:
         current = yield from stop_predictions(project, checkpoint_id, ids, device=device)

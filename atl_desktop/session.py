@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from atl_desktop.active.audit import AuditEstimate, StopDecision, audit_estimate, stop_rule
+from atl_desktop.active.calibration import apply_temperature
 from atl_desktop.active.heads import HEADS, head_probs
 from atl_desktop.active.pseudo import PseudoLabelConfig, pseudo_labels_for_round
 from atl_desktop.active.scoring import (
@@ -31,6 +32,7 @@ from atl_desktop.rounds import (
     assess_job,
     check_can_finish,
     check_can_query,
+    checkpoint_temperature,
     completed_rounds,
     fine_tune_job,
     label_from_truth,
@@ -47,6 +49,8 @@ from atl_desktop.store.keys import (
     DEFAULT_AUDIT_SHARE,
     DEFAULT_STOP_WIDTH,
     ENCODER_SETTING,
+    LABEL_CHECK_SETTING,
+    LABELS_KEPT_SETTING,
     STOP_RULE_SETTING,
     TRAIN_SETTING,
 )
@@ -302,13 +306,18 @@ def query_job(
         chosen_by, params = COLD_START_STRATEGY, {}
     wanted = min(batch - len(audit), len(unlabelled))
     picks = select(chosen_by, data, wanted, np.random.default_rng(seed), **params) if wanted > 0 else []
-    items = describe_picks(chosen_by, data, np.asarray(picks, dtype=np.int64), unlabelled, params)
+    calibration = suggestion_temperature(project, scored, labelled, head)
+    temperature = calibration["temperature"] if calibration else 1.0
+    items = describe_picks(chosen_by, data, np.asarray(picks, dtype=np.int64), unlabelled, params,
+                           temperature=temperature)
     items += [QueryItem(i, 0.0, AUDIT_REASON, []) for i in audit]
     record = {
         "batch": batch, "chosen": [it.image_id for it in items], "params": params, "seed": seed,
         "head": head, "pool_size": int(len(unlabelled)), "shown": shown_suggestions(items),
         "audit": {"images": audit, "share": audit_share(project), "seed": seed},
     }
+    if calibration:
+        record["temperature"] = calibration
     if chosen_by != strategy:
         record["cold_start"] = chosen_by
     if scored is not None and head in HEADS:
@@ -501,6 +510,29 @@ def stop_decision(project: Project, stabilised: bool, estimate: AuditEstimate | 
                      target=rule.get("target"))
 
 
+def suggestion_temperature(project: Project, scored: ScoredPool | None, labelled: Mapping[int, int],
+                           head: str) -> dict | None:
+    """The temperature applied to the suggestions' confidence (not to the strategy's scores,
+    which rank as their papers define them). A head on embeddings: fitted on its
+    out-of-fold predictions of the labels so far (active.head_calibration). The model's
+    own head: the temperature its assessment fitted on held-out labels (rounds.assess_job).
+    None when there is none to apply."""
+    if scored is None:
+        return None
+    if head not in HEADS:
+        t = checkpoint_temperature(project, scored.checkpoint_id)
+        return None if t == 1.0 else {"temperature": t, "fitted_on": "the checkpoint's assessment"}
+    from atl_desktop.active.head_calibration import head_temperature
+
+    position = project.class_index()
+    ids = np.asarray(sorted(i for i, c in labelled.items() if c in position), dtype=np.int64)
+    if not len(ids):
+        return None
+    labels = np.asarray([position[labelled[i]] for i in ids], dtype=np.int64)
+    features = np.asarray(scored.target.features[scored.target.rows(ids)])
+    return head_temperature(features, labels, len(position), head=head)
+
+
 # ---- suggestions refitted after every label (the embedding-first loop) ------------------
 
 
@@ -514,6 +546,7 @@ class LiveHead:
     labels: dict[int, int]  # image id -> class position, the labels a model may learn from
     num_classes: int
     hidden: frozenset = frozenset()  # audit images: no suggestion, so the expert's label stays independent
+    temperature: float = 1.0  # fitted out of fold when the round was queried (suggestion_temperature)
     # Carried from one refit to the next (dataclasses.replace shares it): the pool's
     # standardisation, computed once, and the last logistic fit, the next one's warm start.
     memo: dict = field(default_factory=dict, compare=False, repr=False)
@@ -527,8 +560,9 @@ def live_head(project: Project, round_id: int | None) -> LiveHead | None:
     position = project.class_index()
     cache = scores_dir(project.data_dir, record.params["embeddings"], ScoringConfig())
     pool = np.asarray(sorted(project.image_ids(domain="target", split="pool", synthetic=False)), dtype=np.int64)
+    temperature = float((record.params.get("temperature") or {}).get("temperature", 1.0))
     return LiveHead(str(cache), record.params["head"], pool, training_positions(project), len(position),
-                    frozenset(project.audit_ids()))
+                    frozenset(project.audit_ids()), temperature)
 
 
 def training_positions(project: Project) -> dict[int, int]:
@@ -570,7 +604,7 @@ def live_suggestions(live: LiveHead, image_ids) -> dict[int, list[tuple[int, flo
     wanted = np.asarray([i for i in image_ids if i in in_pool and i not in live.hidden], dtype=np.int64)
     if not len(wanted):
         return {}
-    probs = head.predict_proba(scaler(table.features[table.rows(wanted)]))
+    probs = apply_temperature(head.predict_proba(scaler(table.features[table.rows(wanted)])), live.temperature)
     out = {}
     for image_id, p in zip(wanted, probs, strict=True):
         order = np.argsort(-p, kind="stable")[:TOP_PREDICTIONS]
@@ -619,12 +653,20 @@ class LabelSuspect:
     given: int  # class id of the label
     likely: int  # class id confident learning puts it in
     margin: float  # p(likely) - p(given), out of fold
+    probability: float = float("nan")  # p(likely), out of fold
+    given_probability: float = float("nan")  # p(given), out of fold
+
+    def to_json(self) -> dict:
+        return {"image_id": self.image_id, "given": self.given, "likely": self.likely, "margin": self.margin,
+                "probability": self.probability, "given_probability": self.given_probability}
 
 
 def check_labels_job(project: Project, *, folds: int = 5, model: ModelChoice | None = None,
                      scoring: ScoringConfig | None = None) -> Generator[Progress, None, list[LabelSuspect]]:
     """Confident learning (active.label_errors) over the target pool's labels, on the cached
-    embeddings of the model a query would use; most suspicious first."""
+    embeddings of the model a query would use; most suspicious first. Labels the expert kept
+    as they are (LABELS_KEPT_SETTING) are not flagged again; the result is kept in
+    LABEL_CHECK_SETTING for the window."""
     from atl_desktop.active.label_errors import find_label_errors, out_of_fold_probs
 
     labelled = project.current_labels(domain="target", split="pool")
@@ -638,21 +680,33 @@ def check_labels_job(project: Project, *, folds: int = 5, model: ModelChoice | N
     yield Progress(0, None, f"cross-validating a head over {len(ids)} labels")
     features = np.asarray(scored.target.features[scored.target.rows(ids)])
     probs = out_of_fold_probs(features, labels, len(classes), folds=folds)
-    return [LabelSuspect(int(ids[s.row]), classes[s.given].id, classes[s.likely].id, s.margin)
-            for s in find_label_errors(probs, labels)]
+    kept = project.get_setting(LABELS_KEPT_SETTING, {}) or {}
+    suspects = [LabelSuspect(int(ids[s.row]), classes[s.given].id, classes[s.likely].id, s.margin,
+                             float(probs[s.row, s.likely]), float(probs[s.row, s.given]))
+                for s in find_label_errors(probs, labels)]
+    suspects = not_kept(suspects, kept)
+    project.set_setting(LABEL_CHECK_SETTING, [s.to_json() for s in suspects])
+    return suspects
+
+
+def not_kept(suspects: list[LabelSuspect], kept: Mapping[str, int]) -> list[LabelSuspect]:
+    """The suspects whose label the expert has not kept as it is ({str(image id): class id});
+    a label changed since it was kept is flagged again."""
+    return [s for s in suspects if kept.get(str(s.image_id)) != s.given]
 
 
 # ---- why each image was chosen, in words ---------------------------------------------
 
 
 def describe_picks(strategy: str, data: SelectionInput, picks: np.ndarray,
-                   unlabelled: np.ndarray, params: Mapping) -> list[QueryItem]:
+                   unlabelled: np.ndarray, params: Mapping, *, temperature: float = 1.0) -> list[QueryItem]:
+    """Each pick with its score, reason and top predictions (temperature-scaled)."""
     values, words = explain(strategy, data, picks, params)
     items = []
     for k, row in enumerate(picks):
         top: list[tuple[int, float]] = []
         if data.probs is not None and data.probs.shape[1] > 1:
-            p = np.asarray(data.probs[row], dtype=np.float64)
+            p = apply_temperature(np.asarray(data.probs[row], dtype=np.float64)[None, :], temperature)[0]
             order = np.argsort(-p, kind="stable")[:TOP_PREDICTIONS]
             top = [(int(c), float(p[c])) for c in order]
         items.append(QueryItem(int(unlabelled[row]), float(values[k]), words[k], top))
@@ -671,6 +725,9 @@ def pseudo_label_job(
     scoring: ScoringConfig | None = None,
 ) -> Generator[Progress, None, int]:
     """Propose CEAL pseudo-labels for confident unlabelled images; returns how many.
+
+    The threshold applies to the checkpoint's temperature-scaled probabilities (the T its
+    assessment fitted on held-out labels; 1 when none was fitted).
 
     They belong to `round_id` (default: the open round, if any), whose step is
     committed with them. The entropy threshold decays with the number of rounds
@@ -694,7 +751,8 @@ def pseudo_label_job(
             )
         round_index = len(completed_rounds(project))
         chosen = pseudo_labels_for_round(probs, unlabelled, round_index, config,
-                                         class_ids=class_ids, exclude=project.rejected_pseudo())
+                                         class_ids=class_ids, exclude=project.rejected_pseudo(),
+                                         temperature=checkpoint_temperature(project, scored.checkpoint_id))
     with project.transaction():
         project.add_pseudo_labels([p.as_tuple() for p in chosen], round=round_id)
         if round_id is not None and not round_state(project, round_id).reached("pseudo-labelled"):

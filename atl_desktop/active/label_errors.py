@@ -30,15 +30,22 @@ class Suspect:
     margin: float  # p(likely) - p(given), out of fold
 
 
+def stratified_folds(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+    """The fold (0..folds-1) of each row, each class spread over the folds in turn."""
+    labels = np.asarray(labels, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        fold[rows] = np.arange(len(rows)) % folds
+    return fold
+
+
 def out_of_fold_probs(embeddings: np.ndarray, labels: np.ndarray, num_classes: int, *, folds: int = 5,
                       head: str = "logreg", seed: int = 0, **options) -> np.ndarray:
     """Probabilities (N, C) of each labelled row from a head that never saw it (stratified folds)."""
     labels = np.asarray(labels, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    fold = np.empty(len(labels), dtype=np.int64)
-    for c in np.unique(labels):  # each class spread over the folds in turn
-        rows = rng.permutation(np.flatnonzero(labels == c))
-        fold[rows] = np.arange(len(rows)) % folds
+    fold = stratified_folds(labels, folds, seed)
     z = fit_scaler(embeddings)(embeddings)
     probs = np.zeros((len(labels), num_classes))
     for k in range(folds):

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from atl_desktop.active.calibration import apply_temperature
 from atl_desktop.active.scores import entropy
 
 
@@ -65,15 +66,21 @@ def select_pseudo_labels(
     class_ids: Sequence[int] | None = None,
     max_per_class: int | None = None,
     exclude: Iterable[tuple[int, int]] | None = None,
+    temperature: float = 1.0,
 ) -> list[PseudoLabel]:
     """Pseudo-labels for the rows of `probs` (N, C) with entropy < threshold.
+
+    The probabilities are first temperature-scaled (active.calibration; T = 1 leaves them
+    as they are), so the threshold applies to calibrated confidence: an over-confident
+    model (T > 1) proposes fewer pseudo-labels, and their recorded confidence is the
+    calibrated one.
 
     class_ids maps a class position (column of probs) to the store's class id
     (default: the position itself); `exclude` holds (image_id, class_id) pairs
     never to propose again (rejected before). With `max_per_class`, each class
     keeps its lowest-entropy samples. Result sorted by entropy, lowest first.
     """
-    probs = np.asarray(probs, dtype=np.float64)
+    probs = apply_temperature(np.asarray(probs, dtype=np.float64), temperature)
     if len(probs) != len(image_ids):
         raise ValueError(f"{len(probs)} probability rows for {len(image_ids)} images")
     ids = np.asarray(image_ids, dtype=np.int64)
@@ -104,9 +111,10 @@ def pseudo_labels_for_round(
     *,
     class_ids: Sequence[int] | None = None,
     exclude: Iterable[tuple[int, int]] | None = None,
+    temperature: float = 1.0,
 ) -> list[PseudoLabel]:
-    """`select_pseudo_labels` at this round's threshold delta_t."""
+    """`select_pseudo_labels` at this round's threshold delta_t, on probabilities scaled by T."""
     return select_pseudo_labels(
         probs, image_ids, config.threshold(round_index), class_ids=class_ids,
-        max_per_class=config.max_per_class, exclude=exclude,
+        max_per_class=config.max_per_class, exclude=exclude, temperature=temperature,
     )

@@ -238,12 +238,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.data is not None:
         result = _evaluate_on_data(args)
     else:
+        from atl_desktop.rounds import calibration_job, calibration_words
         from atl_desktop.transfer.train import evaluate_project
 
         with Project.open(args.project, readonly=True) as project:
             job = evaluate_project(project, checkpoint_id=args.checkpoint, split=args.split,
                                    batch_size=args.batch_size, device=args.device)
             result = run_with_tqdm(job, desc="evaluate", quiet=args.quiet)
+            calibration = run_with_tqdm(calibration_job(project, args.checkpoint, args.split, device=args.device),
+                                        desc="calibration", quiet=args.quiet)
+        if args.json:
+            print(json.dumps({**result.to_dict(), "calibration": calibration}, indent=2))
+        else:
+            print(result.report())
+            print(calibration_words(calibration))
+        return 0
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

@@ -48,6 +48,7 @@ from atl_desktop.gui.gcguard import freeze_what_is_loaded, hold_until_frozen
 from atl_desktop.gui.helpdialogs import AboutDialog, PreferencesDialog, ShortcutSheet
 from atl_desktop.gui.imageviewer import ImageViewer
 from atl_desktop.gui.jobrunner import JobRunner
+from atl_desktop.gui.labelerrors import install_label_errors
 from atl_desktop.gui.poolbrowser import DEFAULT_SIDE, PoolBrowser
 from atl_desktop.gui.projectpanel import ProjectPanel
 from atl_desktop.gui.quality import QualityView
@@ -221,6 +222,7 @@ class MainWindow(QMainWindow):
         self._build_actions()
         self._connect()
         install_slide_view(self)  # the Slides tab and View > Show on slide
+        install_label_errors(self)  # the Possible label errors tab and Model > Check labels…
 
         self.resize(1320, 860)
         if settings is not None:
@@ -666,5 +668,6 @@ class MainWindow(QMainWindow):
         self._warmer.wait()
         self.status.shutdown()
         self.query_view.shutdown()
+        self.label_errors.shutdown()
         self.ws.project.close()
         super().closeEvent(event)

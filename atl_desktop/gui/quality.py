@@ -65,6 +65,33 @@ def round_summary(record: RoundRecord) -> dict[str, Any]:
             "test": test or None}
 
 
+def temperature_note(calibration: dict) -> str:
+    """Temperature scaling of the checkpoint's test predictions, in a sentence."""
+    from atl_desktop.active.calibration import ece_change_words
+
+    scaled = calibration.get("scaled")
+    if not scaled:
+        return ("Not temperature-scaled: a temperature is fitted on labelled validation images the model "
+                "never trained on (import 20 or more into the validation split).")
+    change = ece_change_words(calibration["ece"], scaled["ece"], scaled["temperature"])
+    return (f"Temperature scaling: {change}, T fitted on {scaled['fitted_on']} (orange: after). "
+            "Pseudo-labels use the scaled probabilities.")
+
+
+def suggestion_note(rounds: list[RoundRecord]) -> str:
+    """The suggestions' head calibration recorded by the newest query that fitted one."""
+    from atl_desktop.active.calibration import ece_change_words
+
+    fitted = next((r for r in reversed(rounds) if (r.params or {}).get("temperature", {}).get("ece_before")
+                   is not None), None)
+    if fitted is None:
+        return ""
+    t = fitted.params["temperature"]
+    change = ece_change_words(t["ece_before"], t["ece_after"], t["temperature"])
+    return (f"Suggestions (round {fitted.id}): {change} out of fold, T fitted on {t['fitted_on']}; "
+            "the confidence shown is the scaled one.")
+
+
 def stop_words(summaries: list[dict[str, Any]]) -> str:
     """The stopping signal (Bloodgood & Vijay-Shanker 2009) in words."""
     with_kappa = [s for s in summaries if s.get("kappa") is not None]
@@ -134,10 +161,12 @@ class QualityView(QWidget):
         curve_layout.addWidget(self.rounds_table)
 
         self.reliability_note = _note()
+        self.suggestion_note = _note()
         self.calibration_box = QGroupBox("Calibration")
         rel_layout = QVBoxLayout(self.calibration_box)
         rel_layout.addWidget(self._holders[1], 1)
         rel_layout.addWidget(self.reliability_note)
+        rel_layout.addWidget(self.suggestion_note)
 
         self.evaluate_button = QPushButton("Evaluate now")
         self.evaluate_button.setToolTip("Assess the current checkpoint on the test split, as a round does")
@@ -202,6 +231,7 @@ class QualityView(QWidget):
         except ProjectError:
             return  # the project is closing
         summaries = [round_summary(r) for r in finished]
+        self.suggestion_note.setText(suggestion_note(project.rounds()))
         self._show_rounds(summaries)
         self._show_curve(learning_points(summaries, start), baseline)
         self._show_current(current, summaries)
@@ -373,7 +403,7 @@ class QualityView(QWidget):
         self.reliability_note.setText(
             f"Expected calibration error (ECE) {calibration['ece']:.3f} over {sum(b['count'] for b in bins):,} "
             "test images (Guo et al., ICML 2017): the gap between confidence and accuracy, weighted by "
-            "images. Bars below the diagonal: over-confident.")
+            "images. Bars below the diagonal: over-confident. " + temperature_note(calibration))
         if plot is None or not hasattr(plot, "plot"):
             return
         import pyqtgraph as pg
@@ -385,7 +415,12 @@ class QualityView(QWidget):
         plot.addItem(pg.BarGraphItem(x=centres, height=[b["accuracy"] for b in bins], width=widths,
                                      brush="#56B4E9", pen=pg.mkPen("#2A6F97")))
         plot.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], pen=None, symbol="o",
-                  symbolSize=5, symbolBrush="#D55E00")
+                  symbolSize=5, symbolBrush="#0072B2")
+        scaled = [b for b in (calibration.get("scaled") or {}).get("bins", []) if b.get("count")]
+        if scaled:
+            plot.plot([b["confidence"] for b in scaled], [b["accuracy"] for b in scaled],
+                      pen=pg.mkPen("#D55E00", width=2), symbol="o", symbolSize=6, symbolBrush="#D55E00",
+                      name="after temperature scaling")
 
     def start_evaluation(self) -> bool:
         checkpoint = self.ws.project.latest_checkpoint()

@@ -125,6 +125,11 @@ class QueryTileDelegate(TileDelegate):
 
 
 class QueryView(QWidget):
+    """The grid of images to label. Subclasses (the possible label errors) replace the toolbar
+    and the texts, and keep the keys and the labels' provenance."""
+
+    keys_help = KEYS_HELP
+    empty_text = EMPTY_TEXT
     query_requested = Signal(str, int)  # strategy, batch size
     train_requested = Signal()
     open_image = Signal(int)  # image id
@@ -151,6 +156,34 @@ class QueryView(QWidget):
     # ---- layout --------------------------------------------------------------
 
     def _build(self) -> None:
+        self.summary = QLabel()
+        self.summary.setTextFormat(Qt.TextFormat.PlainText)
+        help_label = QLabel(self.keys_help)
+        help_label.setWordWrap(True)
+        help_label.setStyleSheet("color: palette(placeholder-text);")
+
+        self.grid = TileGrid()
+        self.grid.setModel(self.model)
+        self.grid.setItemDelegate(QueryTileDelegate(self.ws, self._describe, self.grid))
+        self.grid.key_handler = self._on_key
+        self.grid.doubleClicked.connect(lambda index: self.open_image.emit(index.data(TileRole).image_id))
+        add_similar_menu(self.grid, lambda index: index.data(TileRole).image_id, self.similar_requested)
+        self.empty = QLabel(self.empty_text)
+        self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty.setWordWrap(True)
+        self.empty.setStyleSheet("font-size: 13pt; color: palette(placeholder-text);")
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.empty)
+        self.stack.addWidget(self.grid)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(self._toolbar())
+        layout.addWidget(self.summary)
+        layout.addWidget(help_label)
+        layout.addWidget(self.stack, 1)
+
+    def _toolbar(self) -> QHBoxLayout:
+        """The row above the grid: strategy, batch size, Query and Train."""
         self.strategy_box = QComboBox()
         self.set_strategies({name: "" for name in FALLBACK_STRATEGIES})
         self.strategy_box.setToolTip("How the next batch is chosen from the unlabelled pool")
@@ -169,32 +202,7 @@ class QueryView(QWidget):
                        self.query_button, self.train_button):
             bar.addWidget(widget)
         bar.addStretch(1)
-
-        self.summary = QLabel()
-        self.summary.setTextFormat(Qt.TextFormat.PlainText)
-        help_label = QLabel(KEYS_HELP)
-        help_label.setWordWrap(True)
-        help_label.setStyleSheet("color: palette(placeholder-text);")
-
-        self.grid = TileGrid()
-        self.grid.setModel(self.model)
-        self.grid.setItemDelegate(QueryTileDelegate(self.ws, self._describe, self.grid))
-        self.grid.key_handler = self._on_key
-        self.grid.doubleClicked.connect(lambda index: self.open_image.emit(index.data(TileRole).image_id))
-        add_similar_menu(self.grid, lambda index: index.data(TileRole).image_id, self.similar_requested)
-        self.empty = QLabel(EMPTY_TEXT)
-        self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.empty.setWordWrap(True)
-        self.empty.setStyleSheet("font-size: 13pt; color: palette(placeholder-text);")
-        self.stack = QStackedWidget()
-        self.stack.addWidget(self.empty)
-        self.stack.addWidget(self.grid)
-
-        layout = QVBoxLayout(self)
-        layout.addLayout(bar)
-        layout.addWidget(self.summary)
-        layout.addWidget(help_label)
-        layout.addWidget(self.stack, 1)
+        return bar
 
     def set_strategies(self, strategies) -> None:
         if not isinstance(strategies, dict) or not strategies:

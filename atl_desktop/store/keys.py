@@ -47,3 +47,8 @@ DEFAULT_AUDIT_SHARE = 0.1
 # The stopping rule (active.audit.stop_rule): {"width": W, "target": T or null}.
 STOP_RULE_SETTING = "stop_rule"
 DEFAULT_STOP_WIDTH = 0.10
+# Possible label errors (session.check_labels_job): the last check's suspects, most suspicious
+# first, as [{image_id, given, likely, margin, probability, given_probability}], and the labels
+# the expert kept as they are, {str(image id): class id}, never flagged again while unchanged.
+LABEL_CHECK_SETTING = "label_check"
+LABELS_KEPT_SETTING = "labels_kept"

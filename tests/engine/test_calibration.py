@@ -4,12 +4,19 @@ import numpy as np
 import pytest
 
 from atl_desktop.active.calibration import (
+    apply_temperature,
     bin_index,
     calibration_summary,
     cohen_kappa,
+    ece_change_words,
     expected_calibration_error,
+    fit_temperature,
+    mean_nll,
     reliability_bins,
+    scaled_calibration,
+    softmax_t,
     stabilised,
+    temperature_fit,
 )
 
 # Four predictions, five bins of width 0.2:
@@ -106,3 +113,91 @@ def test_round_evaluation_adds_calibration_and_skips_unknown_labels():
     assert metrics["loss"] == pytest.approx(-np.log(0.9 * 0.15 * 0.7 * 0.55) / 4)
     assert metrics["calibration"]["ece"] == pytest.approx(expected_calibration_error(PROBS, LABELS))
     assert metrics["confusion"] == [[2, 0], [1, 1]] and metrics["balanced_accuracy"] == 0.75
+
+
+# ---- temperature scaling ----------------------------------------------------------------------
+# Every row has logits (a, 0, ..., 0) over C classes and a share q of the rows is labelled 0,
+# the rest spread over the other classes. The NLL of softmax(z / T) is minimal where the
+# predicted p(class 0) = e^(a/T) / (e^(a/T) + C - 1) equals q, so a / T = ln(q (C - 1) / (1 - q)).
+
+
+def test_temperature_two_classes_closed_form():
+    # a = 2, q = 3/4, C = 2: 2 / T = ln 3, T = 2 / ln 3 = 1.8205 (the model is over-confident)
+    logits = np.array([[2.0, 0.0]] * 4)
+    assert fit_temperature(logits, [0, 0, 0, 1]) == pytest.approx(2 / np.log(3), rel=1e-9)
+
+
+def test_temperature_three_classes_closed_form():
+    # a = 1, q = 1/2, C = 3: 1 / T = ln(0.5 * 2 / 0.5) = ln 2, T = 1.4427
+    logits = np.array([[1.0, 0.0, 0.0]] * 4)
+    assert fit_temperature(logits, [0, 0, 1, 2]) == pytest.approx(1 / np.log(2), rel=1e-9)
+
+
+def test_temperature_under_confident_model_is_sharpened():
+    # probabilities (0.6, 0.4), right 9 times in 10: log-ratio ln 1.5 per T must reach ln 9,
+    # T = ln 1.5 / ln 9 = 0.1845 < 1
+    probs = np.array([[0.6, 0.4]] * 10)
+    labels = [0] * 9 + [1]
+    assert fit_temperature(probs, labels, from_probs=True) == pytest.approx(np.log(1.5) / np.log(9), rel=1e-9)
+
+
+def test_probabilities_are_taken_as_log_probability_logits():
+    # (0.9, 0.1) has log-ratio ln 9; right 3 times in 4 gives ln 3 = ln 9 / T: T = 2 exactly
+    probs = np.array([[0.9, 0.1]] * 4)
+    assert fit_temperature(probs, [0, 0, 0, 1], from_probs=True) == pytest.approx(2.0, rel=1e-9)
+    # softmax(log p / 2) = (3/4, 1/4)
+    assert apply_temperature(probs, 2.0)[0] == pytest.approx([0.75, 0.25])
+    assert np.array_equal(apply_temperature(probs, 1.0), probs)
+
+
+def test_temperature_matches_a_grid_search_on_random_logits():
+    # An independent check: the NLL over a fine log-spaced grid of T has its minimum at the fit.
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, 300)
+    logits = rng.normal(size=(300, 4)) + 2.5 * np.eye(4)[labels] * rng.random((300, 1)) * 4
+    t = fit_temperature(logits, labels)
+    grid = np.exp(np.linspace(np.log(t / 2), np.log(t * 2), 4001))
+    best = grid[np.argmin([mean_nll(softmax_t(logits, g), labels) for g in grid])]
+    assert t == pytest.approx(best, rel=1e-3)
+    assert t != pytest.approx(1.0, abs=0.05)
+
+
+def test_temperature_keeps_predictions_and_zero_probabilities():
+    probs = np.array([[0.7, 0.3, 0.0], [0.2, 0.5, 0.3]])
+    scaled = apply_temperature(probs, 1.7)
+    assert scaled.argmax(1).tolist() == [0, 1]
+    assert scaled[0, 2] == 0.0
+    assert scaled.sum(1) == pytest.approx([1, 1])
+
+
+def test_temperature_at_the_ends_and_refusals():
+    # every prediction right: the NLL falls as T -> 0, so the lower end of the search
+    assert fit_temperature(np.array([[3.0, 0.0]] * 3), [0, 0, 0]) == pytest.approx(0.01)
+    # no information (equal logits): the upper end
+    assert fit_temperature(np.zeros((4, 2)), [0, 1, 0, 1]) == pytest.approx(100.0)
+    with pytest.raises(ValueError):
+        fit_temperature(np.array([[1.0, 0.0]]), [0, 1])
+    with pytest.raises(ValueError):  # the true class at probability 0
+        fit_temperature(np.array([[1.0, 0.0]]), [1], from_probs=True)
+
+
+def test_temperature_fit_reports_nll_and_ece_line():
+    probs = np.array([[0.9, 0.1]] * 4)
+    fit = temperature_fit(probs, [0, 0, 0, 1], fitted_on="validation split")
+    # before: -(3 ln .9 + ln .1) / 4 = 0.6547; after, at (3/4, 1/4): -(3 ln .75 + ln .25) / 4 = 0.5623
+    assert fit.nll_before == pytest.approx(-(3 * np.log(0.9) + np.log(0.1)) / 4)
+    assert fit.nll_after == pytest.approx(-(3 * np.log(0.75) + np.log(0.25)) / 4)
+    assert fit.to_json()["fitted_on"] == "validation split" and fit.n == 4
+    assert ece_change_words(0.1234, 0.0412, 1.8205) == "ECE 0.12 → 0.04 (T = 1.8)"
+
+
+def test_scaled_calibration_before_and_after_by_hand():
+    # (0.9, 0.1) four times, right three: ECE before |0.75 - 0.9| = 0.15; at T = 2 the
+    # confidence is 0.75, the accuracy 0.75: ECE 0
+    probs = np.array([[0.9, 0.1]] * 4)
+    labels = [0, 0, 0, 1]
+    fit = temperature_fit(probs, labels, fitted_on="validation split")
+    assert calibration_summary(probs, labels)["ece"] == pytest.approx(0.15)
+    after = scaled_calibration(probs, labels, fit)
+    assert after["ece"] == pytest.approx(0.0, abs=1e-9)
+    assert after["temperature"] == pytest.approx(2.0) and after["n_fit"] == 4

@@ -93,3 +93,19 @@ def test_check_labels_finds_flipped_labels(tmp_path, capsys):
     # Untrained features are weak; still, flipped labels are over-represented among the suspects.
     share = sum(r["id"] in flipped for r in rows) / len(rows)
     assert share > len(flipped) / len(truth)
+    # The window reads the last check from the project.
+    from atl_desktop.store.keys import LABEL_CHECK_SETTING
+
+    with Project.open(path, readonly=True) as p:
+        saved = p.get_setting(LABEL_CHECK_SETTING)
+    assert [s["image_id"] for s in saved][: len(rows)] == [r["id"] for r in rows]  # rows: the top ones
+    assert all(abs(s["probability"] - s["given_probability"] - s["margin"]) < 1e-9 for s in saved)
+
+
+def test_a_label_kept_as_it_is_is_not_flagged_again_until_it_changes():
+    from atl_desktop.session import LabelSuspect, not_kept
+
+    suspects = [LabelSuspect(5, 1, 2, 0.6), LabelSuspect(7, 2, 1, 0.4), LabelSuspect(9, 1, 3, 0.2)]
+    # 5 kept with its label 1: gone; 7 was kept as class 3, then relabelled 2: flagged again
+    assert [s.image_id for s in not_kept(suspects, {"5": 1, "7": 3})] == [7, 9]
+    assert not_kept(suspects, {}) == suspects

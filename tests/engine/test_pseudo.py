@@ -84,3 +84,28 @@ def test_the_cap_does_not_count_excluded_pairs():
 def test_mismatched_lengths_are_refused():
     with pytest.raises(ValueError):
         select_pseudo_labels(PROBS, IDS[:3], 0.1)
+
+
+def _scaled(p, t):
+    """(p, 1 - p) at temperature t, by hand: the log-odds divided by t."""
+    logit = math.log(p / (1 - p)) / t
+    q = 1 / (1 + math.exp(-logit))
+    return [q, 1 - q]
+
+
+def test_temperature_changes_which_images_pass_the_threshold():
+    # At T = 1 (as before): 10, 15, 11 pass 0.05.
+    # T = 2 (an over-confident model calibrated): 0.999 -> 0.9693 (entropy 0.137), 0.995 ->
+    # 0.9338 (0.244): nothing passes.
+    assert H(_scaled(0.999, 2)) > 0.05
+    assert select_pseudo_labels(PROBS, IDS, 0.05, temperature=2.0) == []
+    # T = 0.5 (under-confident, sharpened): 0.99 -> 0.99990 (0.0011) and 0.98 -> 0.99958
+    # (0.0037) now pass too; 0.6 -> 0.6923 (0.617) still not.
+    assert H(_scaled(0.98, 0.5)) < 0.05 < H(_scaled(0.6, 0.5))
+    picked = select_pseudo_labels(PROBS, IDS, 0.05, temperature=0.5)
+    assert [p.image_id for p in picked] == [10, 15, 11, 12, 13]
+    # the confidence kept is the calibrated one
+    assert picked[3].confidence == pytest.approx(_scaled(0.99, 0.5)[0])
+    config = PseudoLabelConfig(delta0=0.05, decay=0.0)
+    assert len(pseudo_labels_for_round(PROBS, IDS, 0, config, temperature=2.0)) == 0
+    assert len(pseudo_labels_for_round(PROBS, IDS, 0, config)) == 3

@@ -139,3 +139,16 @@ def test_atl_report_writes_beside_the_project(digits, capsys):
     out = digits.with_name("d-report.html")
     assert capsys.readouterr().out.strip() == f"Wrote {out}" and out.read_text().startswith("<!DOCTYPE html>")
     assert atl(["report", str(digits.with_name("missing.atl"))]) == 1
+
+
+def test_the_report_says_ece_before_and_after_temperature_scaling(digits):
+    with Project.open(digits, readonly=True) as p:
+        facts = gather(p)
+    calibration = facts["assessed"]["test"]["calibration"]
+    text = render_html(facts, {})
+    assert f"ECE {calibration['ece']:.2f}, not temperature-scaled" in text  # no validation labels here
+    calibration["scaled"] = {"ece": 0.0412, "temperature": 1.8205, "fitted_on": "80 labelled validation images",
+                             "bins": calibration["bins"]}
+    text = render_html(facts, {})
+    assert (f"ECE {calibration['ece']:.2f} → 0.04 (T = 1.8), T fitted on 80 labelled validation images"
+            in text)

@@ -287,3 +287,57 @@ def test_round_commands(template, tmp_path, capsys):
     assert main(["round", "status", str(path)]) == 0
     text = capsys.readouterr().out
     assert "No open round" in text and "round 2 (margin): 23 labels" in text
+
+
+def test_assessment_fits_a_temperature_on_validation_labels(template, tmp_path):
+    from atl_desktop.active.calibration import (
+        apply_temperature,
+        calibration_summary,
+        fit_temperature,
+    )
+    from atl_desktop.data.importers import ImportOptions, import_source
+    from atl_desktop.models.checkpoints import load_checkpoint
+    from atl_desktop.models.transforms import input_transform
+    from atl_desktop.rounds import (
+        assess_job,
+        calibration_job,
+        calibration_words,
+        checkpoint_temperature,
+        predict_probs,
+    )
+    from atl_desktop.transfer.train import project_eval_dataset
+
+    path = copy_project(template, tmp_path)
+    with np.load(TESTDATA / "usps_900.npz", allow_pickle=False) as f:
+        np.savez(tmp_path / "val.npz", x_val=f["x_train"][200:280], y_val=f["y_train"][200:280],
+                 classes=f["classes"])
+    with Project.open(path) as p:
+        checkpoint = p.latest_checkpoint().id
+        metrics = run_job(assess_job(p, checkpoint, None))
+        assert "temperature" not in metrics  # no validation labels yet: nothing to fit on
+        run_job(import_source(p, tmp_path / "val.npz", ImportOptions(labels="labels")))
+        metrics = run_job(assess_job(p, checkpoint, None))
+        # independently: the checkpoint's validation and test probabilities, fitted and scaled here
+        model, _ = load_checkpoint(p, checkpoint, classes=p.class_names())
+        val = project_eval_dataset(p, "val", input_transform(model.spec))
+        test = project_eval_dataset(p, "test", input_transform(model.spec))
+        t = fit_temperature(run_job(predict_probs(model, val)), val.labels, from_probs=True)
+        test_probs = run_job(predict_probs(model, test))
+        evaluated = run_job(calibration_job(p, checkpoint, "test"))  # what `atl evaluate` prints
+    fitted = metrics["temperature"]
+    assert fitted["n"] == 80 and fitted["fitted_on"] == "80 labelled validation images"
+    assert fitted["temperature"] == pytest.approx(t, rel=1e-4) and fitted["nll_after"] <= fitted["nll_before"]
+    scaled = metrics["test"]["calibration"]["scaled"]
+    expected = calibration_summary(apply_temperature(test_probs, t), test.labels)["ece"]
+    assert scaled["ece"] == pytest.approx(expected, abs=1e-4) and scaled["temperature"] == fitted["temperature"]
+    assert metrics["test"]["calibration"]["ece"] != pytest.approx(scaled["ece"], abs=1e-3)
+    assert evaluated["ece_scaled"] == pytest.approx(scaled["ece"]) and evaluated["ece"] == pytest.approx(
+        metrics["test"]["calibration"]["ece"])
+    assert calibration_words(evaluated) == (
+        f"Calibration: ECE {evaluated['ece']:.2f} → {scaled['ece']:.2f} (T = {t:.2g}), "
+        "T fitted on 80 labelled validation images")
+    with Project.open(path) as p:  # kept with the round that assessed the checkpoint
+        assert checkpoint_temperature(p, checkpoint) == 1.0  # the round recorded no temperature
+        round_id = p.start_round("random", {"chosen": []}, checkpoint_id=checkpoint)
+        p.finish_round(round_id, metrics, checkpoint_id=checkpoint)
+        assert checkpoint_temperature(p, checkpoint) == pytest.approx(t, rel=1e-4)

@@ -187,3 +187,61 @@ def test_no_live_head_for_a_round_on_the_models_own_head(project):
 
     result = run_job(query_job(project, strategy="entropy", batch=2, head="model"))
     assert live_head(project, result.round_id) is None
+
+
+def test_suggestions_are_temperature_scaled_out_of_fold(fresh):
+    from atl_desktop.active.calibration import apply_temperature
+    from atl_desktop.active.head_calibration import head_temperature
+    from atl_desktop.active.heads import head_probs
+    from atl_desktop.active.scoring import ScoringConfig, load_scores, scores_dir
+    from atl_desktop.session import live_head, live_suggestions
+
+    labelled = {}
+    for image_id, class_id in sorted(fresh.truth().items()):
+        if list(labelled.values()).count(class_id) < 5:
+            labelled[image_id] = class_id
+    for image_id, class_id in labelled.items():
+        fresh.set_label(image_id, class_id)
+    result = run_job(query_job(fresh, strategy="margin", batch=4))
+    (rnd,) = fresh.rounds()
+    fitted = rnd.params["temperature"]
+    # recomputed independently from the cached embeddings: the same out-of-fold fit
+    pool = np.asarray(sorted(fresh.image_ids(domain="target", split="pool")), dtype=np.int64)
+    table = load_scores(scores_dir(fresh.data_dir, rnd.params["embeddings"], ScoringConfig()), pool)
+    position = fresh.class_index()
+    ids = np.asarray(sorted(labelled), dtype=np.int64)
+    labels = np.asarray([position[labelled[i]] for i in ids])
+    again = head_temperature(np.asarray(table.features[table.rows(ids)]), labels, len(position))
+    assert fitted["temperature"] == pytest.approx(again["temperature"])
+    assert fitted["temperature"] != pytest.approx(1.0, abs=0.02) and fitted["n"] == len(ids)
+    # the shown confidence is the head's probability at that temperature
+    picked = np.asarray([it.image_id for it in result.items])
+    raw = head_probs("logreg", np.asarray(table.features), table.rows(ids), labels, len(position))
+    scaled = apply_temperature(raw[table.rows(picked)], fitted["temperature"])
+    for item, row in zip(result.items, scaled, strict=True):
+        assert item.top[0][1] == pytest.approx(row.max(), abs=1e-4)  # the query scales over its own rows
+        assert item.top[0][1] != pytest.approx(raw[table.rows([item.image_id])[0]].max(), abs=1e-3)
+    live = live_head(fresh, result.round_id)
+    assert live.temperature == pytest.approx(fitted["temperature"])
+    shown = live_suggestions(live, picked.tolist())
+    assert [shown[i][0][1] for i in picked] == pytest.approx([it.top[0][1] for it in result.items], abs=1e-3)
+
+
+def test_pseudo_labels_use_the_checkpoints_temperature(project):
+    from atl_desktop.active.pseudo import select_pseudo_labels
+    from atl_desktop.session import score_job
+
+    # The untrained model is unsure (entropy near ln 9 = 2.2): none pass 0.5 at T = 1.
+    config = PseudoLabelConfig(delta0=0.5, decay=0.0)
+    assert run_job(pseudo_label_job(project, config=config)) == 0
+    # An assessment that fitted a sharpening temperature on this checkpoint.
+    checkpoint = project.latest_checkpoint().id
+    round_id = project.start_round("random", {"chosen": []}, checkpoint_id=checkpoint)
+    project.finish_round(round_id, {"temperature": {"temperature": 1e-4}}, checkpoint_id=checkpoint)
+    scored = run_job(score_job(project))
+    ids = np.asarray(sorted(project.image_ids(domain="target", split="pool")))
+    probs = np.asarray(scored.target.probs[scored.target.rows(ids)])
+    expected = select_pseudo_labels(probs, ids, 0.5, temperature=1e-4)
+    assert len(expected) > 0 and select_pseudo_labels(probs, ids, 0.5) == []
+    assert run_job(pseudo_label_job(project, config=config)) == len(expected)
+    assert sorted(p.image_id for p in project.pseudo_labels()) == sorted(p.image_id for p in expected)

@@ -462,7 +462,12 @@ def test_cli_trains_and_evaluates_a_project(digits_project, capsys):
     trained = json.loads(capsys.readouterr().out)
     assert trained["phases"] == ["source pre-training"]  # smallcnn chosen for 28 px images
     assert main(["evaluate", str(path), "--split", "test", "--quiet", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["n"] == 300
+    evaluated = json.loads(capsys.readouterr().out)
+    calibration = evaluated["calibration"]  # the project's labelled validation split gives a temperature
+    assert evaluated["n"] == 300 and calibration["temperature"]["fitted_on"].endswith("labelled validation images")
+    assert main(["evaluate", str(path), "--split", "test", "--quiet"]) == 0
+    assert (f"Calibration: ECE {calibration['ece']:.2f} → {calibration['ece_scaled']:.2f} "
+            f"(T = {calibration['temperature']['temperature']:.2g})") in capsys.readouterr().out
     assert main(["evaluate", str(path), "--checkpoint", "99", "--quiet"]) == 1
     assert "No checkpoint with id 99" in capsys.readouterr().err
     with Project.open(path, readonly=True) as project:

@@ -49,6 +49,22 @@ def test_empty_state_then_recorded_rounds(qtbot, open_window, project_path):
     # The current checkpoint's numbers come from the round that assessed it.
     assert "assessed at the end of round 2" in view.eval_note.text()
     assert "ECE) 0.200 over 4 test images" in view.reliability_note.text()
+    assert "Not temperature-scaled" in view.reliability_note.text()
+    assert view.suggestion_note.text() == ""
+    # A round whose assessment fitted a temperature, and a query whose head fitted one out of fold.
+    scaled = {"ece": 0.05, "temperature": 1.8205, "fitted_on": "80 labelled validation images",
+              "bins": [{**BINS[0], "confidence": 0.4}, {**BINS[1], "confidence": 0.95}]}
+    round_id = project.start_round("margin", {"chosen": [], "temperature": {
+        "temperature": 2.5, "ece_before": 0.21, "ece_after": 0.06, "fitted_on": "out-of-fold predictions"}})
+    project.finish_round(round_id, {"labels": 12, "test": {**test, "calibration": {
+        "ece": 0.2, "bins": BINS, "scaled": scaled}}, "stop": {}}, checkpoint_id=checkpoint)
+    window.ws.notify()
+    assert ("Temperature scaling: ECE 0.20 → 0.05 (T = 1.8), T fitted on 80 labelled validation images"
+            in view.reliability_note.text())
+    assert view.suggestion_note.text().startswith(
+        f"Suggestions (round {round_id}): ECE 0.21 → 0.06 (T = 2.5) out of fold")
+    after = [i for i in view.reliability_plot.getPlotItem().listDataItems() if i.name() == "after temperature scaling"]
+    assert [list(v) for v in after[0].getData()] == [[0.4, 0.95], [1 / 3, 1.0]]
     assert [view.recall_table.item(r, 1).text() for r in range(3)] == ["100.0%", "0.0%", "100.0%"]
     assert view.confusion_table.item(1, 0).text() == "1"  # a stroma image predicted as tumour
     assert "1 of 1 stroma images predicted as tumour" in view.confusion_table.item(1, 0).toolTip()
