@@ -198,9 +198,9 @@ def _config(args: argparse.Namespace, backbone: str, saved: dict | None = None):
     elif "weights" not in fields:
         fields["weights"] = "imagenet" if backbone_info(backbone).torchvision else None
     method = fields.get("method", "finetune")
-    if args.method_option or args.method is not None:  # new options for the method asked for
-        fields["method_options"] = _method_options(method, args.method_option)
     try:
+        if args.method_option or args.method is not None:  # new options for the method asked for
+            fields["method_options"] = _method_options(method, args.method_option)
         return TrainConfig.from_dict(fields)
     except (TypeError, ValueError) as error:
         raise ProjectError(str(error)) from None

@@ -1,5 +1,6 @@
 """The round's steps over a real (tiny) project: query with reasons, pseudo-labels."""
 
+import numpy as np
 import pytest
 
 from atl_desktop.active.pseudo import PseudoLabelConfig
