@@ -49,8 +49,8 @@ from atl_desktop.active.strategies import SelectionInput, synthesise
 from atl_desktop.jobs import Progress, relabel
 from atl_desktop.store import Project, ProjectError
 from atl_desktop.store.files import atomic_write_bytes, sha256_bytes
+from atl_desktop.store.keys import GAN_SETTING
 
-GAN_SETTING = "gan_config"  # GanConfig fields the project overrides, as JSON
 GENERATOR_DIR = "generators"
 GAN_SIZES = (16, 24, 28, 32, 48, 64)
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}

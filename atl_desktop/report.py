@@ -30,10 +30,13 @@ from atl_desktop.active.audit import RULE_TEXT, WHY_AUDIT, recorded_audit
 from atl_desktop.active.calibration import ece_change_words
 from atl_desktop.jobs import Progress
 from atl_desktop.store import Project, ProjectError
-from atl_desktop.store.keys import DEFAULT_STOP_WIDTH, STOP_RULE_SETTING
+from atl_desktop.store.keys import (
+    BASELINE_SETTING,
+    DEFAULT_STOP_WIDTH,
+    SOURCE_SETTING,
+    STOP_RULE_SETTING,
+)
 
-BASELINE_SETTING = "random_baseline"  # {"strategy": "random", "labels": [...], "accuracy": [...], "how": ...}
-SOURCE_SETTING = "source_model"  # {"accuracy": test accuracy of the source-trained model, "labels": 0}
 PACKAGES = ("atl-desktop", "torch", "torchvision", "numpy", "pillow", "safetensors", "PySide6-Essentials",
             "platformdirs", "matplotlib", "pyqtgraph")
 KIND_WORDS = {"human": "{who}", "import": "imported ({who})", "accepted-pseudo": "pseudo-label accepted by {who}"}

@@ -34,8 +34,8 @@ from atl_desktop.active.calibration import (
 )
 from atl_desktop.jobs import Progress
 from atl_desktop.store import Project, ProjectError
+from atl_desktop.store.keys import ROUND_STATE
 
-ROUND_STATE = "round_state"  # {"round": id, "step": ..., more per step}
 STOP_SET = "stop_set"  # {"seed": s, "image_ids": [...]}: fixed unlabelled images for the stop signal
 STOP_SET_SIZE = 1000
 ORACLE = "oracle"  # annotator name of labels taken from the hidden ground truth

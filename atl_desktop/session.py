@@ -27,7 +27,6 @@ from atl_desktop.active.strategies import STRATEGIES, SelectionInput, explain, s
 from atl_desktop.jobs import Progress, relabel
 from atl_desktop.models.encoders import COLD_START_BACKBONE, UNTRAINED, EncoderChoice
 from atl_desktop.rounds import (
-    ROUND_STATE,
     OnCommit,
     assess_job,
     check_can_finish,
@@ -51,11 +50,13 @@ from atl_desktop.store.keys import (
     ENCODER_SETTING,
     LABEL_CHECK_SETTING,
     LABELS_KEPT_SETTING,
+    PSEUDO_SETTING,
+    ROUND_STATE,
+    SKIPPED_SETTING,
     STOP_RULE_SETTING,
     TRAIN_SETTING,
 )
 
-SKIPPED_SETTING = "skipped_images"  # images the expert marked unsure (the window's x key)
 HEAD_CHOICES = ("auto", "model", *HEADS)  # auto: the model's own head if trained, else logreg
 COLD_START_STRATEGY = "typiclust"  # for strategies that need predictions while nothing is labelled
 TOP_PREDICTIONS = 3
@@ -763,7 +764,6 @@ def pseudo_label_job(
 
 # ---- fine-tuning and the round as a whole ------------------------------------------------
 
-PSEUDO_SETTING = "pseudo_labels"  # the project's PseudoLabelConfig fields, as JSON
 
 
 def project_train_config(project: Project, **overrides):

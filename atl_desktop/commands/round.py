@@ -63,7 +63,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from atl_desktop.active.pseudo import PseudoLabelConfig
     from atl_desktop.rounds import open_round
-    from atl_desktop.session import PSEUDO_SETTING, finish_round_job, project_train_config
+    from atl_desktop.session import finish_round_job, project_train_config
+    from atl_desktop.store.keys import PSEUDO_SETTING
 
     with Project.open(args.project) as project:
         current = open_round(project)

@@ -139,7 +139,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_stain(args: argparse.Namespace) -> int:
     from atl_desktop.data.decode import load_image
-    from atl_desktop.data.stain import STAIN_SETTING, StainConfig, fit_stain
+    from atl_desktop.data.stain import StainConfig, fit_stain
+    from atl_desktop.store.keys import STAIN_SETTING
 
     with Project.open(args.project) as project:
         if args.method == "none":

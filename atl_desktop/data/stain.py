@@ -38,7 +38,6 @@ import torch
 from PIL import Image
 
 METHODS = ("none", "reinhard", "macenko", "vahadane")
-STAIN_SETTING = "stain_normalisation"  # the project setting: a StainConfig as JSON
 IO = 255.0
 CODE_LAMBDA = 0.01  # sparsity of the concentrations (Vahadane; 0.1 for the stain dictionary)
 CODE_ITERATIONS = 20

@@ -35,10 +35,9 @@ from atl_desktop.gui.background import Background
 from atl_desktop.gui.jobrunner import JobRunner
 from atl_desktop.gui.workspace import RefreshWhenShown, Workspace
 from atl_desktop.store import ProjectError, RoundRecord
+from atl_desktop.store.keys import BASELINE_SETTING, SOURCE_SETTING
 
 JOB = "evaluate"
-BASELINE_SETTING = "random_baseline"  # = atl_desktop.report.BASELINE_SETTING (written by the demo builder)
-SOURCE_SETTING = "source_model"  # = atl_desktop.report.SOURCE_SETTING
 NO_ROUNDS = ("No finished rounds yet. Each round (query, label, train) records the test accuracy, "
              "the calibration and the stopping signal shown here.")
 NO_TEST = ("No labelled test images: import some into the test split (File ▸ Import images, "

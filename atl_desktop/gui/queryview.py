@@ -31,11 +31,10 @@ from atl_desktop.gui.tiles import PAD, TileDelegate, TileGrid, add_similar_menu
 from atl_desktop.gui.undo import SetLabel, SetSkipped, skipped_images
 from atl_desktop.gui.workspace import Workspace
 from atl_desktop.store import Project, ProjectError
+from atl_desktop.store.keys import LAST_QUERY, LAST_QUERY_ROUND
 
 FALLBACK_STRATEGIES = ("entropy", "margin", "least_confidence", "random")
 DEFAULT_STRATEGY = "entropy"
-LAST_QUERY = "last_query"  # [{image_id, score, reason, top: [[class position, p], ...]}, ...]
-LAST_QUERY_ROUND = "last_query_round"
 EMPTY_TEXT = "No queried images yet — choose a strategy and press Query next batch."
 KEYS_HELP = ("Keys: 1–9 (or a class's key) label and move on · Space accepts the suggestion · "
              "X unsure · arrows move · Backspace undo · Enter full size")

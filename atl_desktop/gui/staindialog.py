@@ -52,7 +52,7 @@ def fit_and_preview(project, method: str, reference_id: int, sample_ids: list[in
 class StainDialog(QDialog):
     def __init__(self, workspace: Workspace, reference_id: int | None, sample_ids: list[int], parent=None):
         super().__init__(parent)
-        from atl_desktop.data.stain import STAIN_SETTING
+        from atl_desktop.store.keys import STAIN_SETTING
 
         self.setWindowTitle("Stain normalisation")
         self.ws = workspace

@@ -17,8 +17,7 @@ from PySide6.QtGui import QUndoCommand, QUndoStack
 
 from atl_desktop.annotators import REPEAT, REPEAT_UNDONE
 from atl_desktop.store import ClassRecord, LabelEvent, Project, ProjectError
-
-SKIPPED_SETTING = "skipped_images"
+from atl_desktop.store.keys import SKIPPED_SETTING
 
 
 def _latest_event(project: Project, image_id: int) -> LabelEvent | None:

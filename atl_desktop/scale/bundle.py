@@ -38,6 +38,7 @@ from atl_desktop.store import Project, ProjectError
 from atl_desktop.store.errors import storage_error
 from atl_desktop.store.files import atomic_write_text, confined, copy_regular, sha256_file
 from atl_desktop.store.frames import FrameRef, frame_location
+from atl_desktop.store.keys import IMPORTED_SETTING
 from atl_desktop.store.slides import PatchRef
 from atl_desktop.store.snapshot import copy_database, relocate
 
@@ -45,7 +46,6 @@ FORMAT = "atl-bundle/1"
 BUNDLE_FILE = "bundle.json"
 PROJECT_FILE = "project.atl"
 MANIFEST_FILE = "manifest.csv"
-IMPORTED_SETTING = "imported_bundles"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 

@@ -52,3 +52,15 @@ DEFAULT_STOP_WIDTH = 0.10
 # the expert kept as they are, {str(image id): class id}, never flagged again while unchanged.
 LABEL_CHECK_SETTING = "label_check"
 LABELS_KEPT_SETTING = "labels_kept"
+
+# The rest of the project's settings, named once here (the engine and the window both read them).
+BASELINE_SETTING = "random_baseline"  # {"strategy": "random", "labels": [...], "accuracy": [...], "how": ...}
+SOURCE_SETTING = "source_model"  # {"accuracy": test accuracy of the source-trained model, "labels": 0}
+SKIPPED_SETTING = "skipped_images"  # images the expert marked unsure (the window's x key)
+PSEUDO_SETTING = "pseudo_labels"  # the project's PseudoLabelConfig fields, as JSON
+GAN_SETTING = "gan_config"  # GanConfig fields the project overrides, as JSON
+STAIN_SETTING = "stain_normalisation"  # a data.stain.StainConfig as JSON
+IMPORTED_SETTING = "imported_bundles"  # the result bundles already merged (scale.bundle)
+ROUND_STATE = "round_state"  # {"round": id, "step": ..., more per step}: a round's progress
+LAST_QUERY = "last_query"  # [{image_id, score, reason, top: [[class position, p], ...]}, ...]
+LAST_QUERY_ROUND = "last_query_round"  # the round LAST_QUERY belongs to

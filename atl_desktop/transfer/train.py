@@ -732,7 +732,7 @@ def plan_project_training(project, config: TrainConfig, *, from_scratch: bool = 
     model = _starting_model(project, config, start, classes)
     # The project's stain normalisation, if chosen, becomes part of the model's input
     # (recorded in the checkpoint, so scoring normalises the same way).
-    from atl_desktop.data.stain import STAIN_SETTING
+    from atl_desktop.store.keys import STAIN_SETTING
 
     model.spec = dataclasses.replace(model.spec, stain=project.get_setting(STAIN_SETTING) or None)
     if not 0 <= config.freeze <= len(model.stages):

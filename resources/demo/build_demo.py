@@ -42,7 +42,6 @@ from PIL import Image, ImageFilter
 from atl_desktop.active.pseudo import PseudoLabelConfig
 from atl_desktop.data.importers import ImportOptions, import_source
 from atl_desktop.jobs import run_job
-from atl_desktop.report import BASELINE_SETTING, SOURCE_SETTING
 from atl_desktop.rounds import record_step
 from atl_desktop.session import (
     TRAIN_SETTING,
@@ -56,7 +55,7 @@ from atl_desktop.session import (
     train_job,
 )
 from atl_desktop.store import Project
-from atl_desktop.store.keys import NEW_PROJECT_TRAINING
+from atl_desktop.store.keys import BASELINE_SETTING, NEW_PROJECT_TRAINING, SOURCE_SETTING
 from atl_desktop.transfer.train import evaluate_project
 
 HERE = Path(__file__).resolve().parent

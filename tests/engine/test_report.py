@@ -12,16 +12,10 @@ from PIL import Image
 from atl_desktop.cli import main as atl
 from atl_desktop.data.importers import ImportOptions, import_source
 from atl_desktop.jobs import run_job
-from atl_desktop.report import (
-    BASELINE_SETTING,
-    REFERENCES,
-    gather,
-    labels_by_annotator,
-    render_html,
-    report_job,
-)
+from atl_desktop.report import REFERENCES, gather, labels_by_annotator, render_html, report_job
 from atl_desktop.session import TRAIN_SETTING, round_job, train_job
 from atl_desktop.store import Project, ProjectError
+from atl_desktop.store.keys import BASELINE_SETTING
 from tests.conftest import TESTDATA
 
 TRAIN = {"backbone": "smallcnn", "epochs": 2, "batch_size": 16, "patience": 0, "device": "cpu", "seed": 5}

@@ -10,14 +10,7 @@ import pytest
 from atl_desktop.active.pseudo import PseudoLabelConfig
 from atl_desktop.cli import main
 from atl_desktop.jobs import run_job
-from atl_desktop.rounds import (
-    ROUND_STATE,
-    STOP_SET,
-    label_from_truth,
-    open_round,
-    round_state,
-    training_labels,
-)
+from atl_desktop.rounds import STOP_SET, label_from_truth, open_round, round_state, training_labels
 from atl_desktop.session import (
     TRAIN_SETTING,
     finish_round_job,
@@ -26,6 +19,7 @@ from atl_desktop.session import (
     round_job,
 )
 from atl_desktop.store import Project
+from atl_desktop.store.keys import ROUND_STATE
 from tests.conftest import PYTHON, ROOT, TESTDATA
 
 TRAIN = {"backbone": "smallcnn", "epochs": 10, "batch_size": 16, "patience": 0, "device": "cpu", "seed": 3}

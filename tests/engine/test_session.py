@@ -6,14 +6,9 @@ import pytest
 from atl_desktop.active.pseudo import PseudoLabelConfig
 from atl_desktop.jobs import run_job
 from atl_desktop.rounds import discard_round
-from atl_desktop.session import (
-    SKIPPED_SETTING,
-    pseudo_label_job,
-    query_job,
-    unlabelled_pool,
-)
+from atl_desktop.session import pseudo_label_job, query_job, unlabelled_pool
 from atl_desktop.store import Project, ProjectError
-from atl_desktop.store.keys import AUDIT_SHARE_SETTING
+from atl_desktop.store.keys import AUDIT_SHARE_SETTING, SKIPPED_SETTING
 from tests.conftest import TESTDATA
 
 

@@ -11,13 +11,14 @@ from atl_desktop.active.predictions import latest_predictions
 from atl_desktop.data.datasets import AugmentedCopies, project_dataset
 from atl_desktop.data.decode import load_image
 from atl_desktop.data.slides import SLIDES
-from atl_desktop.data.stain import STAIN_SETTING, StainNormalise, fit_stain
+from atl_desktop.data.stain import StainNormalise, fit_stain
 from atl_desktop.data.tiling import TilingParams, add_slide
 from atl_desktop.jobs import run_job
 from atl_desktop.models.checkpoints import load_checkpoint
 from atl_desktop.models.transforms import input_transform
 from atl_desktop.session import query_job
 from atl_desktop.store import Project
+from atl_desktop.store.keys import STAIN_SETTING
 from atl_desktop.transfer.train import TrainConfig, train_project
 from tests.slidefiles import tissue_image, write_pyramid
 

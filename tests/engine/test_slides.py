@@ -360,7 +360,7 @@ def test_a_label_export_never_writes_onto_a_slide_or_into_its_folder(tmp_path, s
 
 
 def test_stain_command_keeps_the_choice_and_writes_a_preview(tmp_path, slide):
-    from atl_desktop.data.stain import STAIN_SETTING
+    from atl_desktop.store.keys import STAIN_SETTING
 
     path, _ = slide
     project_file = tmp_path / "p.atl"

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from PySide6.QtCore import Qt
 
-from atl_desktop.gui.queryview import EMPTY_TEXT, LAST_QUERY
+from atl_desktop.gui.queryview import EMPTY_TEXT
 from atl_desktop.gui.undo import skipped_images
 from atl_desktop.store import Project
+from atl_desktop.store.keys import LAST_QUERY
 
 
 def query(qtbot, window, batch=4):

@@ -4,8 +4,9 @@ for a checkpoint no round assessed."""
 
 from __future__ import annotations
 
-from atl_desktop.gui.quality import BASELINE_SETTING, NO_ROUNDS, SOURCE_SETTING, stop_words
+from atl_desktop.gui.quality import NO_ROUNDS, stop_words
 from atl_desktop.store import Project
+from atl_desktop.store.keys import BASELINE_SETTING, SOURCE_SETTING
 
 BINS = [{"lower": 0.5, "upper": 0.75, "count": 3, "confidence": 0.6, "accuracy": 1 / 3},
         {"lower": 0.75, "upper": 1.0, "count": 1, "confidence": 0.9, "accuracy": 1.0}]

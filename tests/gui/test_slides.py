@@ -97,7 +97,7 @@ def test_click_a_patch_to_label_it_then_back_to_the_slide(qtbot, open_window, sl
 
 
 def test_stain_dialog_previews_and_keeps_the_choice(qtbot, open_window, slide_project):
-    from atl_desktop.data.stain import STAIN_SETTING
+    from atl_desktop.store.keys import STAIN_SETTING
 
     path, ids = slide_project
     window = open_window(path)

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from atl_desktop.gui.queryview import LAST_QUERY, SYNTHETIC_COLOUR
+from atl_desktop.gui.queryview import SYNTHETIC_COLOUR
 from atl_desktop.jobs import Progress
 from atl_desktop.store import Project
+from atl_desktop.store.keys import LAST_QUERY
 
 
 @dataclass(frozen=True)
