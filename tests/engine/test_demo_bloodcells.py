@@ -60,9 +60,13 @@ def test_bloodcells_labels_came_from_the_expert_rounds_and_its_model_is_useful(d
 
     with Project.open(install_demo("bloodcells")) as project:
         labels = project.current_labels(domain="target", split="pool")
+        training = project.current_labels(domain="target", split="pool", for_training=True)
+        audit = project.audit_ids()
         finished = [r for r in project.rounds() if r.finished is not None]
-        assert 40 <= len(labels) <= 80
-        assert sum(len(r.params["chosen"]) for r in finished) == len(labels)
+        assert 40 <= len(training) <= 80 and not set(training) & audit  # audit images train nothing
+        chosen = {i for r in finished for i in r.params["chosen"]}
+        assert chosen <= set(labels) and set(labels) - chosen <= audit  # the rest: the audit sample
+        assert len(audit & set(labels)) >= 60
         assert finished[0].params.get("cold_start") == "typiclust"  # nothing labelled: typical first
         truth = project.truth()
         assert all(truth[i] == c for i, c in labels.items())
