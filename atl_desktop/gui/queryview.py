@@ -140,6 +140,7 @@ class QueryView(QWidget):
         self.round_id: int | None = None
         self.strategy: str | None = None
         self.checkpoint_id: int | None = None
+        self._open_round_strategy: str | None = None  # shown in the box once the registry is read
         self.model = QueryBatchModel(self)
         self._build()
         workspace.changed.connect(self.refresh)
@@ -206,7 +207,7 @@ class QueryView(QWidget):
     def set_strategies(self, strategies) -> None:
         if not isinstance(strategies, dict) or not strategies:
             return  # the registry could not be read: keep the list shown
-        current = self.strategy_box.currentText() or DEFAULT_STRATEGY
+        current = self._open_round_strategy or self.strategy_box.currentText() or DEFAULT_STRATEGY
         self.strategy_box.clear()
         for name, help_text in strategies.items():
             self.strategy_box.addItem(name)
@@ -266,8 +267,11 @@ class QueryView(QWidget):
         record = next((r for r in project.rounds() if r.id == round_id), None)
         self.strategy = record.strategy if record is not None else None
         self.checkpoint_id = record.checkpoint_id if record is not None else None
-        if record is not None and record.finished is None:  # the open round's size, not a stale default
+        if record is not None and record.finished is None:  # the open round's settings, not stale defaults
             self.batch_box.setValue(int(record.params.get("batch", len(items)) or len(items)))
+            self._open_round_strategy = record.strategy
+            if self.strategy_box.findText(record.strategy) >= 0:
+                self.strategy_box.setCurrentText(record.strategy)
         if self.checkpoint_id is None and (latest := project.latest_checkpoint()) is not None:
             self.checkpoint_id = latest.id
         known = {i for i in {int(item["image_id"]) for item in items} if _exists(project, i)}  # not all ids

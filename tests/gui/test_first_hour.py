@@ -36,15 +36,19 @@ def test_a_query_while_a_round_is_open_asks_to_discard_it(qtbot, open_window, pr
     assert open_round(window.ws.project).id == view.round_id == rounds[-1].id
 
 
-def test_the_batch_box_shows_the_open_rounds_size(open_window, project_path):
+def test_the_batch_and_strategy_boxes_show_the_open_round(qtbot, open_window, project_path):
     with Project.open(project_path) as p:
         ids = p.image_ids()[:5]
-        round_id = p.start_round("entropy", {"batch": 5, "chosen": ids})
+        round_id = p.start_round("margin", {"batch": 5, "chosen": ids})
         p.set_setting("last_query", [{"image_id": i, "score": 0.5, "reason": "r", "top": []} for i in ids])
         p.set_setting("last_query_round", round_id)
     window = open_window(project_path)
-    assert window.query_view.batch_box.value() == 5
-    assert window.query_view.round_id == round_id
+    view = window.query_view
+    assert view.batch_box.value() == 5
+    assert view.round_id == round_id
+    assert view.strategy_box.currentText() == "margin"
+    view.set_strategies({"typiclust": "", "margin": "", "entropy": ""})  # the registry, read later
+    assert view.strategy_box.currentText() == "margin"
 
 
 def test_long_class_names_keep_both_ends_and_short_ones_stay_whole(qapp):
