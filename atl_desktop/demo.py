@@ -66,7 +66,7 @@ def install_demo(name: str = DEFAULT_DEMO, *, reset: bool = False) -> Path:
     try:
         shutil.copy2(source, staging / source.name)
         shutil.copytree(source.with_name(source.name + ".d"), staging / (source.name + ".d"),
-                        ignore=shutil.ignore_patterns("lock", "scores", "*-wal", "*-shm"))
+                        ignore=shutil.ignore_patterns("lock", "*-wal", "*-shm"))
         for old in (target.with_name(target.name + ".d"), target):
             if old.is_dir():
                 shutil.rmtree(old)

@@ -147,8 +147,10 @@ def _remove_project(path: Path) -> None:
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
 
 
-def _clean(out: Path, name: str) -> None:
-    for derived in ("scores", "stopset"):  # recomputed on demand
+def _clean(out: Path, name: str, keep_scores: bool = False) -> None:
+    """Drop what is recomputed on demand; `keep_scores` keeps the current model's pool scores
+    (half a megabyte for the blood cells), so the window shows the audit estimate at once."""
+    for derived in ("stopset",) if keep_scores else ("scores", "stopset"):
         shutil.rmtree(out / f"{name}.atl.d" / derived, ignore_errors=True)
     (out / f"{name}.atl.d" / "lock").unlink(missing_ok=True)
 
@@ -381,7 +383,7 @@ def bloodcells(data: Path, out: Path) -> Path:
         project.set_setting("demo_measured", measured)
         print(f"{name}: {json.dumps(measured)}", file=sys.stderr)
         _leave_work_waiting(project, "auto", BLOOD_BATCH)
-    _clean(out, name)
+    _clean(out, name, keep_scores=True)
     return path
 
 

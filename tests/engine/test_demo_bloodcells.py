@@ -78,3 +78,17 @@ def test_bloodcells_labels_came_from_the_expert_rounds_and_its_model_is_useful(d
         assert measured["checkpoint"] == project.latest_checkpoint().id
         recalls = [r for r in result.per_class_recall if r is not None]
         assert len(recalls) == len(PBC_CLASSES) and np.mean(np.array(recalls) > 0) >= 0.75
+
+
+def test_the_demo_opens_with_its_audit_estimate_ready(data_dir):
+    """The shipped scores of the current model give the audit estimate without any training or
+    scoring: the first window shows it."""
+    from atl_desktop.session import audit_inputs, cached_audit
+
+    with Project.open(install_demo("bloodcells", reset=True)) as project:
+        estimate = cached_audit(audit_inputs(project))
+        measured = project.get_setting("demo_measured")
+    assert estimate.n >= 60 and not estimate.missing_classes
+    assert [estimate.balanced_accuracy.estimate, estimate.balanced_accuracy.lower,
+            estimate.balanced_accuracy.upper] == pytest.approx(measured["audit_balanced_accuracy"])
+
