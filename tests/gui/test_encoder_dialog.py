@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from atl_desktop.gui.encoderdialog import ENCODER_JOB, ask_encoder
 from atl_desktop.models.foundation import FOUNDATION_MODELS
 from atl_desktop.store.keys import ENCODER_SETTING
-from tests.engine.test_foundation import _reference, _tiny
+from tests.engine.models.test_foundation import _reference, _tiny
 
 SHOT = os.environ.get("ATL_ENCODER_SHOT")  # where to save a picture of the dialog, to look at it
 

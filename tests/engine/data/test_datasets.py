@@ -23,7 +23,7 @@ from atl_desktop.data.importers import ImportOptions, SourceError, import_source
 from atl_desktop.jobs import run_job
 from atl_desktop.store import Project
 
-TESTDATA = Path(__file__).resolve().parents[2] / "resources" / "testdata"
+TESTDATA = Path(__file__).resolve().parents[3] / "resources" / "testdata"
 
 
 def test_to_tensor_by_hand():

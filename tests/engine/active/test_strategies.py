@@ -252,7 +252,7 @@ def test_every_registered_strategy_runs_and_returns_distinct_rows():
     for name, strategy in STRATEGIES.items():
         assert strategy.needs <= {f for f in SelectionInput.__dataclass_fields__}, name
         if "generative" in strategy.needs:
-            continue  # GAAL and ASAL need a GAN: tests/engine/test_gansampling.py
+            continue  # GAAL and ASAL need a GAN: tests/engine/active/test_gansampling.py
         picks = select(name, data, 6, np.random.default_rng(1))
         assert len(picks) == 6 and len(set(picks.tolist())) == 6, name
         assert set(picks.tolist()) <= set(range(n)), name

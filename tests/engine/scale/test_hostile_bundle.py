@@ -17,7 +17,7 @@ from atl_desktop.models.checkpoints import checkpoint_bytes, checkpoint_metadata
 from atl_desktop.scale.bundle import pack, unpack_results
 from atl_desktop.store import Project, ProjectError
 from atl_desktop.store.files import sha256_bytes
-from tests.engine.test_bundle import CLASSES, make_project
+from tests.engine.scale.test_bundle import CLASSES, make_project
 
 
 def _bundle_with_row(lab: Path, bundle: Path, file: str, *, data: bytes | None = None) -> str:

@@ -28,7 +28,7 @@ from atl_desktop.transfer.selective import (
 )
 from atl_desktop.transfer.train import TrainConfig, train
 
-TESTDATA = Path(__file__).resolve().parents[2] / "resources" / "testdata"
+TESTDATA = Path(__file__).resolve().parents[3] / "resources" / "testdata"
 
 
 def digits(n: int, offset: int = 0, shift: float = 0.0) -> TensorDataset:

@@ -33,7 +33,7 @@ from atl_desktop.transfer.train import (
     train_project,
 )
 
-TESTDATA = Path(__file__).resolve().parents[2] / "resources" / "testdata"
+TESTDATA = Path(__file__).resolve().parents[3] / "resources" / "testdata"
 DIGITS = [str(i) for i in range(10)]
 
 

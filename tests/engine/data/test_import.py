@@ -21,7 +21,7 @@ from atl_desktop.data.importers import (
 from atl_desktop.jobs import Progress, run_job
 from atl_desktop.store import Project
 
-TESTDATA = Path(__file__).resolve().parents[2] / "resources" / "testdata"
+TESTDATA = Path(__file__).resolve().parents[3] / "resources" / "testdata"
 
 
 def _digit(value: int, size: int = 8) -> Image.Image:

@@ -22,7 +22,7 @@ from atl_desktop.session import ModelChoice, score_job
 from atl_desktop.store import Project, ProjectError
 from atl_desktop.store.files import sha256_file
 
-TESTDATA = Path(__file__).resolve().parents[2] / "resources" / "testdata"
+TESTDATA = Path(__file__).resolve().parents[3] / "resources" / "testdata"
 CLASSES = ["a", "b", "c"]
 
 

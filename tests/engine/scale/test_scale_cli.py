@@ -21,7 +21,7 @@ from atl_desktop.store import Project
 from atl_desktop.store.files import sha256_file
 from atl_desktop.transfer.train import TrainConfig, train_project
 
-TESTDATA = Path(__file__).resolve().parents[2] / "resources" / "testdata"
+TESTDATA = Path(__file__).resolve().parents[3] / "resources" / "testdata"
 DIGITS = [str(i) for i in range(10)]
 N_POOL, N_LABELLED = 48, 32
 

@@ -26,7 +26,7 @@ from atl_desktop.models.checkpoints import CheckpointError, load_model_file, sav
 from atl_desktop.models.registry import state_dict_mismatch
 from atl_desktop.store import Project
 
-TESTDATA = Path(__file__).resolve().parents[2] / "resources" / "testdata"
+TESTDATA = Path(__file__).resolve().parents[3] / "resources" / "testdata"
 
 
 def _digest(path: Path) -> str:
