@@ -68,6 +68,10 @@ JOB_TITLES = {"query": "Scoring the pool", "train": "Training", "pseudo": "Propo
               ENCODER_JOB: ENCODER_JOB_TITLE}
 RECENT_LIMIT = 8
 SIMILAR_K = 24  # images shown by "more like this"
+# The method of MainWindow that takes each job's result (jobs not named here only refresh the views).
+JOB_HANDLERS = {"score": "_scored", "import": "_imported", "setup": "_set_up", "export": "_exported",
+                "query": "_queried", "train": "_trained", "similar": "_found_similar",
+                "pretrain": "_pretrained", "pseudo": "_pseudo_proposed"}
 
 
 def remember_project(settings: QSettings, path: Path) -> None:
@@ -507,40 +511,59 @@ class MainWindow(QMainWindow):
         return self.import_report
 
     def _on_job_finished(self, name: str, result: Any) -> None:
+        """Each job's result goes to its own handler (JOB_HANDLERS); then every view refreshes."""
         self._update_busy()
-        if name == "score":
-            self.pool_browser.apply_filters()  # sort by the new scores
-        if name in ("import", "setup"):
-            reports = [result] if name == "import" else result[0]
-            if any(r.skipped for r in reports):
-                self.show_import_report(reports)
-            added = sum(r.added for r in reports)
-            self.statusBar().showMessage(f"Imported {added} images.", 8000)
-            if name == "setup" and result[1] is not None:
-                self.query_view.show_result(result[1])
-                self.tabs.setCurrentWidget(self.query_view)
-        elif name == "export":
-            self.statusBar().showMessage(result.summary(), 12000)
-        if name == "query" and result is not None:
-            self.query_view.show_result(result)
-            self.tabs.setCurrentWidget(self.query_view)
-            self.statusBar().showMessage(f"{len(result.items)} images to label.", 8000)
-        elif name == "train":
-            self.statusBar().showMessage(f"Training finished: checkpoint #{result}.", 8000)
-        elif name == "similar":
-            of = self._similar_of
-            self.query_view.show_chosen([r.image_id for r in result], f"like image {of}",
-                                        reasons={r.image_id: f"like image {of} (cosine {r.similarity:.2f})"
-                                                 for r in result})
-            self.tabs.setCurrentWidget(self.query_view)
-            self.statusBar().showMessage(f"{len(result)} unlabelled images like image {of}.", 8000)
-        elif name == "pretrain":
-            self.statusBar().showMessage(f"Encoder learnt: checkpoint #{result}. Queries now fit a head "
-                                         "on its embeddings after every label.", 12000)
-        elif name == "pseudo":
-            self.tabs.setCurrentWidget(self.review_view)
-            self.statusBar().showMessage(f"{result} pseudo-labels proposed for review.", 8000)
+        handler = getattr(self, JOB_HANDLERS[name], None) if name in JOB_HANDLERS else None
+        if handler is not None:
+            handler(result)
         self.ws.notify()
+
+    def _scored(self, result: Any) -> None:
+        self.pool_browser.apply_filters()  # sort by the new scores
+
+    def _imported(self, report: Any) -> None:
+        self._show_imports([report])
+
+    def _set_up(self, result: Any) -> None:
+        reports, query = result
+        self._show_imports(reports)
+        if query is not None:
+            self.query_view.show_result(query)
+            self.tabs.setCurrentWidget(self.query_view)
+
+    def _show_imports(self, reports: list) -> None:
+        if any(r.skipped for r in reports):
+            self.show_import_report(reports)
+        self.statusBar().showMessage(f"Imported {sum(r.added for r in reports)} images.", 8000)
+
+    def _exported(self, result: Any) -> None:
+        self.statusBar().showMessage(result.summary(), 12000)
+
+    def _queried(self, result: Any) -> None:
+        if result is None:
+            return
+        self.query_view.show_result(result)
+        self.tabs.setCurrentWidget(self.query_view)
+        self.statusBar().showMessage(f"{len(result.items)} images to label.", 8000)
+
+    def _trained(self, checkpoint_id: int) -> None:
+        self.statusBar().showMessage(f"Training finished: checkpoint #{checkpoint_id}.", 8000)
+
+    def _found_similar(self, result: list) -> None:
+        of = self._similar_of
+        self.query_view.show_chosen([r.image_id for r in result], f"like image {of}",
+                                    reasons={r.image_id: f"like image {of} (cosine {r.similarity:.2f})"
+                                             for r in result})
+        self.tabs.setCurrentWidget(self.query_view)
+        self.statusBar().showMessage(f"{len(result)} unlabelled images like image {of}.", 8000)
+
+    def _pretrained(self, checkpoint_id: int) -> None:
+        self.statusBar().showMessage(f"Encoder learnt: checkpoint #{checkpoint_id}. Queries now fit a head "
+                                     "on its embeddings after every label.", 12000)
+
+    def _pseudo_proposed(self, count: int) -> None:
+        self.tabs.setCurrentWidget(self.review_view)
+        self.statusBar().showMessage(f"{count} pseudo-labels proposed for review.", 8000)
 
     def _on_job_failed(self, name: str, message: str, details: str) -> None:
         self._update_busy()
