@@ -9,7 +9,6 @@ from pathlib import Path
 
 from PySide6.QtWidgets import (
     QCheckBox,
-    QComboBox,
     QDialog,
     QDialogButtonBox,
     QFileDialog,
@@ -20,9 +19,9 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QPushButton,
     QVBoxLayout,
-    QWidget,
 )
 
+from atl_desktop.gui.forms import choice_box, path_row
 from atl_desktop.jobs import Progress
 
 EXPORT_FORMATS = (("CSV (path, label, who, round, confidence)", "csv"),
@@ -93,28 +92,11 @@ def import_job(project, *, source: str, options: dict):
 # ---- dialogs ------------------------------------------------------------------------------
 
 
-def _path_row(edit: QLineEdit, *buttons: QPushButton) -> QWidget:
-    row = QWidget()
-    layout = QHBoxLayout(row)
-    layout.setContentsMargins(0, 0, 0, 0)
-    layout.addWidget(edit, 1)
-    for button in buttons:
-        layout.addWidget(button)
-    return row
-
-
-def _combo(items) -> QComboBox:
-    box = QComboBox()
-    for text, value in items:
-        box.addItem(text, value)
-    return box
-
-
 class ExportDialog(QDialog):
     def __init__(self, project_path: Path, parent=None):
         super().__init__(parent)
         self.setWindowTitle("Export labels")
-        self.format_box = _combo(EXPORT_FORMATS)
+        self.format_box = choice_box(EXPORT_FORMATS)
         self.format_box.currentIndexChanged.connect(self._suggest)
         self.path_edit = QLineEdit()
         browse = QPushButton("Choose…")
@@ -123,7 +105,7 @@ class ExportDialog(QDialog):
         self.base = project_path.with_suffix("")
         form = QFormLayout()
         form.addRow("Format", self.format_box)
-        form.addRow("Save to", _path_row(self.path_edit, browse))
+        form.addRow("Save to", path_row(self.path_edit, browse))
         form.addRow("", self.overwrite)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Export")
@@ -163,17 +145,17 @@ class ImportDialog(QDialog):
         folder.clicked.connect(self._browse_folder)
         file = QPushButton("File…")
         file.clicked.connect(self._browse_file)
-        self.format_box = _combo(IMPORT_FORMATS)
-        self.domain_box = _combo((("Target: the images to classify", "target"),
+        self.format_box = choice_box(IMPORT_FORMATS)
+        self.domain_box = choice_box((("Target: the images to classify", "target"),
                                   ("Source: labelled images of another domain", "source")))
-        self.split_box = _combo((("Pool (from the source; npz keys decide)", None), ("Pool", "pool"),
+        self.split_box = choice_box((("Pool (from the source; npz keys decide)", None), ("Pool", "pool"),
                                  ("Validation", "val"), ("Test", "test")))
-        self.labels_box = _combo((("Labels become labels", "labels"),
+        self.labels_box = choice_box((("Labels become labels", "labels"),
                                   ("Labels are hidden ground truth (simulation)", "truth"),
                                   ("Ignore labels", "none")))
         self.copy = QCheckBox("Copy the files into the project (otherwise they are referenced)")
         form = QFormLayout()
-        form.addRow("Source", _path_row(self.source_edit, folder, file))
+        form.addRow("Source", path_row(self.source_edit, folder, file))
         for text, widget in (("Format", self.format_box), ("Domain", self.domain_box),
                              ("Split", self.split_box), ("Labels", self.labels_box), ("", self.copy)):
             form.addRow(text, widget)

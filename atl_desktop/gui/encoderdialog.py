@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
-from atl_desktop.gui.datadialogs import _path_row
+from atl_desktop.gui.forms import path_row
 from atl_desktop.gui.undo import SetActiveCheckpoint
 from atl_desktop.store.keys import CHECKPOINT, ENCODER_SETTING, describe_encoder
 
@@ -85,7 +85,7 @@ class EncoderDialog(QDialog):
         file_button, folder_button = QPushButton("File…"), QPushButton("Folder…")
         file_button.clicked.connect(lambda: self._browse(folder=False))
         folder_button.clicked.connect(lambda: self._browse(folder=True))
-        self.weights_row = _path_row(self.weights, file_button, folder_button)
+        self.weights_row = path_row(self.weights, file_button, folder_button)
         self.hint = QLabel()
         self.hint.setWordWrap(True)
         self.hint.setStyleSheet("color: palette(dark);")

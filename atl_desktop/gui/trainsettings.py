@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from atl_desktop.gui.background import Background
+from atl_desktop.gui.forms import choice_box
 from atl_desktop.store import Project, ProjectError
 from atl_desktop.store.keys import TRAIN_SETTING
 
@@ -181,8 +182,8 @@ class TrainSettings(QWidget):
         self.batch = _spin(1, 4096, "Images per step")
         self.min_steps = _spin(0, 1_000_000, "At least this many steps, however few the labels: a "
                                "few dozen labels make very short epochs (0 = the epochs decide)")
-        self.schedule = _choices(SCHEDULE_CHOICES, "How the learning rate moves during a training")
-        self.augment = _choices(AUGMENT_CHOICES, "Random changes to the labelled images while training; "
+        self.schedule = choice_box(SCHEDULE_CHOICES, "How the learning rate moves during a training")
+        self.augment = choice_box(AUGMENT_CHOICES, "Random changes to the labelled images while training; "
                                 "rotations suit images without an up or down")
         self.processes = _spin(1, 64, "Train over this many processes on this computer with "
                                "torch.distributed: one per GPU, or CPU cores (gloo). Each step's "
@@ -373,14 +374,6 @@ def _tooltip_role():
     from PySide6.QtCore import Qt
 
     return Qt.ItemDataRole.ToolTipRole
-
-
-def _choices(choices, tip: str) -> QComboBox:
-    box = QComboBox()
-    for text, value in choices:
-        box.addItem(text, value)
-    box.setToolTip(tip)
-    return box
 
 
 def _select(box: QComboBox, value) -> None:

@@ -17,20 +17,19 @@ from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
     QWizard,
     QWizardPage,
 )
 
 from atl_desktop.data.importers import class_names_in
 from atl_desktop.gui.background import Background
+from atl_desktop.gui.forms import choice_box, path_row
 from atl_desktop.gui.trainsettings import (
     TRAIN_SETTING,
     WEIGHT_CHOICES,
@@ -108,7 +107,7 @@ class NamePage(QWizardPage):
         self.where.setWordWrap(True)
         form = QFormLayout(self)
         form.addRow("Name", self.name)
-        form.addRow("Folder", _row(self.folder, browse))
+        form.addRow("Folder", path_row(self.folder, browse))
         form.addRow("", self.where)
         for edit in (self.name, self.folder):
             edit.textChanged.connect(self.completeChanged)
@@ -155,7 +154,7 @@ class DataPage(QWizardPage):
             folder, file = QPushButton("Folder…"), QPushButton("File…")
             folder.clicked.connect(lambda _=False, e=edit: _browse(self, e, True))
             file.clicked.connect(lambda _=False, e=edit: _browse(self, e, False))
-            form.addRow(label, _row(edit, folder, file))
+            form.addRow(label, path_row(edit, folder, file))
         self.target.textChanged.connect(self.completeChanged)
 
     def isComplete(self) -> bool:
@@ -218,14 +217,14 @@ class ModelPage(QWizardPage):
         super().__init__()
         self.setTitle("Model and strategy")
         self.setSubTitle("Nothing is downloaded: pretrained weights must already be on this machine.")
-        self.backbone = _combo(FALLBACK_BACKBONES)
+        self.backbone = choice_box(FALLBACK_BACKBONES)
         self.weights = QComboBox()
         for text, value in WEIGHT_CHOICES:
             self.weights.addItem(text, value)
         self.weights.addItem("A local weights file…", "file")
         self.weights.activated.connect(self._maybe_file)
-        self.method = _combo(("finetune",))
-        self.strategy = _combo(FALLBACK_STRATEGIES)
+        self.method = choice_box(("finetune",))
+        self.strategy = choice_box(FALLBACK_STRATEGIES)
         self.batch = QSpinBox()
         self.batch.setRange(1, 1000)
         self.batch.setValue(16)
@@ -336,22 +335,6 @@ class NewProjectWizard(QWizard):
         plan = SetupPlan(self.data_page.target.text().strip(), source, model.strategy.currentText(),
                          model.batch.value(), backbone, weights)
         return path, plan
-
-
-def _row(edit: QLineEdit, *buttons: QPushButton) -> QWidget:
-    row = QWidget()
-    layout = QHBoxLayout(row)
-    layout.setContentsMargins(0, 0, 0, 0)
-    layout.addWidget(edit, 1)
-    for button in buttons:
-        layout.addWidget(button)
-    return row
-
-
-def _combo(names) -> QComboBox:
-    box = QComboBox()
-    box.addItems(list(names))
-    return box
 
 
 def _browse(parent, edit: QLineEdit, folder: bool) -> None:
