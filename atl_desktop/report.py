@@ -273,7 +273,7 @@ def current_assessment_job(project: Project, facts: Mapping[str, Any], *,
                            device: str = "auto") -> Generator[Progress, None, dict[str, Any] | None]:
     """The current checkpoint's test metrics: as recorded by its round, else evaluated now
     (when the test split has labels or ground truth); None when there is nothing to show."""
-    from atl_desktop.rounds import (
+    from atl_desktop.loop.rounds import (
         calibration_split,
         evaluation_metrics,
         predict_probs,
@@ -308,7 +308,7 @@ def current_audit_job(project: Project, audit: Mapping[str, Any], *,
     labelled), or a note saying why not."""
     from atl_desktop.active.scoring import ScoringConfig
     from atl_desktop.jobs import relabel
-    from atl_desktop.session import audit_job, audit_labels
+    from atl_desktop.loop.session import audit_job, audit_labels
 
     out = dict(audit)
     if not len(audit_labels(project)[0]):

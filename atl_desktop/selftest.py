@@ -52,8 +52,8 @@ def run_self_test(print_line: Callable[[str], None] = print) -> int:
             return f"{state['project'].counts()['total']} images"
 
         def score():
-            from atl_desktop.rounds import discard_round
-            from atl_desktop.session import query_job
+            from atl_desktop.loop.rounds import discard_round
+            from atl_desktop.loop.session import query_job
 
             # Only the scoring is checked: the demo's open round and this query's go unused.
             discard_round(state["project"])
@@ -62,8 +62,8 @@ def run_self_test(print_line: Callable[[str], None] = print) -> int:
             return f"chose {len(result.items)} of {result.pool_size}: {result.items[0].reason}"
 
         def train_and_reload():
+            from atl_desktop.loop.session import project_train_config, train_job
             from atl_desktop.models.checkpoints import load_checkpoint
-            from atl_desktop.session import project_train_config, train_job
 
             project = state["project"]
             config = project_train_config(project, max_steps=1, epochs=1)

@@ -39,8 +39,8 @@ from atl_desktop.active.pseudo import PseudoLabelConfig, pseudo_labels_for_round
 from atl_desktop.active.scoring import ScoringConfig, score_pool
 from atl_desktop.active.strategies import STRATEGIES, select
 from atl_desktop.jobs import Progress, relabel
-from atl_desktop.rounds import evaluation_metrics, predict_probs, stop_signal
-from atl_desktop.session import pool_selection_input, scoring_config_for
+from atl_desktop.loop.rounds import evaluation_metrics, predict_probs, stop_signal
+from atl_desktop.loop.session import pool_selection_input, scoring_config_for
 from atl_desktop.store import ProjectError
 from atl_desktop.transfer.methods import METHODS
 
@@ -666,7 +666,7 @@ def run_embedding_arm(embeddings: Embeddings, y_pool: np.ndarray, y_test: np.nda
     unlabelled rows, their embeddings and the labelled ones; a strategy that needs
     predictions while nothing is labelled takes the cold start's TypiClust instead."""
     from atl_desktop.active.strategies import SelectionInput
-    from atl_desktop.session import COLD_START_STRATEGY
+    from atl_desktop.loop.session import COLD_START_STRATEGY
 
     n, c = len(y_pool), len(classes)
     rng = np.random.default_rng([seed, 1])

@@ -162,7 +162,7 @@ def _train_oracle(prepared, sim_config, gan: GanSimConfig, n_classes: int):
 
 
 def _accuracy(model, dataset, sim_config):
-    from atl_desktop.rounds import predict_probs
+    from atl_desktop.loop.rounds import predict_probs
 
     probs = yield from predict_probs(model, dataset, batch_size=sim_config.scoring_batch,
                                      device=sim_config.device, message="evaluating the oracle")

@@ -37,8 +37,8 @@ from benchcommon import machine, write_json
 from atl_desktop.active.heads import LogisticHead, fit_scaler
 from atl_desktop.active.strategies import SelectionInput, select
 from atl_desktop.jobs import run_job
+from atl_desktop.loop.rounds import evaluation_metrics
 from atl_desktop.models.encoders import EncoderChoice, build_encoder
-from atl_desktop.rounds import evaluation_metrics
 from atl_desktop.simulate import SimulationConfig, _embed
 from atl_desktop.transfer.adabn import reestimate_batch_norm
 from atl_desktop.transfer.selfsup import SelfSupConfig, pretrain

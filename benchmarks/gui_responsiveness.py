@@ -85,7 +85,7 @@ def pbc_subset(folder: Path, count: int) -> Path:
 def build_pbc_project(folder: Path, pool: int, steps: int):
     from atl_desktop.data.importers import ImportOptions, import_source
     from atl_desktop.jobs import run_job
-    from atl_desktop.session import TRAIN_SETTING
+    from atl_desktop.loop.session import TRAIN_SETTING
     from atl_desktop.store import Project
 
     path = folder / "bench.atl"
@@ -106,7 +106,7 @@ def build_pbc_project(folder: Path, pool: int, steps: int):
 def build_project(folder: Path, epochs: int):
     from atl_desktop.data.importers import ImportOptions, import_source
     from atl_desktop.jobs import run_job
-    from atl_desktop.session import TRAIN_SETTING
+    from atl_desktop.loop.session import TRAIN_SETTING
     from atl_desktop.store import Project
 
     path = folder / "bench.atl"

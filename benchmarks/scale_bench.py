@@ -38,11 +38,11 @@ from benchcommon import machine, write_json
 from atl_desktop.active.scoring import ScoringConfig
 from atl_desktop.cli import main as atl
 from atl_desktop.jobs import Progress
+from atl_desktop.loop.session import ModelChoice
 from atl_desktop.models import build_model
 from atl_desktop.models.checkpoints import save_checkpoint
 from atl_desktop.scale.launch import LaunchOptions, launch
 from atl_desktop.scale.worker import score_spec
-from atl_desktop.session import ModelChoice
 from atl_desktop.store import Project
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -60,7 +60,7 @@ def build_project(folder: Path) -> Path:
     from atl_desktop.data.decode import load_image
     from atl_desktop.data.tiling import TilingParams, add_slide
     from atl_desktop.jobs import run_job
-    from atl_desktop.session import query_job
+    from atl_desktop.loop.session import query_job
     from atl_desktop.store import Project
     from atl_desktop.transfer.train import TrainConfig, train_project
 

@@ -67,7 +67,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _choice(args: argparse.Namespace):
-    from atl_desktop.session import ModelChoice
+    from atl_desktop.loop.session import ModelChoice
 
     return ModelChoice(checkpoint_id=args.checkpoint, pretrained=args.pretrained, weights=args.weights)
 
@@ -81,7 +81,7 @@ def _config(args: argparse.Namespace, augment_copies: int, mc_samples: int):
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from atl_desktop.session import score_job
+    from atl_desktop.loop.session import score_job
 
     if distributed(args):
         outcome = run_score(args, _choice(args), _config(args, args.augment_copies, args.mc_samples))
@@ -118,7 +118,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def run_query(args: argparse.Namespace, finish: str) -> int:
     """Open a round with the chosen images and print them; `finish` is the command that ends it."""
-    from atl_desktop.session import query_job
+    from atl_desktop.loop.session import query_job
 
     with Project.open(args.project) as project:
         job = query_job(project, strategy=args.strategy, batch=args.batch, params=parse_params(args.param),

@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from atl_desktop.session import audit_job
+    from atl_desktop.loop.session import audit_job
 
     with Project.open(args.project, readonly=True) as project:
         result = run_with_tqdm(audit_job(project, head=args.head), desc="audit", quiet=args.quiet)

@@ -77,8 +77,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_encoder(args: argparse.Namespace) -> int:
+    from atl_desktop.loop.session import cold_start_encoder, set_encoder_job
     from atl_desktop.models.encoders import EncoderChoice
-    from atl_desktop.session import cold_start_encoder, set_encoder_job
 
     if args.name is None:
         with Project.open(args.project, readonly=True) as project:
@@ -94,7 +94,7 @@ def cmd_encoder(args: argparse.Namespace) -> int:
 def cmd_similar(args: argparse.Namespace) -> int:
     import json
 
-    from atl_desktop.session import similar_job
+    from atl_desktop.loop.session import similar_job
 
     with Project.open(args.project) as project:
         found = run_with_tqdm(similar_job(project, args.image, k=args.k), desc="similar", quiet=args.quiet)
@@ -112,7 +112,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
 def cmd_check_labels(args: argparse.Namespace) -> int:
     import json
 
-    from atl_desktop.session import check_labels_job
+    from atl_desktop.loop.session import check_labels_job
 
     with Project.open(args.project) as project:
         suspects = run_with_tqdm(check_labels_job(project, folds=args.folds), desc="check-labels",

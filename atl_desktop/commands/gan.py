@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from atl_desktop.generative import default_gan_config, gan_train_job
+    from atl_desktop.loop.generative import default_gan_config, gan_train_job
 
     overrides = {k: v for k, v in (("steps", args.steps), ("image_size", args.image_size),
                                    ("channels", args.channels), ("width", args.width),

@@ -149,7 +149,7 @@ def _class_id(project: Project, name: str, create: bool) -> int:
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    from atl_desktop.rounds import label_provenance
+    from atl_desktop.loop.rounds import label_provenance
     from atl_desktop.userconfig import configured_annotator
 
     annotator = configured_annotator() if args.annotator is None else args.annotator

@@ -62,8 +62,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from atl_desktop.active.pseudo import PseudoLabelConfig
-    from atl_desktop.rounds import open_round
-    from atl_desktop.session import finish_round_job, project_train_config
+    from atl_desktop.loop.rounds import open_round
+    from atl_desktop.loop.session import finish_round_job, project_train_config
     from atl_desktop.store.keys import PSEUDO_SETTING
 
     with Project.open(args.project) as project:
@@ -107,7 +107,7 @@ def round_summary_line(metrics: dict) -> str:
 
 
 def cmd_discard(args: argparse.Namespace) -> int:
-    from atl_desktop.rounds import discard_round
+    from atl_desktop.loop.rounds import discard_round
 
     with Project.open(args.project) as project:
         ids = discard_round(project)
@@ -118,7 +118,7 @@ def cmd_discard(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from atl_desktop.rounds import DISCARDED, chosen_images, open_round, round_state
+    from atl_desktop.loop.rounds import DISCARDED, chosen_images, open_round, round_state
 
     with Project.open(args.project, readonly=True) as project:
         current = open_round(project)

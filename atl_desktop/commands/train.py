@@ -108,8 +108,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.data is not None:
         return _train_on_data(args)
     from atl_desktop.commands.round import round_summary_line
-    from atl_desktop.rounds import open_round
-    from atl_desktop.session import finish_round_job
+    from atl_desktop.loop.rounds import open_round
+    from atl_desktop.loop.session import finish_round_job
     from atl_desktop.transfer.train import train_project
 
     if distributed(args):
@@ -238,7 +238,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.data is not None:
         result = _evaluate_on_data(args)
     else:
-        from atl_desktop.rounds import calibration_job, calibration_words
+        from atl_desktop.loop.rounds import calibration_job, calibration_words
         from atl_desktop.transfer.train import evaluate_project
 
         with Project.open(args.project, readonly=True) as project:

@@ -2,7 +2,7 @@
 the confusion between their labels) with their disagreements to review, and the repeat
 set that measures each annotator's consistency.
 
-The numbers come from `atl_desktop.annotators.summarise`, read on a pool thread from a
+The numbers come from `atl_desktop.active.annotators.summarise`, read on a pool thread from a
 read-only connection whenever the store changed and the tab is shown.
 """
 
@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from atl_desktop.annotators import AnnotatorSummary, repeat_candidates, summarise
+from atl_desktop.active.annotators import AnnotatorSummary, repeat_candidates, summarise
 from atl_desktop.gui.background import Background
 from atl_desktop.gui.repeatcheck import RepeatCheckDialog
 from atl_desktop.gui.workspace import Workspace

@@ -41,8 +41,8 @@ WEIGHT_FILES = "Weights (*.safetensors *.bin *.pth *.pt);;All files (*)"
 
 def encoder_job(project, *, choice: dict):
     """Build the encoder `choice` (EncoderChoice JSON) and save it; returns the EncoderChoice."""
+    from atl_desktop.loop.session import set_encoder_job
     from atl_desktop.models.encoders import EncoderChoice
-    from atl_desktop.session import set_encoder_job
 
     return (yield from set_encoder_job(project, EncoderChoice.from_json(choice)))
 

@@ -1,7 +1,7 @@
 """The main window: the project panel beside the query and review views, menus,
 undo/redo, and the jobs (scoring, training, pseudo-labelling) run by one JobRunner.
 
-The engine jobs come from `atl_desktop.session`, imported only when a job
+The engine jobs come from `atl_desktop.loop.session`, imported only when a job
 starts; the window takes the job factories as arguments so tests can give it
 fakes. A factory is called as `factory(project_handle, **kwargs)` on the job's
 own thread.
@@ -89,7 +89,7 @@ def recent_projects(settings: QSettings) -> list[str]:
 
 def default_query_job(project, device: str | None = None, **kwargs):
     from atl_desktop.active.scoring import ScoringConfig
-    from atl_desktop.session import query_job
+    from atl_desktop.loop.session import query_job
 
     if device is not None:  # Preferences ▸ Compute device
         kwargs["scoring"] = ScoringConfig(device=device, seed=kwargs.get("seed", 0))
@@ -97,7 +97,7 @@ def default_query_job(project, device: str | None = None, **kwargs):
 
 
 def default_train_job(project, device: str | None = None, **kwargs):
-    from atl_desktop.session import TRAIN_SETTING, project_train_config, train_job
+    from atl_desktop.loop.session import TRAIN_SETTING, project_train_config, train_job
 
     if device is not None:
         kwargs["config"] = project_train_config(project, device=device)
@@ -111,7 +111,7 @@ def default_train_job(project, device: str | None = None, **kwargs):
 
 def default_pseudo_label_job(project, device: str | None = None, **kwargs):
     from atl_desktop.active.scoring import ScoringConfig
-    from atl_desktop.session import pseudo_label_job
+    from atl_desktop.loop.session import pseudo_label_job
 
     if device is not None:
         kwargs["scoring"] = ScoringConfig(device=device)
@@ -126,14 +126,14 @@ def default_pretrain_job(project, device: str | None = None):
 
 
 def default_similar_job(project, image_id: int, k: int = SIMILAR_K):
-    from atl_desktop.session import similar_job
+    from atl_desktop.loop.session import similar_job
 
     return similar_job(project, image_id, k=k)
 
 
 def default_score_job(project):
     """Score the target pool with the current checkpoint (for the pool browser's sorting)."""
-    from atl_desktop.session import score_job
+    from atl_desktop.loop.session import score_job
 
     yield from score_job(project)
 
@@ -149,8 +149,8 @@ def warm_engine() -> bool:
     import torch
 
     import atl_desktop.data.datasets  # noqa: F401
+    import atl_desktop.loop.session  # noqa: F401
     import atl_desktop.models.checkpoints  # noqa: F401
-    import atl_desktop.session  # noqa: F401
     import atl_desktop.transfer.train  # noqa: F401
 
     weight = torch.zeros(2, requires_grad=True)
@@ -438,7 +438,7 @@ class MainWindow(QMainWindow):
     def resolve_open_round(self) -> bool:
         """The engine's rule (rounds.check_can_query): one open round at a time. While one is
         open, offer to discard it (its labels stay); Train finishes it instead."""
-        from atl_desktop.rounds import RoundOpenError, check_can_query, discard_round
+        from atl_desktop.loop.rounds import RoundOpenError, check_can_query, discard_round
 
         try:
             check_can_query(self.ws.project)

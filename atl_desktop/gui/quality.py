@@ -46,7 +46,7 @@ NO_TEST = ("No labelled test images: import some into the test split (File ▸ I
 
 def evaluate_job(project, *, checkpoint_id: int):
     """Assess a checkpoint on the test split as a round does; returns {"checkpoint", "test"?}."""
-    from atl_desktop.rounds import assess_job
+    from atl_desktop.loop.rounds import assess_job
 
     metrics = yield from assess_job(project, checkpoint_id, None)
     return {"checkpoint": checkpoint_id, "test": metrics.get("test")}
@@ -241,7 +241,7 @@ class QualityView(QWidget):
 
     def _refresh_audit(self) -> None:
         """Read the audit labels here; measure them against the cached scores off the GUI thread."""
-        from atl_desktop.session import audit_inputs, cached_audit, no_audit_labels_message
+        from atl_desktop.loop.session import audit_inputs, cached_audit, no_audit_labels_message
 
         try:
             inputs = audit_inputs(self.ws.project)

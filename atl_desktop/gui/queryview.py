@@ -320,7 +320,7 @@ class QueryView(QWidget):
         wanted = [t.image_id for t in self.model.tiles() if self.model.label(t.image_id) is None]
         if not wanted:
             return
-        from atl_desktop.session import live_suggestions
+        from atl_desktop.loop.session import live_suggestions
 
         self._live_busy = True
         self._live.call(lambda: live_suggestions(live, wanted), self._show_suggestions)
@@ -328,7 +328,7 @@ class QueryView(QWidget):
     def _live_inputs(self):
         from dataclasses import replace
 
-        from atl_desktop.session import live_head, training_positions
+        from atl_desktop.loop.session import live_head, training_positions
 
         project = self.ws.project
         if self.round_id is None:

@@ -1,7 +1,7 @@
 """The repeat set: a few images the annotator already labelled, shown again one at a time
 without their earlier answer or the model's suggestion, to measure how consistent the
 labels are. Each answer is an ordinary undoable label with the strategy REPEAT
-(see atl_desktop.annotators); at the end the dialog says how many answers matched.
+(see atl_desktop.active.annotators); at the end the dialog says how many answers matched.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
-from atl_desktop.annotators import REPEAT
+from atl_desktop.active.annotators import REPEAT
 from atl_desktop.gui.thumbnails import FullImageLoader
 from atl_desktop.gui.undo import SetLabel
 from atl_desktop.gui.workspace import Workspace

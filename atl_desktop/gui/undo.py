@@ -15,7 +15,7 @@ from typing import Any
 
 from PySide6.QtGui import QUndoCommand, QUndoStack
 
-from atl_desktop.annotators import REPEAT, REPEAT_UNDONE
+from atl_desktop.active.annotators import REPEAT, REPEAT_UNDONE
 from atl_desktop.store import ClassRecord, LabelEvent, Project, ProjectError
 from atl_desktop.store.keys import SKIPPED_SETTING
 

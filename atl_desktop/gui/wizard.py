@@ -62,7 +62,7 @@ def setup_job(project, *, plan: SetupPlan):
     Returns (import reports, the QueryResult or None when there is nothing to query:
     fewer than two classes, or every target image already labelled)."""
     from atl_desktop.data.importers import ImportOptions, import_source
-    from atl_desktop.session import ModelChoice, query_job
+    from atl_desktop.loop.session import ModelChoice, query_job
     from atl_desktop.store.keys import init_training_defaults
 
     init_training_defaults(project)

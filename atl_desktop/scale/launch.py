@@ -249,8 +249,8 @@ def local_train_job(project, *, processes: int, config=None,
     """`session.train_job` over `processes` local processes (one per GPU, or gloo on
     CPUs): trains the open round's labels and pending pseudo-labels, records the
     checkpoints here, then finishes the round as `session.train_job` does."""
-    from atl_desktop.rounds import open_round, round_state, training_labels
-    from atl_desktop.session import finish_round_job, project_train_config
+    from atl_desktop.loop.rounds import open_round, round_state, training_labels
+    from atl_desktop.loop.session import finish_round_job, project_train_config
 
     config = config or project_train_config(project)
     current = open_round(project)

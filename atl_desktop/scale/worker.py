@@ -76,9 +76,9 @@ def score_ranks(context: DistContext, spec: Mapping) -> Generator[Progress, None
     """Score the target (and source) pool over the ranks into the project's score cache."""
     from atl_desktop.active.scoring import ScoringConfig, model_fingerprint, scores_dir, write_meta
     from atl_desktop.data.datasets import project_dataset
+    from atl_desktop.loop.session import ModelChoice, load_model
     from atl_desktop.models.transforms import input_transform
     from atl_desktop.scale.scoring import score_pool_sharded
-    from atl_desktop.session import ModelChoice, load_model
 
     config = replace(ScoringConfig(**spec["scoring"]), device=str(context.device))
     with Project.open(spec["project"], readonly=True) as project:  # scoring writes no records
@@ -162,8 +162,8 @@ def train_ranks(context: DistContext, spec: Mapping,
 
 def _add_pseudo(project, plan, pseudo: Mapping[int, int], concat) -> None:
     """CEAL: the round's pending pseudo-labels join each phase's labelled target images."""
+    from atl_desktop.loop.rounds import pseudo_dataset
     from atl_desktop.models.transforms import input_transform
-    from atl_desktop.rounds import pseudo_dataset
 
     extra = pseudo_dataset(project, pseudo,
                            input_transform(plan.model.spec, train=True, augment=plan.config.augment))
@@ -177,8 +177,8 @@ def record_phases(project, phases, classes, parent: int | None, round_id: int | 
                   seed: int) -> list[int]:
     """Record the phases' models as a chain of checkpoints, and the round's "trained"
     step with the last, in one transaction."""
+    from atl_desktop.loop.rounds import record_step
     from atl_desktop.models.checkpoints import save_checkpoint
-    from atl_desktop.rounds import record_step
 
     ids = []
     with project.transaction():

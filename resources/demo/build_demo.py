@@ -42,8 +42,8 @@ from PIL import Image, ImageFilter
 from atl_desktop.active.pseudo import PseudoLabelConfig
 from atl_desktop.data.importers import ImportOptions, import_source
 from atl_desktop.jobs import run_job
-from atl_desktop.rounds import record_step
-from atl_desktop.session import (
+from atl_desktop.loop.rounds import record_step
+from atl_desktop.loop.session import (
     TRAIN_SETTING,
     ModelChoice,
     audit_job,

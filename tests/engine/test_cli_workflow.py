@@ -10,10 +10,10 @@ import pytest
 
 from atl_desktop.cli import main
 from atl_desktop.jobs import Progress, run_with_tqdm
-from atl_desktop.rounds import DISCARDED, open_round
+from atl_desktop.loop.rounds import DISCARDED, open_round
 from atl_desktop.store import Project, ProjectError
 from tests.conftest import PYTHON, ROOT
-from tests.engine.test_rounds import copy_project, template  # noqa: F401 (the fixture)
+from tests.engine.loop.test_rounds import copy_project, template  # noqa: F401 (the fixture)
 
 TRAIN_ARGS = ["--backbone", "smallcnn", "--epochs", "1", "--batch-size", "16", "--patience", "0",
               "--device", "cpu", "--quiet"]

@@ -42,8 +42,8 @@ def test_demo_is_copied_once_and_the_bundle_is_never_changed(data_dir):
 
 @pytest.mark.parametrize("name", ["bloodcells", "histology", "digits"])
 def test_each_demo_has_a_learning_curve_a_baseline_and_work_waiting(name, data_dir):
+    from atl_desktop.loop.rounds import open_round
     from atl_desktop.report import learning_curve
-    from atl_desktop.rounds import open_round
     from atl_desktop.store.keys import BASELINE_SETTING, SOURCE_SETTING
 
     with Project.open(install_demo(name)) as project:

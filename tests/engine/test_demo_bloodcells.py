@@ -83,7 +83,7 @@ def test_bloodcells_labels_came_from_the_expert_rounds_and_its_model_is_useful(d
 def test_the_demo_opens_with_its_audit_estimate_ready(data_dir):
     """The shipped scores of the current model give the audit estimate without any training or
     scoring: the first window shows it."""
-    from atl_desktop.session import audit_inputs, cached_audit
+    from atl_desktop.loop.session import audit_inputs, cached_audit
 
     with Project.open(install_demo("bloodcells", reset=True)) as project:
         estimate = cached_audit(audit_inputs(project))

@@ -40,7 +40,7 @@ def test_encoder_setting_is_checked_shown_and_used(tmp_path, capsys):
 
 
 def test_a_new_project_fine_tunes_at_least_the_default_steps(tmp_path):
-    from atl_desktop.session import project_train_config
+    from atl_desktop.loop.session import project_train_config
     from atl_desktop.store.keys import DEFAULT_MIN_STEPS
 
     path = _project(tmp_path)
@@ -103,7 +103,7 @@ def test_check_labels_finds_flipped_labels(tmp_path, capsys):
 
 
 def test_a_label_kept_as_it_is_is_not_flagged_again_until_it_changes():
-    from atl_desktop.session import LabelSuspect, not_kept
+    from atl_desktop.loop.session import LabelSuspect, not_kept
 
     suspects = [LabelSuspect(5, 1, 2, 0.6), LabelSuspect(7, 2, 1, 0.4), LabelSuspect(9, 1, 3, 0.2)]
     # 5 kept with its label 1: gone; 7 was kept as class 3, then relabelled 2: flagged again

@@ -12,8 +12,8 @@ from PIL import Image
 from atl_desktop.cli import main as atl
 from atl_desktop.data.importers import ImportOptions, import_source
 from atl_desktop.jobs import run_job
+from atl_desktop.loop.session import TRAIN_SETTING, round_job, train_job
 from atl_desktop.report import REFERENCES, gather, labels_by_annotator, render_html, report_job
-from atl_desktop.session import TRAIN_SETTING, round_job, train_job
 from atl_desktop.store import Project, ProjectError
 from atl_desktop.store.keys import BASELINE_SETTING
 from tests.conftest import TESTDATA

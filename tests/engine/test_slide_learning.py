@@ -14,9 +14,9 @@ from atl_desktop.data.slides import SLIDES
 from atl_desktop.data.stain import StainNormalise, fit_stain
 from atl_desktop.data.tiling import TilingParams, add_slide
 from atl_desktop.jobs import run_job
+from atl_desktop.loop.session import query_job
 from atl_desktop.models.checkpoints import load_checkpoint
 from atl_desktop.models.transforms import input_transform
-from atl_desktop.session import query_job
 from atl_desktop.store import Project
 from atl_desktop.store.keys import STAIN_SETTING
 from atl_desktop.transfer.train import TrainConfig, train_project

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt
 
-from atl_desktop.annotators import REPEAT
+from atl_desktop.active.annotators import REPEAT
 from atl_desktop.store import Project
 
 

@@ -7,7 +7,7 @@ from PySide6.QtGui import QFont, QFontMetrics
 
 from atl_desktop.gui import messages
 from atl_desktop.gui.tiles import fit_one_line, wrap_list
-from atl_desktop.rounds import DISCARDED, open_round
+from atl_desktop.loop.rounds import DISCARDED, open_round
 from atl_desktop.store import Project
 from tests.gui.test_labelling import query
 

@@ -11,7 +11,7 @@ from tests.gui.conftest import make_project
 
 
 def test_check_labels_lists_suspects_and_keys_relabel_or_keep(qtbot, open_window, tmp_path, monkeypatch):
-    from atl_desktop import session
+    from atl_desktop.loop import session
 
     path = make_project(tmp_path, n_images=12)
     with Project.open(path) as p:
@@ -69,7 +69,7 @@ def test_check_labels_lists_suspects_and_keys_relabel_or_keep(qtbot, open_window
 def test_the_check_can_be_cancelled(qtbot, open_window, tmp_path, monkeypatch):
     import threading
 
-    from atl_desktop import session
+    from atl_desktop.loop import session
 
     release = threading.Event()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from atl_desktop.jobs import run_job
-from atl_desktop.session import query_job
+from atl_desktop.loop.session import query_job
 from atl_desktop.store import Project
 from tests.conftest import TESTDATA
 

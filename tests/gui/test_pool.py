@@ -103,9 +103,9 @@ def test_sorting_by_uncertainty_follows_the_cached_scores(qtbot, open_window, pr
     from atl_desktop.active.scores import entropy
     from atl_desktop.active.scoring import ScoringConfig, load_scores, scores_dir
     from atl_desktop.jobs import run_job
+    from atl_desktop.loop.session import query_job
     from atl_desktop.models import build_model
     from atl_desktop.models.checkpoints import save_checkpoint
-    from atl_desktop.session import query_job
 
     with Project.open(project_path) as project:
         model = build_model("smallcnn", 3, seed=1)

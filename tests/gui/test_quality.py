@@ -121,9 +121,9 @@ def test_evaluating_without_labelled_test_images_says_what_to_do(qtbot, open_win
 def test_audit_estimate_and_stopping_rule_follow_the_audit_labels(qtbot, open_window, project_path):
     from atl_desktop.active.audit import WHY_AUDIT
     from atl_desktop.jobs import run_job
+    from atl_desktop.loop.session import score_job
     from atl_desktop.models import build_model
     from atl_desktop.models.checkpoints import save_checkpoint
-    from atl_desktop.session import score_job
 
     with Project.open(project_path) as project:
         save_checkpoint(project, build_model("smallcnn", 3, seed=0), classes=project.class_names())

@@ -90,7 +90,7 @@ def test_stabilised_needs_three_rounds_with_high_mean_kappa():
 
 
 def test_stop_signal_compares_successive_rounds_on_the_stop_set():
-    from atl_desktop.rounds import stop_signal
+    from atl_desktop.loop.rounds import stop_signal
 
     first = stop_signal(None, np.array([0, 1, 1, 1]), [])
     assert first == {"kappa": None, "agreement": None, "n": 4, "stop": False}
@@ -104,7 +104,7 @@ def test_stop_signal_compares_successive_rounds_on_the_stop_set():
 
 
 def test_round_evaluation_adds_calibration_and_skips_unknown_labels():
-    from atl_desktop.rounds import evaluation_metrics
+    from atl_desktop.loop.rounds import evaluation_metrics
 
     probs = np.vstack([PROBS, [[0.5, 0.5]]])
     metrics = evaluation_metrics(probs, [*LABELS, -1], ["a", "b"])

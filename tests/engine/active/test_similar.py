@@ -36,7 +36,7 @@ def test_the_lsh_path_finds_the_exact_neighbours_of_clustered_points():
 
 def test_similar_job_returns_unlabelled_pool_images_nearest_first(tmp_path):
     from atl_desktop.data.importers import ImportOptions, import_source
-    from atl_desktop.session import similar_job
+    from atl_desktop.loop.session import similar_job
 
     with Project.create(tmp_path / "p.atl") as p:
         run_job(import_source(p, TESTDATA / "pathmnist_270.npz",

@@ -74,7 +74,7 @@ def test_checkpoints_are_options_named_by_id_and_phase():
 
 def test_set_encoder_job_saves_only_an_encoder_that_builds(tmp_path):
     from atl_desktop.jobs import run_job
-    from atl_desktop.session import cold_start_encoder, set_encoder_job
+    from atl_desktop.loop.session import cold_start_encoder, set_encoder_job
     from atl_desktop.store import Project
 
     with Project.create(tmp_path / "p.atl") as project:

@@ -17,10 +17,10 @@ import torch  # noqa: E402
 from atl_desktop.cli import main as atl  # noqa: E402
 from atl_desktop.data.importers import ImportOptions, import_source  # noqa: E402
 from atl_desktop.jobs import run_job  # noqa: E402
+from atl_desktop.loop.session import TRAIN_SETTING, round_job  # noqa: E402
 from atl_desktop.models.checkpoints import load_checkpoint  # noqa: E402
 from atl_desktop.models.onnx_export import export_onnx, wilson_interval  # noqa: E402
 from atl_desktop.models.transforms import input_transform  # noqa: E402
-from atl_desktop.session import TRAIN_SETTING, round_job  # noqa: E402
 from atl_desktop.store import Project, ProjectError  # noqa: E402
 from atl_desktop.transfer.train import project_eval_dataset  # noqa: E402
 from tests.conftest import TESTDATA  # noqa: E402

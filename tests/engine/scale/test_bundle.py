@@ -15,10 +15,10 @@ from PIL import Image
 from atl_desktop.active.scoring import ScoringConfig, load_scores, scores_dir
 from atl_desktop.cli import main
 from atl_desktop.jobs import Cancelled, run_job
+from atl_desktop.loop.session import ModelChoice, score_job
 from atl_desktop.models import build_model
 from atl_desktop.models.checkpoints import load_checkpoint, save_checkpoint
 from atl_desktop.scale.bundle import pack, state_fingerprint, unpack_results
-from atl_desktop.session import ModelChoice, score_job
 from atl_desktop.store import Project, ProjectError
 from atl_desktop.store.files import sha256_file
 

@@ -163,7 +163,7 @@ def test_auto_balanced_sampling_follows_the_labelled_sets_imbalance(labels, sett
 
 
 def test_projects_train_balanced_auto_unless_they_say_otherwise(tmp_path):
-    from atl_desktop.session import TRAIN_SETTING, project_train_config
+    from atl_desktop.loop.session import TRAIN_SETTING, project_train_config
 
     with Project.create(tmp_path / "p.atl") as project:
         assert project_train_config(project).balanced == "auto"

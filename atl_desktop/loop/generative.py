@@ -222,7 +222,7 @@ def gan_query_job(project: Project, *, strategy: str, batch: int, params: Mappin
                   seed: int = 0, checkpoint_id: int | None = None, device: str | None = None):
     """GAAL or ASAL: choose (ASAL) or make (GAAL) `batch` images and open a round with them.
     Returns a session.QueryResult."""
-    from atl_desktop.session import ModelChoice, QueryResult, load_model, unlabelled_pool
+    from atl_desktop.loop.session import ModelChoice, QueryResult, load_model, unlabelled_pool
 
     params = dict(params or {})
     if strategy not in KNOWN_PARAMS:
@@ -267,14 +267,14 @@ def gan_query_job(project: Project, *, strategy: str, batch: int, params: Mappin
 
 
 def _item(image_id: int, score: float, probs: np.ndarray, reason: str, synthetic: bool = False):
-    from atl_desktop.session import TOP_PREDICTIONS, QueryItem
+    from atl_desktop.loop.session import TOP_PREDICTIONS, QueryItem
 
     order = np.argsort(-probs, kind="stable")[:TOP_PREDICTIONS]
     return QueryItem(image_id, score, reason, [(int(c), float(probs[c])) for c in order], synthetic=synthetic)
 
 
 def _record_gaal(project: Project, made, record, checkpoint_id: int | None, record_params: dict):
-    from atl_desktop.session import QueryResult
+    from atl_desktop.loop.session import QueryResult
 
     encoded = [png_bytes(image) for image in made.images]
     height, width = made.images.shape[1:3]
@@ -296,8 +296,8 @@ def _record_gaal(project: Project, made, record, checkpoint_id: int | None, reco
 def _predict(project: Project, model, image_ids: np.ndarray, device: torch.device):
     """Softmax of the classifier on a few pool images (for the tiles' suggestions)."""
     from atl_desktop.data.datasets import ImageDataset
+    from atl_desktop.loop.rounds import predict_probs
     from atl_desktop.models.transforms import input_transform
-    from atl_desktop.rounds import predict_probs
 
     dataset = ImageDataset([project.image_path(project.image(int(i))) for i in image_ids], None,
                            input_transform(model.spec))

@@ -5,8 +5,8 @@ import pytest
 
 from atl_desktop.data.datasets import project_dataset
 from atl_desktop.jobs import run_job
-from atl_desktop.rounds import discard_round, label_from_truth, training_labels
-from atl_desktop.session import (
+from atl_desktop.loop.rounds import discard_round, label_from_truth, training_labels
+from atl_desktop.loop.session import (
     AUDIT_REASON,
     audit_job,
     live_head,
@@ -121,7 +121,7 @@ def test_audit_estimate_compares_the_model_with_the_audit_labels(project):
         np.bincount([position[truth[i]] for i in audit], minlength=len(position)))
     # an independent computation: the checkpoint's cached probabilities on the audit images
     from atl_desktop.active.scoring import ScoringConfig
-    from atl_desktop.session import score_job
+    from atl_desktop.loop.session import score_job
 
     table = run_job(score_job(project, config=ScoringConfig())).target
     preds = np.asarray(table.probs[table.rows(audit)]).argmax(1)
@@ -133,7 +133,7 @@ def test_audit_estimate_compares_the_model_with_the_audit_labels(project):
 
 
 def test_the_window_s_estimate_from_cached_scores_matches_the_job(project):
-    from atl_desktop.session import audit_inputs, cached_audit
+    from atl_desktop.loop.session import audit_inputs, cached_audit
 
     assert audit_inputs(project) is None  # nothing labelled yet
     for seed in range(2):

@@ -10,8 +10,14 @@ import pytest
 from atl_desktop.active.pseudo import PseudoLabelConfig
 from atl_desktop.cli import main
 from atl_desktop.jobs import run_job
-from atl_desktop.rounds import STOP_SET, label_from_truth, open_round, round_state, training_labels
-from atl_desktop.session import (
+from atl_desktop.loop.rounds import (
+    STOP_SET,
+    label_from_truth,
+    open_round,
+    round_state,
+    training_labels,
+)
+from atl_desktop.loop.session import (
     TRAIN_SETTING,
     finish_round_job,
     pseudo_label_job,
@@ -118,7 +124,7 @@ KILLER = """
 import os, signal, sys
 from atl_desktop.active.pseudo import PseudoLabelConfig
 from atl_desktop.jobs import run_job
-from atl_desktop.session import round_job
+from atl_desktop.loop.session import round_job
 from atl_desktop.store import Project
 
 path, when = sys.argv[1], sys.argv[2]
@@ -179,7 +185,7 @@ def test_a_round_killed_anywhere_resumes_to_the_same_records(template, uninterru
 FIRST_ROUND = """
 import os, signal, sys
 from atl_desktop.jobs import run_job
-from atl_desktop.session import finish_round_job
+from atl_desktop.loop.session import finish_round_job
 from atl_desktop.store import Project
 
 def on_progress(p):
@@ -290,15 +296,15 @@ def test_assessment_fits_a_temperature_on_validation_labels(template, tmp_path):
         fit_temperature,
     )
     from atl_desktop.data.importers import ImportOptions, import_source
-    from atl_desktop.models.checkpoints import load_checkpoint
-    from atl_desktop.models.transforms import input_transform
-    from atl_desktop.rounds import (
+    from atl_desktop.loop.rounds import (
         assess_job,
         calibration_job,
         calibration_words,
         checkpoint_temperature,
         predict_probs,
     )
+    from atl_desktop.models.checkpoints import load_checkpoint
+    from atl_desktop.models.transforms import input_transform
     from atl_desktop.transfer.train import project_eval_dataset
 
     path = copy_project(template, tmp_path)

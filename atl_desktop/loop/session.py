@@ -25,8 +25,7 @@ from atl_desktop.active.scoring import (
 )
 from atl_desktop.active.strategies import STRATEGIES, SelectionInput, explain, select
 from atl_desktop.jobs import Progress, relabel
-from atl_desktop.models.encoders import COLD_START_BACKBONE, UNTRAINED, EncoderChoice
-from atl_desktop.rounds import (
+from atl_desktop.loop.rounds import (
     OnCommit,
     assess_job,
     check_can_finish,
@@ -42,6 +41,7 @@ from atl_desktop.rounds import (
     shown_suggestions,
     training_labels,
 )
+from atl_desktop.models.encoders import COLD_START_BACKBONE, UNTRAINED, EncoderChoice
 from atl_desktop.store import Project, ProjectError
 from atl_desktop.store.keys import (
     AUDIT_SHARE_SETTING,
@@ -280,7 +280,7 @@ def query_job(
     params = dict(params or {})
     needs = STRATEGIES[strategy].needs
     if "generative" in needs:  # GAAL, ASAL: a GAN and the classifier, no scoring pass
-        from atl_desktop.generative import gan_query_job
+        from atl_desktop.loop.generative import gan_query_job
 
         return (yield from gan_query_job(project, strategy=strategy, batch=batch, params=params, seed=seed,
                                          checkpoint_id=checkpoint_id,
@@ -422,9 +422,9 @@ def round_audit_job(project: Project, checkpoint_id: int, *,
         return (yield from audit_job(project, model=ModelChoice(checkpoint_id=checkpoint_id),
                                      scoring=ScoringConfig(device=device)))
     from atl_desktop.data.datasets import ImageDataset
+    from atl_desktop.loop.rounds import predict_probs
     from atl_desktop.models.checkpoints import load_checkpoint
     from atl_desktop.models.transforms import input_transform
-    from atl_desktop.rounds import predict_probs
 
     ids, labels = audit_labels(project)
     classes = project.class_names()

@@ -10,10 +10,10 @@ from PIL import Image
 
 from atl_desktop.active.gan import tensor_to_images
 from atl_desktop.cli import main as atl
-from atl_desktop.generative import default_gan_config, gan_train_job, load_gan
 from atl_desktop.jobs import Cancelled, run_job
-from atl_desktop.rounds import STOP_SET
-from atl_desktop.session import TRAIN_SETTING, finish_round_job, query_job, unlabelled_pool
+from atl_desktop.loop.generative import default_gan_config, gan_train_job, load_gan
+from atl_desktop.loop.rounds import STOP_SET
+from atl_desktop.loop.session import TRAIN_SETTING, finish_round_job, query_job, unlabelled_pool
 from atl_desktop.store import Project, ProjectError
 from atl_desktop.store.keys import GAN_SETTING
 from tests.conftest import TESTDATA

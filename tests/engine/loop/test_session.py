@@ -5,8 +5,8 @@ import pytest
 
 from atl_desktop.active.pseudo import PseudoLabelConfig
 from atl_desktop.jobs import run_job
-from atl_desktop.rounds import discard_round
-from atl_desktop.session import pseudo_label_job, query_job, unlabelled_pool
+from atl_desktop.loop.rounds import discard_round
+from atl_desktop.loop.session import pseudo_label_job, query_job, unlabelled_pool
 from atl_desktop.store import Project, ProjectError
 from atl_desktop.store.keys import AUDIT_SHARE_SETTING, SKIPPED_SETTING
 from tests.conftest import TESTDATA
@@ -137,7 +137,7 @@ def test_pseudo_labels_respect_threshold_and_rejections(project):
 
 
 def test_train_job_finishes_the_open_round_with_a_child_checkpoint(project):
-    from atl_desktop.session import TRAIN_SETTING, train_job
+    from atl_desktop.loop.session import TRAIN_SETTING, train_job
 
     parent = project.latest_checkpoint().id
     result = run_job(query_job(project, strategy="random", batch=18))
@@ -155,7 +155,7 @@ def test_train_job_finishes_the_open_round_with_a_child_checkpoint(project):
 
 
 def test_live_suggestions_match_the_query_and_follow_new_labels(fresh):
-    from atl_desktop.session import live_head, live_suggestions
+    from atl_desktop.loop.session import live_head, live_suggestions
 
     labelled = {}
     for image_id, class_id in sorted(fresh.truth().items()):
@@ -179,7 +179,7 @@ def test_live_suggestions_match_the_query_and_follow_new_labels(fresh):
 
 
 def test_no_live_head_for_a_round_on_the_models_own_head(project):
-    from atl_desktop.session import live_head
+    from atl_desktop.loop.session import live_head
 
     result = run_job(query_job(project, strategy="entropy", batch=2, head="model"))
     assert live_head(project, result.round_id) is None
@@ -190,7 +190,7 @@ def test_suggestions_are_temperature_scaled_out_of_fold(fresh):
     from atl_desktop.active.head_calibration import head_temperature
     from atl_desktop.active.heads import head_probs
     from atl_desktop.active.scoring import ScoringConfig, load_scores, scores_dir
-    from atl_desktop.session import live_head, live_suggestions
+    from atl_desktop.loop.session import live_head, live_suggestions
 
     labelled = {}
     for image_id, class_id in sorted(fresh.truth().items()):
@@ -225,7 +225,7 @@ def test_suggestions_are_temperature_scaled_out_of_fold(fresh):
 
 def test_pseudo_labels_use_the_checkpoints_temperature(project):
     from atl_desktop.active.pseudo import select_pseudo_labels
-    from atl_desktop.session import score_job
+    from atl_desktop.loop.session import score_job
 
     # The untrained model is unsure (entropy near ln 9 = 2.2): none pass 0.5 at T = 1.
     config = PseudoLabelConfig(delta0=0.5, decay=0.0)

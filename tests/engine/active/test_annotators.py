@@ -7,8 +7,7 @@ import math
 
 import numpy as np
 
-from atl_desktop.active.calibration import cohen_kappa
-from atl_desktop.annotators import (
+from atl_desktop.active.annotators import (
     REPEAT,
     REPEAT_UNDONE,
     agreement,
@@ -17,6 +16,7 @@ from atl_desktop.annotators import (
     repeat_candidates,
     summarise,
 )
+from atl_desktop.active.calibration import cohen_kappa
 from atl_desktop.store import Project
 
 
