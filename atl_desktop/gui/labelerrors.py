@@ -184,7 +184,8 @@ def install_label_errors(window) -> LabelErrorsView:
     view.similar_requested.connect(window.start_similar)
 
     def start() -> bool:
-        from atl_desktop.loop import session  # imported when first used: the window opens without it
+        # Imported when first used: the window opens without it.
+        from atl_desktop.loop import session
 
         window.tabs.setCurrentWidget(view)
         return window._start_other(JOB, session.check_labels_job, "Checking labels", "model")
