@@ -42,6 +42,7 @@ from atl_desktop.jobs import Progress, relabel
 from atl_desktop.loop.rounds import evaluation_metrics, predict_probs, stop_signal
 from atl_desktop.loop.session import pool_selection_input, scoring_config_for
 from atl_desktop.store import ProjectError
+from atl_desktop.store.keys import SCHEDULES
 from atl_desktop.transfer.methods import METHODS
 
 BASELINE = "random"
@@ -139,8 +140,6 @@ class SimulationConfig:
         object.__setattr__(self, "selfsup", dict(self.selfsup))
         if self.metric not in METRICS:
             raise ProjectError(f"metric must be one of {', '.join(METRICS)}")
-        from atl_desktop.transfer.train import SCHEDULES
-
         if self.schedule not in SCHEDULES:
             raise ProjectError(f"schedule must be one of {', '.join(SCHEDULES)}")
         if self.batch < 1 or self.initial < 0 or self.budget < max(1, self.initial):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from atl_desktop.jobs import run_with_tqdm
 from atl_desktop.store import ProjectError
+from atl_desktop.store.keys import SCHEDULES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-steps", type=int, help="cap on each round's optimiser steps")
     parser.add_argument("--batch-size", type=int, help="images per optimiser step (default 32)")
     parser.add_argument("--min-steps", type=int, help="at least this many optimiser steps a round")
-    parser.add_argument("--schedule", choices=("constant", "onecycle"),
+    parser.add_argument("--schedule", choices=SCHEDULES,
                         help="learning-rate schedule of each fine-tune (default constant)")
     parser.add_argument("--augment", choices=("none", "dihedral"),
                         help="dihedral: random flips and 90-degree rotations of the labelled images (default none)")

@@ -11,13 +11,13 @@ from atl_desktop.commands.lazy import LazyChoices
 from atl_desktop.commands.scale import add_launch_options, distributed, run_train
 from atl_desktop.jobs import run_with_tqdm
 from atl_desktop.store import Project, ProjectError
+from atl_desktop.store.keys import AUGMENTATIONS, SCHEDULES
 
 SMALL_IMAGE_SIDE = 32  # images this small default to the small CNN
 # Read from the registries (which import torch) only when an argument is checked.
 METHOD_NAMES = LazyChoices("atl_desktop.transfer.methods", "METHODS")
 BACKBONE_NAMES = LazyChoices("atl_desktop.models.registry", "available_backbones")
 OPTIMIZER_NAMES = LazyChoices("atl_desktop.transfer.train", "OPTIMIZERS")
-AUGMENTATION_NAMES = LazyChoices("atl_desktop.models.transforms", "AUGMENTATIONS")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--min-steps", type=int, help="at least this many optimiser steps, however few the labels")
     train.add_argument("--batch-size", type=int, help="(default 32; a new project's: 64)")
     train.add_argument("--lr", type=float, help="(peak) learning rate (default 1e-3)")
-    train.add_argument("--schedule", choices=("constant", "onecycle"),
+    train.add_argument("--schedule", choices=SCHEDULES,
                        help="learning-rate schedule (default constant; a new project's: onecycle)")
     train.add_argument("--optimizer", choices=OPTIMIZER_NAMES, metavar="NAME", help="adamw (default) or sgd")
     train.add_argument("--freeze", type=int, metavar="K", help="keep the first K stages fixed (default 0)")
@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--balanced", nargs="?", const="on", choices=("auto", "on", "off"),
                        help="class-balanced sampling of labelled images: auto (the default) turns it on "
                             "when the largest class has more than 1.5 times the images of the smallest")
-    train.add_argument("--augment", choices=AUGMENTATION_NAMES, metavar="NAME",
+    train.add_argument("--augment", choices=AUGMENTATIONS, metavar="NAME",
                        help="none (default), natural, histology (a new project's) or hed")
     train.add_argument("--patience", type=int, help="early-stopping patience in epochs (0: off; default 3)")
     train.add_argument("--input-size", type=int, help="override the backbone's input size")

@@ -32,17 +32,18 @@ from PySide6.QtWidgets import (
 from atl_desktop.gui.background import Background
 from atl_desktop.gui.forms import choice_box
 from atl_desktop.store import Project, ProjectError
-from atl_desktop.store.keys import TRAIN_SETTING
+from atl_desktop.store.keys import AUGMENTATIONS, SCHEDULES, TRAIN_SETTING
 
 DEFAULTS = {"backbone": "resnet18", "weights": "imagenet", "method": "finetune", "epochs": 10,
             "batch_size": 32, "lr": 1e-3, "freeze": 0, "lr_decay": 1.0, "processes": 1,
             "min_steps": None, "schedule": "constant", "augment": "none"}
-SCHEDULE_CHOICES = (("Constant", "constant"), ("One cycle: warm up, then anneal", "onecycle"))
-# = models.transforms.AUGMENTATIONS, with what each does (not imported: torch)
-AUGMENT_CHOICES = (("None", "none"),
-                   ("Flips, 90° rotations, mild colour jitter (microscopy)", "histology"),
-                   ("Flips, 90° rotations, HED stain jitter (H&E histology)", "hed"),
-                   ("Crops, horizontal flips, colour jitter (photographs, X-ray)", "natural"))
+SCHEDULE_WORDS = {"constant": "Constant", "onecycle": "One cycle: warm up, then anneal"}
+AUGMENT_WORDS = {"none": "None", "histology": "Flips, 90° rotations, mild colour jitter (microscopy)",
+                 "hed": "Flips, 90° rotations, HED stain jitter (H&E histology)",
+                 "natural": "Crops, horizontal flips, colour jitter (photographs, X-ray)"}
+# Every value the engine takes, in words where there are some.
+SCHEDULE_CHOICES = tuple((SCHEDULE_WORDS.get(v, v), v) for v in SCHEDULES)
+AUGMENT_CHOICES = tuple((AUGMENT_WORDS.get(v, v), v) for v in AUGMENTATIONS)
 WEIGHT_CHOICES = (("ImageNet (from the local torch cache)", "imagenet"),
                   ("None: random initialisation", None))
 

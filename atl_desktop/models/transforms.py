@@ -17,8 +17,8 @@ from torchvision import transforms as T
 
 from atl_desktop.data.stain import RandomHEDJitter, StainConfig, StainNormalise
 from atl_desktop.models.classifier import InputSpec
+from atl_desktop.store.keys import AUGMENTATIONS
 
-AUGMENTATIONS = ("none", "natural", "histology", "hed")
 HED_SIGMA = 0.05  # Tellez et al.'s "HED-light"
 
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 TRAIN_SETTING = "train_config"  # the project's TrainConfig fields, as JSON
+# The values TrainConfig takes for these fields, named here so that the window and the command
+# line can offer them without importing torch (transfer.train and models.transforms use them).
+SCHEDULES = ("constant", "onecycle")
+AUGMENTATIONS = ("none", "natural", "histology", "hed")
 # A new project's fine-tunes take at least this many steps of 64 images, however few the labels
 # (20 labels made one step an epoch), with a one-cycle learning rate and flips and 90-degree
 # rotations: the recipe benchmarks/recipe_pbc.py chose on a validation split of real photographs

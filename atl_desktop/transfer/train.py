@@ -39,6 +39,7 @@ from torch.utils.data import (
 from atl_desktop.dist import SINGLE, DistContext
 from atl_desktop.jobs import Progress
 from atl_desktop.models.classifier import FEATURES, LOGITS, Classifier
+from atl_desktop.store.keys import SCHEDULES
 from atl_desktop.transfer.freeze import freeze_stages, layerwise_param_groups, unfreeze
 from atl_desktop.transfer.methods import Method, RoleOutputs, StepOutputs, make_method
 
@@ -46,7 +47,6 @@ OPTIMIZERS = ("adamw", "sgd")
 # "onecycle" (Smith & Topin 2019): the learning rate warms up from lr/25 to lr over the first
 # 30 % of the steps, then anneals to nearly zero. With a few hundred steps on a few dozen
 # labels it learns where a constant rate either crawls or overshoots.
-SCHEDULES = ("constant", "onecycle")
 # A labelled set is imbalanced when its largest class has more than IMBALANCE_RATIO times the
 # images of its smallest (classes without any left out). A 3-to-2 split is the ordinary scatter
 # of a few dozen labels and plain shuffling shows both classes in every batch; beyond it the
