@@ -29,15 +29,13 @@ FIRST, LAST = 10, 300
 
 
 def embed(x: np.ndarray) -> np.ndarray:
-    import torch
-
+    """The simulations' embedding pass (simulate._embed), with an untrained ResNet-18."""
+    from atl_desktop.jobs import run_job
     from atl_desktop.models.encoders import EncoderChoice, build_encoder
-    from atl_desktop.simulate import TensorData
+    from atl_desktop.simulate import SimulationConfig, _embed
 
-    model = build_encoder(EncoderChoice("untrained:resnet18", input_size=SIZE), 8).eval()
-    data = TensorData.from_arrays(x, None, model.spec)
-    with torch.inference_mode():
-        return np.concatenate([model.features(data.x[i:i + 256]).numpy() for i in range(0, len(data), 256)])
+    model = build_encoder(EncoderChoice("untrained:resnet18", input_size=SIZE), 8)
+    return run_job(_embed(model, x, SimulationConfig(device="cpu"), "embedding"))
 
 
 def one_order(e: np.ndarray, y: np.ndarray, seed: int) -> dict[str, list[float]]:
