@@ -696,7 +696,27 @@ def run_embedding_arm(embeddings: Embeddings, y_pool: np.ndarray, y_test: np.nda
         records.append(_record(r, labelled, {}, y_pool, result, {"kappa": None, "stop": False}))
         yield Progress(r + 1, max_rounds + 1, f"{arm.name} seed {seed}",
                        {"labels": int(len(labelled)), config.metric: result[config.metric]})
+    if records:
+        records[-1]["labelled_rows"] = labelled.tolist()  # what a second stage fine-tunes on
     return records
+
+
+def second_stage_job(model, data: SimData, labelled: np.ndarray, config: SimulationConfig, seed: int
+                     ) -> Generator[Progress, None, dict]:
+    """The loop's optional second stage: fine-tune a whole model (e.g. the self-supervised
+    encoder with a new head) on the pool rows the first stage labelled, with config's recipe
+    (steps, schedule, augmentation), then score the test split once."""
+    from atl_desktop.transfer.train import train
+
+    spec = model.spec
+    pool = TensorData.from_arrays(data.x_pool, data.y_pool, spec).augmented(config.augment != "none")
+    test = TensorData.from_arrays(data.x_test, data.y_test, spec)
+    model = _fast_layout(model)
+    cfg = _train_config(config, "finetune", _seed(seed, 13), config.epochs, config.max_steps)
+    yield from relabel(train(model, pool.rows(np.sort(labelled)), cfg), f"second stage (seed {seed})")
+    probs = yield from predict_probs(model, test, batch_size=config.scoring_batch, device=config.device,
+                                     message="evaluating")
+    return evaluation_metrics(probs, test.labels, data.classes)
 
 
 # ---- the whole simulation ------------------------------------------------------------------

@@ -15,10 +15,14 @@ Protocol (nothing is chosen on the test split):
 Arms: random, TypiClust, ProbCover, margin and auto, each with the logistic head refitted after
 every batch of 10; beside them, today's default loop (small CNN fine-tuned from scratch, 5 epochs
 a round, batches of 20 from 20 random labels, as `atl simulate` runs it) up to 200 labels.
+4. Second stage at 300 labels: the whole network fine-tuned on the images auto labelled, with a
+   new project's recipe (store.keys.NEW_PROJECT_TRAINING and recipe_pbc.json's validated steps,
+   batch and learning rate; nothing tuned here): from the self-supervised encoder, and a small
+   CNN from scratch; beside them the small CNN on random's 300 labels.
 Also timed: the self-supervised pre-training and the embedding pass per 1,000 images, and label
 -> updated suggestions (refit the head, predict all 5,979 images) at p95.
 
-Usage: python benchmarks/al_pbc.py [--quick] [--steps N] [--skip-cnn]
+Usage: python benchmarks/al_pbc.py [--steps N] [--skip-cnn] [--skip-second-stage]
 Resumable: finished runs and the embeddings are kept in benchmarks/results/al_pbc_runs/.
 """
 
@@ -44,10 +48,12 @@ from atl_desktop.simulate import (
     area_under_curve,
     labels_to_reach,
     run_embedding_arm,
+    second_stage_job,
     simulate_job,
     summarise,
     write_outputs,
 )
+from atl_desktop.store.keys import NEW_PROJECT_TRAINING
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pbc_dev"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -93,6 +99,10 @@ def load_pbc(size: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     return x, y, classes
 
 
+def encoder_file(backbone: str, steps: int) -> Path:
+    return RUNS / f"encoder-{backbone}-{steps}-{SIZE}.safetensors"
+
+
 def encoder_embeddings(x_pool: np.ndarray, x_all: np.ndarray, steps: int, backbone: str) -> tuple[np.ndarray, dict]:
     """SimCLR on the pool's images, then embeddings of every image; cached by settings."""
     import torch
@@ -107,7 +117,7 @@ def encoder_embeddings(x_pool: np.ndarray, x_all: np.ndarray, steps: int, backbo
         with np.load(path, allow_pickle=False) as f:
             return f["e"], json.loads(str(f["info"]))
     config = SelfSupConfig(backbone=backbone, image_size=SIZE, steps=steps, device="cpu")
-    saved = RUNS / f"encoder-{backbone}-{steps}-{SIZE}.safetensors"  # kept: a later failure loses no training
+    saved = encoder_file(backbone, steps)  # kept: a later failure loses no training
     if saved.is_file():
         model, meta = load_model_file(saved, classes=[str(i) for i in range(8)])
         metrics, ssl_wall, ssl_cpu = meta["metrics"], meta["config"]["wall"], meta["config"]["cpu"]
@@ -135,7 +145,7 @@ def encoder_embeddings(x_pool: np.ndarray, x_all: np.ndarray, steps: int, backbo
     return e, info
 
 
-def run_arms(emb: Embeddings, y_pool, y_eval, arms, seeds, classes, tag: str) -> dict:
+def run_arms(emb: Embeddings, y_pool, y_eval, arms, seeds, classes, tag: str, keep_runs: bool = False):
     config = SimulationConfig(budget=BUDGET, batch=BATCH, initial=0, seeds=seeds, metric="balanced_accuracy")
     runs: dict = {}
     for arm in arms:
@@ -151,7 +161,8 @@ def run_arms(emb: Embeddings, y_pool, y_eval, arms, seeds, classes, tag: str) ->
             records[-1]["seconds"] = time.perf_counter() - started
             path.write_text(json.dumps(records))
             runs[arm.name][seed] = records
-    return summarise(runs, arms, config)
+    summary = summarise(runs, arms, config)
+    return (summary, runs) if keep_runs else summary
 
 
 def aulc_per_seed(summary: dict, name: str) -> list[float]:
@@ -198,6 +209,47 @@ def cnn_default(x_pool, y_pool, x_test, y_test, classes, seeds) -> dict:
                                 RUNS / "cnn"))
 
 
+def _every_100(p) -> None:
+    if p.done % 100 == 0:
+        print(f"  {p.message} {p.done}/{p.total}", flush=True)
+
+
+def second_stage(data: SimData, runs: dict, encoder: Path, seeds) -> dict:
+    """Fine-tune whole networks on the first stage's 300 labels (see the module's docstring)."""
+    from atl_desktop.models.checkpoints import load_model_file
+    from atl_desktop.models.registry import build_model
+
+    recipe = json.loads((RESULTS / "recipe_pbc.json").read_text())["chosen"]  # validated there
+    config = SimulationConfig(epochs=1, input_size=SIZE, min_steps=recipe["min_steps"],
+                              batch_size=recipe["batch_size"], lr=recipe["lr"],
+                              schedule=NEW_PROJECT_TRAINING["schedule"], augment="dihedral",
+                              metric="balanced_accuracy")
+    starts = {"selfsup_finetune_auto": ("auto", lambda s: load_model_file(encoder, classes=[str(i) for i in range(8)])[0]),
+              "smallcnn_auto": ("auto", lambda s: build_model("smallcnn", len(data.classes), seed=s,
+                                                              input_size=SIZE)),
+              "smallcnn_random": ("random", lambda s: build_model("smallcnn", len(data.classes), seed=s,
+                                                                  input_size=SIZE))}
+    out: dict = {"recipe": {**config.to_json(), "chosen_in": "recipe_pbc.json"}}
+    for name, (arm, make) in starts.items():
+        per_seed = {}
+        for seed in seeds:
+            path = RUNS / f"second-{name}-{seed}.json"
+            if not path.is_file():
+                rows = np.asarray(runs[arm][seed][-1]["labelled_rows"])
+                started = time.perf_counter()
+                result = run_job(second_stage_job(make(seed), data, rows, config, seed), on_progress=_every_100)
+                path.write_text(json.dumps({"labels": int(len(rows)), "seconds": time.perf_counter() - started,
+                                            **{k: result[k] for k in ("accuracy", "balanced_accuracy")}}))
+            per_seed[seed] = json.loads(path.read_text())
+        values = [r["balanced_accuracy"] for r in per_seed.values()]
+        out[name] = {"first_stage_arm": arm, "labels": per_seed[seeds[0]]["labels"],
+                     "balanced_accuracy_mean": float(np.mean(values)), "balanced_accuracy_std": float(np.std(values, ddof=1)),
+                     "per_seed": {str(s): r for s, r in per_seed.items()}}
+        print(f"second stage {name}: {out[name]['balanced_accuracy_mean']:.3f} ± "
+              f"{out[name]['balanced_accuracy_std']:.3f}", flush=True)
+    return out
+
+
 def suggestion_latency(e_all: np.ndarray, y_pool: np.ndarray, pool_rows: np.ndarray) -> dict:
     """Label -> updated suggestions: refit the head on L labels, predict every image (p95)."""
     scaler = fit_scaler(e_all)
@@ -219,6 +271,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=300, help="SimCLR steps")
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--skip-cnn", action="store_true", help="leave out today's default (slow) arm")
+    parser.add_argument("--skip-second-stage", action="store_true", help="leave out the fine-tunes at 300 labels")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: steadier on a shared machine, where 2 threads wait for each other)")
     args = parser.parse_args()
@@ -244,8 +297,8 @@ def main() -> int:
     arms = [Arm("random", "random", head="logreg", head_options=opts)]
     arms += [Arm(name, name, params=params.get(name, {}), head="logreg", head_options=opts)
              for name in ("typiclust", "probcover", "margin", "auto")]
-    summary = run_arms(Embeddings(e[pool_rows], e[test_rows], {}), y[pool_rows], y[test_rows], arms,
-                       TEST_SEEDS, classes, "test")
+    summary, runs = run_arms(Embeddings(e[pool_rows], e[test_rows], {}), y[pool_rows], y[test_rows], arms,
+                             TEST_SEEDS, classes, "test", keep_runs=True)
     random_aulc = aulc_per_seed(summary, "random")
     target = summary["random_final_accuracy"]
     for name, arm in summary["arms"].items():
@@ -263,6 +316,9 @@ def main() -> int:
         "summary": summary, "suggestion_latency": suggestion_latency(e, y, pool_rows),
     }
     write_outputs(summary, RESULTS, stem="al_pbc", title="pbc_dev: test balanced accuracy against labels")
+    if not args.skip_second_stage:
+        data = SimData(x[pool_rows], y[pool_rows], x[test_rows], y[test_rows], classes)
+        result["second_stage"] = second_stage(data, runs, encoder_file(args.backbone, args.steps), TEST_SEEDS)
     if not args.skip_cnn:
         result["cnn_default"] = cnn_default(x[pool_rows], y[pool_rows], x[test_rows], y[test_rows], classes,
                                             TEST_SEEDS)

@@ -10,6 +10,7 @@ from atl_desktop.simulate import (
     SimData,
     SimulationConfig,
     run_embedding_arm,
+    second_stage_job,
     simulate_job,
 )
 from atl_desktop.store import ProjectError
@@ -36,6 +37,8 @@ def test_labels_grow_by_batches_and_the_head_learns():
     # here, as the three clusters are the three classes.
     assert records[0]["balanced_accuracy"] == pytest.approx(1.0)
     assert records[-1]["accuracy"] == pytest.approx(1.0)
+    # The last record names the labelled rows: what a second stage fine-tunes on.
+    assert len(records[-1]["labelled_rows"]) == 12 and "labelled_rows" not in records[0]
 
 
 def test_random_initial_labels_are_measured_at_round_zero():
@@ -72,3 +75,20 @@ def test_simulation_with_a_self_supervised_encoder_end_to_end(tmp_path):
     # Embeddings and runs are cached: a second run reads them and gives the same curves.
     again = run_job(simulate_job(data, arms, config, tmp_path))
     assert again["arms"]["typiclust"]["mean"] == summary["arms"]["typiclust"]["mean"]
+
+
+def test_second_stage_fine_tunes_on_the_given_rows_only():
+    """Only rows of class 1 are given: a fine-tune that learns from them predicts class 1
+    everywhere (test accuracy 1 on class-1 images, 0 on class-0 ones); one that used the
+    whole pool would not."""
+    from atl_desktop.models.registry import build_model
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(40, 16, 16, 3), dtype=np.uint8)
+    y = np.repeat(np.arange(2), 20)
+    config = SimulationConfig(epochs=1, min_steps=30, batch_size=8, lr=1e-2, input_size=16)
+    for test_class, expected in ((1, 1.0), (0, 0.0)):
+        data = SimData(x, y, x[:10], np.full(10, test_class), ("a", "b"))
+        model = build_model("smallcnn", 2, seed=0, input_size=16)
+        result = run_job(second_stage_job(model, data, np.arange(20, 30), config, 0))
+        assert result["accuracy"] == pytest.approx(expected)
